@@ -1,0 +1,35 @@
+# One command to set up and run the demo, one to set up and run the tests.
+# Both create or refresh .venv idempotently: it is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.msunet-installed
+EXTRAS ?= test
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv demo test test-slow test-backends clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/msunet summary --size 256x256
+
+test: venv
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow --runslow
+
+# Also runs the backend smoke tests on JAX and PyTorch (CPU builds; large downloads).
+test-backends: venv
+	$(PY) -m pip install --quiet "jax[cpu]" "torch==2.13.0"
+	$(PY) -m pytest -q tests/test_backends.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

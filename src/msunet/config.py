@@ -1,0 +1,363 @@
+"""Frozen, JSON round-tripping configuration dataclasses.
+
+Every option of msunet lives in a frozen dataclass of plain types (int, float, bool, str,
+tuples of those, or None). Each config:
+
+- validates itself on construction and raises `ConfigError` (a `ValueError`) naming the field,
+  the value received and what would be valid;
+- round-trips through `to_dict()` / `from_dict()` and `to_json()` / `from_json()`;
+- accepts `key=value` overrides (`cfg.override(["depth=3", "upsample=bilinear"])`), as the CLI's
+  `--set` does, with a close-match suggestion for unknown keys.
+
+This module never imports keras: configs are read by tools (tiling, IO, CLI parsing) that must not
+pay for a backend import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+C = TypeVar("C", bound="BaseConfig")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the field and the valid values."""
+
+
+def close_matches(word: str, choices: Iterable[str]) -> str:
+    """Returns a ' Did you mean ...?' hint for `word` among `choices`, or ''."""
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def check_choice(owner: str, field: str, value: Any, choices: Iterable[str]) -> None:
+    """Raises `ConfigError` unless `value` is one of `choices`, suggesting the closest one."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(
+            f"{owner}.{field}={value!r} is not a valid choice; valid: "
+            f"{', '.join(repr(c) for c in choices)}.{close_matches(value, choices)}"
+        )
+
+
+def check_int(owner: str, field: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    """Raises `ConfigError` unless `value` is an int (not bool) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{owner}.{field}={value!r} must be an integer{_range_text(lo, hi)}.")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{owner}.{field}={value!r} is out of range; valid: {_range_text(lo, hi, bare=True)}.")
+
+
+def check_float(
+    owner: str, field: str, value: Any, lo: float | None = None, hi: float | None = None, hi_open: bool = False
+) -> None:
+    """Raises `ConfigError` unless `value` is a finite number in [lo, hi] (or [lo, hi) if hi_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}.{field}={value!r} must be a finite number{_range_text(lo, hi, hi_open=hi_open)}.")
+    if (lo is not None and value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
+        raise ConfigError(
+            f"{owner}.{field}={value!r} is out of range; valid: {_range_text(lo, hi, bare=True, hi_open=hi_open)}."
+        )
+
+
+def _range_text(lo: Any, hi: Any, bare: bool = False, hi_open: bool = False) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        text = f">= {lo}"
+    elif lo is None:
+        text = f"< {hi}" if hi_open else f"<= {hi}"
+    else:
+        text = f"{lo}..{hi}" + (" (exclusive)" if hi_open else "")
+    return text if bare else f" ({text})"
+
+
+def parse_value(text: str) -> Any:
+    """Parses the value of a `key=value` override: JSON first, then Python-style words, else str."""
+    text = text.strip()
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:  # bare comma list: 16,32,64
+        return [parse_value(part) for part in text.split(",") if part.strip()]
+    return text
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Brings a JSON-ish value to the field's declared type where that is lossless."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                return _coerce(value, arg)
+    if origin is tuple or hint is tuple:
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else None
+            return tuple(_coerce(v, inner) if inner not in (None, Ellipsis) else v for v in value)
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Behaviour shared by every msunet config: dict/JSON round trip, overrides, validation."""
+
+    # Bumped when a field's meaning changes; stored in JSON so old files can be recognised.
+    version: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(value, hints[f.name])
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises `ConfigError` on an invalid field. Subclasses extend this."""
+
+    # Round trip ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a dict of JSON-compatible plain values (tuples become lists)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Builds a config from a dict; unknown keys raise with a close-match suggestion."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values, got {type(data).__name__}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                f"{cls.__name__} has no field {key!r}.{close_matches(key, names)} Valid fields: {', '.join(names)}."
+            )
+        return cls(**dict(data))
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
+        """Returns the config as JSON text; also writes it (atomically) to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=indent, sort_keys=False) + "\n"
+        if path is not None:
+            tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_json(cls: type[C], source: str | os.PathLike) -> C:
+        """Reads a config from a JSON file path, or from JSON text starting with '{'."""
+        text = os.fspath(source)
+        if text.lstrip().startswith("{"):
+            where = "JSON text"
+        else:
+            where = text
+            try:
+                with open(text, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as err:
+                raise ConfigError(f"Cannot read config file {where!r}: {err.strerror}. Check the path.") from err
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"Config {where!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
+            ) from err
+        return cls.from_dict(data)
+
+    # Overrides ----------------------------------------------------------------------------------
+    def replace(self: C, **changes: Any) -> C:
+        """Returns a copy with `changes` applied (validated). Unknown names raise `ConfigError`."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for key in changes:
+            if key not in names:
+                raise ConfigError(
+                    f"{type(self).__name__} has no field {key!r}.{close_matches(key, names)} "
+                    f"Valid fields: {', '.join(names)}."
+                )
+        return dataclasses.replace(self, **changes)
+
+    def override(self: C, assignments: Iterable[str]) -> C:
+        """Applies `key=value` strings (values parsed as JSON, else as plain text).
+
+        Example:
+        ```python
+        cfg = ModelConfig().override(["depth=3", "filters_per_level=[8,16,32,64]"])
+        ```
+        """
+        changes: dict[str, Any] = {}
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. depth=3).")
+            key, _, value = item.partition("=")
+            changes[key.strip()] = parse_value(value)
+        return self.replace(**changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+NORMS = ("batch", "group", "none")
+DOWNSAMPLES = ("maxpool", "avgpool", "strided_conv")
+UPSAMPLES = ("nearest", "bilinear", "transpose")
+FUSIONS = ("concat", "add")
+OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "tanh", "relu6")
+MAX_DEPTH = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(BaseConfig):
+    """Options of a multi-scale U-Net.
+
+    `depth` is the number of downsampling steps, so the encoder has `depth + 1` levels (the last
+    one is the bottleneck at 1/2**depth) and the decoder produces features at the `depth` scales
+    1/2**(depth-1), ..., 1/2, 1/1. Every decoder scale can carry a mask head.
+
+    Args:
+        architecture: registered architecture name (see `msunet.models.ARCHITECTURES`).
+        in_channels: channels of the input image (1 grayscale, 3 RGB, ...).
+        num_classes: 1 for binary (sigmoid) masks, >= 2 for multi-class (softmax) masks.
+        depth: number of downsampling steps, 1..7.
+        filters: filters of the first level; level `i` has `filters * filter_growth**i`.
+        filter_growth: growth factor of the filters per level (>= 1).
+        filters_per_level: explicit filters for each of the `depth + 1` levels; overrides
+            `filters` and `filter_growth`.
+        convs_per_block: convolutions in each encoder/decoder block.
+        kernel_size: odd kernel size of those convolutions.
+        norm: "batch", "group" or "none".
+        groups: groups of group normalisation (reduced to a divisor of the channels).
+        activation: activation after every convolution.
+        dropout: dropout rate at the end of each block of the two coarsest levels (0 disables).
+        downsample: "maxpool", "avgpool" or "strided_conv".
+        upsample: "nearest", "bilinear" or "transpose" (2x2 transposed convolution).
+        fusion: skip fusion, "concat" or "add".
+        deep_supervision: add a mask head at each coarse decoder scale ("mask_s2", ...).
+        ds_heads: how many coarse heads (finest first); None means every coarse scale.
+        fused_head: add "mask_fused", predicted from all decoder scales upsampled and concatenated.
+        output_activation: "auto" (sigmoid if num_classes == 1 else softmax), "sigmoid",
+            "softmax" or "linear" (the heads return logits).
+        input_size: optional fixed (height, width); None accepts any size.
+    """
+
+    architecture: str = "unet"
+    in_channels: int = 3
+    num_classes: int = 1
+    depth: int = 4
+    filters: int = 32
+    filter_growth: float = 2.0
+    filters_per_level: tuple[int, ...] | None = None
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    norm: str = "batch"
+    groups: int = 8
+    activation: str = "relu"
+    dropout: float = 0.0
+    downsample: str = "maxpool"
+    upsample: str = "transpose"
+    fusion: str = "concat"
+    deep_supervision: bool = True
+    ds_heads: int | None = None
+    fused_head: bool = False
+    output_activation: str = "auto"
+    input_size: tuple[int, int] | None = None
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ConfigError(f"{owner}.architecture={self.architecture!r} must be a non-empty name such as 'unet'.")
+        check_int(owner, "in_channels", self.in_channels, 1)
+        check_int(owner, "num_classes", self.num_classes, 1)
+        check_int(owner, "depth", self.depth, 1, MAX_DEPTH)
+        check_int(owner, "filters", self.filters, 1)
+        check_float(owner, "filter_growth", self.filter_growth, 1.0, 8.0)
+        if self.filters_per_level is not None:
+            levels = self.filters_per_level
+            if not isinstance(levels, tuple) or len(levels) != self.depth + 1:
+                raise ConfigError(
+                    f"{owner}.filters_per_level={_jsonable(levels)!r} must list {self.depth + 1} positive integers "
+                    f"(one per level: depth={self.depth} downsamplings + the bottleneck)."
+                )
+            for i, value in enumerate(levels):
+                check_int(owner, f"filters_per_level[{i}]", value, 1)
+        check_int(owner, "convs_per_block", self.convs_per_block, 1, 8)
+        check_int(owner, "kernel_size", self.kernel_size, 1, 15)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"{owner}.kernel_size={self.kernel_size} must be odd (1, 3, 5, ...) to keep sizes.")
+        check_choice(owner, "norm", self.norm, NORMS)
+        check_int(owner, "groups", self.groups, 1)
+        check_choice(owner, "activation", self.activation, ACTIVATIONS)
+        check_float(owner, "dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        check_choice(owner, "downsample", self.downsample, DOWNSAMPLES)
+        check_choice(owner, "upsample", self.upsample, UPSAMPLES)
+        check_choice(owner, "fusion", self.fusion, FUSIONS)
+        for flag in ("deep_supervision", "fused_head"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{owner}.{flag}={getattr(self, flag)!r} must be true or false.")
+        if self.ds_heads is not None:
+            check_int(owner, "ds_heads", self.ds_heads, 0, self.depth - 1)
+        check_choice(owner, "output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        if self.output_activation == "softmax" and self.num_classes == 1:
+            raise ConfigError(
+                f"{owner}.output_activation='softmax' with num_classes=1 gives a constant 1; "
+                "use 'sigmoid' (or 'auto') for binary masks."
+            )
+        if self.input_size is not None:
+            size = self.input_size
+            if not isinstance(size, tuple) or len(size) != 2:
+                raise ConfigError(f"{owner}.input_size={_jsonable(size)!r} must be [height, width] or null.")
+            check_int(owner, "input_size[0]", size[0], 1)
+            check_int(owner, "input_size[1]", size[1], 1)
+
+    # Derived values -----------------------------------------------------------------------------
+    @property
+    def level_filters(self) -> tuple[int, ...]:
+        """Filters at each of the `depth + 1` encoder levels (the last is the bottleneck)."""
+        if self.filters_per_level is not None:
+            return tuple(self.filters_per_level)
+        return tuple(max(1, int(round(self.filters * self.filter_growth**i))) for i in range(self.depth + 1))
+
+    @property
+    def head_scales(self) -> tuple[int, ...]:
+        """Downsampling factors of the mask heads, finest first: (1, 2, 4, ...)."""
+        if not self.deep_supervision:
+            return (1,)
+        count = self.depth - 1 if self.ds_heads is None else self.ds_heads
+        return tuple(2**i for i in range(count + 1))
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """Output names: "mask", "mask_s2", ..., then "mask_fused" if enabled."""
+        names = tuple("mask" if s == 1 else f"mask_s{s}" for s in self.head_scales)
+        return names + (("mask_fused",) if self.fused_head else ())
+
+    @property
+    def resolved_output_activation(self) -> str:
+        if self.output_activation == "auto":
+            return "sigmoid" if self.num_classes == 1 else "softmax"
+        return self.output_activation

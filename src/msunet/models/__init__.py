@@ -1,0 +1,111 @@
+"""Architectures: the `ARCHITECTURES` registry, `build_model`, and views of a built model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+from msunet.config import ConfigError, ModelConfig, close_matches
+from msunet.models.layers import BilinearUpsampling2D, CropToMatch
+from msunet.models.seeds import SEED_EXAMPLES, seed_example
+from msunet.models.unet import build_unet
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], keras.Model]] = {"unet": build_unet}
+
+
+def build_model(config: ModelConfig | None = None) -> keras.Model:
+    """Builds the architecture named by `config.architecture` (default: a U-Net).
+
+    Raises:
+        ConfigError: the name is not registered; the message lists the valid names.
+    """
+    cfg = config if config is not None else ModelConfig()
+    builder = ARCHITECTURES.get(cfg.architecture)
+    if builder is None:
+        names = sorted(ARCHITECTURES)
+        raise ConfigError(
+            f"ModelConfig.architecture={cfg.architecture!r} is not registered; valid: "
+            f"{', '.join(repr(n) for n in names)}.{close_matches(cfg.architecture, names)}"
+        )
+    return builder(cfg)
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """Names of a msunet model's outputs, in order ("mask", "mask_s2", ...)."""
+    return [t._keras_history[0].name for t in model.outputs]
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """A model sharing `model`'s weights whose outputs are the heads' logits (before activation).
+
+    Use it with losses computed from logits, which are numerically stable.
+    """
+    outputs = {name: model.get_layer(f"{name}_logits").output for name in output_names(model)}
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+
+
+def select_outputs(model: keras.Model, names: list[str] | tuple[str, ...] = ("mask",)) -> keras.Model:
+    """A model sharing `model`'s weights that computes only the outputs `names`.
+
+    Layers that feed no selected output are pruned, so inference of only "mask" skips the coarse
+    heads.
+    """
+    available = output_names(model)
+    for name in names:
+        if name not in available:
+            raise ValueError(
+                f"Model {model.name!r} has no output {name!r}; valid: {', '.join(available)}."
+                f"{close_matches(name, available)}"
+            )
+    return keras.Model(model.inputs, {n: model.get_layer(n).output for n in names}, name=f"{model.name}_select")
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BilinearUpsampling2D",
+    "CropToMatch",
+    "SEED_EXAMPLES",
+    "build_model",
+    "build_unet",
+    "logits_model",
+    "output_names",
+    "output_shapes",
+    "parse_size",
+    "seed_example",
+    "select_outputs",
+    "summarize",
+]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parses "HxW" (or "N" for N x N) into a (height, width) tuple of positive ints."""
+    parts = str(text).lower().replace(" ", "").split("x")
+    try:
+        if len(parts) == 1:
+            parts = parts * 2
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        height = width = 0
+    if len(parts) != 2 or height < 1 or width < 1:
+        raise ValueError(f"Size {text!r} is not of the form HxW with positive integers (e.g. 256x256 or 37x101).")
+    return height, width
+
+
+def output_shapes(model: keras.Model, size: tuple[int, int], batch: int = 1) -> dict[str, tuple]:
+    """Shape of each output for an input of `size` = (height, width), inferred without running it."""
+    channels = model.inputs[0].shape[-1]
+    spec = model.compute_output_spec(keras.KerasTensor((batch, *size, channels)))
+    return {name: tuple(spec[name].shape) for name in output_names(model)}
+
+
+def summarize(model: keras.Model, size: tuple[int, int] | None = None) -> str:
+    """Text summary: Keras' layer table, parameter count, and each output's name and shape."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=110)
+    lines.append(f"Parameters: {model.count_params():,}")
+    if size is not None:
+        lines.append(f"Outputs for a {size[0]}x{size[1]} input:")
+        for name, shape in output_shapes(model, size).items():
+            lines.append(f"  {name:<12} {shape}")
+    return "\n".join(lines)

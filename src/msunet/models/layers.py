@@ -1,0 +1,103 @@
+"""Registered layers used inside msunet graphs (never `Lambda`, so models reload safely)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="msunet")
+class CropToMatch(keras.layers.Layer):
+    """Crops the spatial size of `x` to that of `reference` (top-left anchored).
+
+    Stride-2 "same" downsampling rounds sizes up (ceil(H/2)), so upsampling by 2 can overshoot the
+    skip connection by one pixel on odd sizes; this layer removes that pixel. The builder only
+    inserts it where the two sizes are not known to be equal, so fixed, divisible input sizes pay
+    nothing.
+
+    Example:
+    ```python
+    y = CropToMatch()([upsampled, skip])  # y has skip's height and width
+    ```
+
+    Input shape:
+        A list `[x, reference]` of 4D channels-last tensors; `x` at least as large as `reference`.
+    Output shape:
+        `(batch, reference_height, reference_width, x_channels)`.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        x_shape = ops.shape(x)
+        ref_shape = ops.shape(reference)
+        return ops.slice(x, (0, 0, 0, 0), (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3]))
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="msunet")
+class BilinearUpsampling2D(keras.layers.Layer):
+    """Bilinear upsampling by an integer factor that works on inputs of unknown size.
+
+    It gives the same values as `keras.ops.image.resize(x, (H*f, W*f), "bilinear")` (half-pixel
+    centres, edges clamped), but is written with slices and weighted sums so that it traces with
+    dynamic height and width on every backend; `UpSampling2D(interpolation="bilinear")` passes a
+    dynamic size to `image.resize`, which the TensorFlow backend rejects once Keras relaxes the
+    traced shapes.
+
+    Example:
+    ```python
+    y = BilinearUpsampling2D(2)(x)  # (b, 2h, 2w, c)
+    ```
+
+    Args:
+        size: integer upsampling factor (same for height and width), >= 1.
+
+    Input shape:
+        4D channels-last tensor `(batch, height, width, channels)`.
+    Output shape:
+        `(batch, height * size, width * size, channels)`.
+    """
+
+    def __init__(self, size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"BilinearUpsampling2D: size must be an integer >= 1, received size={size!r}.")
+        self.size = size
+        # Offsets of each output phase from its source pixel centre, in input pixels: in (-0.5, 0.5).
+        self._offsets = [(k + 0.5) / size - 0.5 for k in range(size)]
+
+    def _upsample_axis(self, x, axis: int):
+        first = x[:, :1] if axis == 1 else x[:, :, :1]
+        last = x[:, -1:] if axis == 1 else x[:, :, -1:]
+        padded = ops.concatenate([first, x, last], axis=axis)
+        if axis == 1:
+            prev, nxt = padded[:, :-2], padded[:, 2:]
+        else:
+            prev, nxt = padded[:, :, :-2], padded[:, :, 2:]
+        phases = []
+        for offset in self._offsets:
+            if offset < 0:
+                phases.append(x * (1.0 + offset) + prev * (-offset))
+            else:
+                phases.append(x * (1.0 - offset) + nxt * offset)
+        stacked = ops.stack(phases, axis=axis + 1)
+        shape = ops.shape(x)
+        channels = x.shape[-1] if x.shape[-1] is not None else shape[3]
+        if axis == 1:
+            return ops.reshape(stacked, (shape[0], shape[1] * self.size, shape[2], channels))
+        return ops.reshape(stacked, (shape[0], shape[1], shape[2] * self.size, channels))
+
+    def call(self, inputs):
+        if self.size == 1:
+            return inputs
+        return self._upsample_axis(self._upsample_axis(inputs, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h * self.size, None if w is None else w * self.size, c)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}

@@ -1,40 +1,45 @@
 """msunet: multi-scale U-Net segmentation for Keras 3.
 
-Public API (imported lazily, so `msunet.config` and the NumPy-only modules never import keras):
+`import msunet` registers msunet's Keras layers, so saved models reload with plain
+`keras.saving.load_model(path)` (no `custom_objects`), as with keras-hub.
+
+Public API:
     ModelConfig, ConfigError            configuration (msunet.config)
     build_model, build_unet             model builders (msunet.models)
     logits_model, select_outputs        views of a built model sharing its weights
+    output_names                        a model's outputs in canonical order
     seed_example                        the seed snippets' intended architectures, fixed
+    load_model                          `keras.saving.load_model` with clear errors
 """
 
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
-_LAZY = {
-    "ConfigError": "msunet.config",
-    "ModelConfig": "msunet.config",
-    "build_model": "msunet.models",
-    "build_unet": "msunet.models",
-    "logits_model": "msunet.models",
-    "select_outputs": "msunet.models",
-    "seed_example": "msunet.models",
-    "output_names": "msunet.models",
-}
+from msunet._backend import import_keras_quietly
 
-__all__ = ["__version__", *_LAZY]
+import_keras_quietly()
 
+from msunet.config import ConfigError, ModelConfig  # noqa: E402
+from msunet.models import (  # noqa: E402
+    build_model,
+    build_unet,
+    load_model,
+    logits_model,
+    output_names,
+    seed_example,
+    select_outputs,
+)
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'msunet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(__all__)
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "__version__",
+    "build_model",
+    "build_unet",
+    "load_model",
+    "logits_model",
+    "output_names",
+    "seed_example",
+    "select_outputs",
+]

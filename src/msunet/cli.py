@@ -7,39 +7,11 @@ non-zero exit code, never a traceback from deep inside Keras.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from msunet import __version__
 
 EXIT_USAGE = 2
-
-
-def _import_backend_quietly() -> None:
-    """Imports keras with file descriptor 2 sent to a temporary file.
-
-    TensorFlow >= 2.20 writes start-up lines (oneDNN, CUDA probing) before its logging is set up,
-    so TF_CPP_MIN_LOG_LEVEL cannot hide them. If the import fails, what it wrote is replayed.
-    Later warnings and errors reach stderr as usual.
-    """
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import keras
-
-            keras.ops.convert_to_tensor(0.0)  # first device use also logs (cuInit on CPU-only machines)
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _load_model_config(args: argparse.Namespace):
@@ -79,14 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
     try:
-        _import_backend_quietly()
         return args.func(args)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"msunet {args.command}: error: {err}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Callable
 
 import keras
@@ -32,8 +34,19 @@ def build_model(config: ModelConfig | None = None) -> keras.Model:
 
 
 def output_names(model: keras.Model) -> list[str]:
-    """Names of a msunet model's outputs, in order ("mask", "mask_s2", ...)."""
-    return [t._keras_history[0].name for t in model.outputs]
+    """Names of a msunet model's outputs in canonical order: "mask", "mask_s2", "mask_s4", ..., "mask_fused".
+
+    (Keras flattens dict outputs by sorted key, so `model.outputs` order is not this one.)
+    """
+
+    def order(name: str) -> tuple[int, str]:
+        if name == "mask":
+            return (0, name)
+        if name.startswith("mask_s") and name[6:].isdigit():
+            return (int(name[6:]), name)
+        return (1 << 30, name)
+
+    return sorted((t._keras_history[0].name for t in model.outputs), key=order)
 
 
 def logits_model(model: keras.Model) -> keras.Model:
@@ -42,7 +55,7 @@ def logits_model(model: keras.Model) -> keras.Model:
     Use it with losses computed from logits, which are numerically stable.
     """
     outputs = {name: model.get_layer(f"{name}_logits").output for name in output_names(model)}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+    return keras.Model(model.input, outputs, name=f"{model.name}_logits")
 
 
 def select_outputs(model: keras.Model, names: list[str] | tuple[str, ...] = ("mask",)) -> keras.Model:
@@ -58,7 +71,7 @@ def select_outputs(model: keras.Model, names: list[str] | tuple[str, ...] = ("ma
                 f"Model {model.name!r} has no output {name!r}; valid: {', '.join(available)}."
                 f"{close_matches(name, available)}"
             )
-    return keras.Model(model.inputs, {n: model.get_layer(n).output for n in names}, name=f"{model.name}_select")
+    return keras.Model(model.input, {n: model.get_layer(n).output for n in names}, name=f"{model.name}_select")
 
 
 __all__ = [
@@ -68,6 +81,7 @@ __all__ = [
     "SEED_EXAMPLES",
     "build_model",
     "build_unet",
+    "load_model",
     "logits_model",
     "output_names",
     "output_shapes",
@@ -76,6 +90,23 @@ __all__ = [
     "select_outputs",
     "summarize",
 ]
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a `.keras` model saved by msunet (plain `keras.saving.load_model`, safe mode on).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and what to do.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file {path!r} does not exist. Pass a .keras file written by msunet.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Model file {path!r} is not a .keras archive; msunet saves models as NAME.keras.")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"Model file {path!r} is not a readable .keras archive ({err}); it may be truncated.") from err
 
 
 def parse_size(text: str) -> tuple[int, int]:

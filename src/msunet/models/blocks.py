@@ -64,12 +64,14 @@ def apply_up(x, skip, cfg: ModelConfig, name: str):
     skip_channels = skip.shape[-1]
     if cfg.upsample == "transpose":
         x = layers.Conv2DTranspose(skip_channels, 2, strides=2, name=f"{name}_transpose")(x)
-    elif cfg.upsample == "bilinear":
-        x = BilinearUpsampling2D(2, name=f"{name}_upsample")(x)
     else:
-        x = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_upsample")(x)
         if cfg.fusion == "add" and x.shape[-1] != skip_channels:
+            # 1x1 projection before the (linear, weights summing to 1) upsampling: same result, 4x cheaper.
             x = layers.Conv2D(skip_channels, 1, name=f"{name}_project")(x)
+        if cfg.upsample == "bilinear":
+            x = BilinearUpsampling2D(2, name=f"{name}_upsample")(x)
+        else:
+            x = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_upsample")(x)
     x = match_size(x, skip, name=f"{name}_crop")
     if cfg.fusion == "concat":
         return layers.Concatenate(name=f"{name}_concat")([x, skip])

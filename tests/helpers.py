@@ -1,0 +1,50 @@
+"""Shared test helpers: tiny configs, deterministic inputs, shape expectations, paths."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+
+import numpy as np
+
+from msunet.config import ModelConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A depth-2 U-Net with a few filters: builds and runs in well under a second."""
+    base = dict(depth=2, filters=4, in_channels=3, num_classes=1)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def random_image(height: int, width: int, channels: int = 3, batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, height, width, channels), dtype=np.float32)
+
+
+def expected_shapes(cfg: ModelConfig, height: int, width: int, batch: int = 1) -> dict[str, tuple]:
+    """The output contract: "mask_s{s}" is ceil(H/s) x ceil(W/s); "mask" and "mask_fused" are H x W."""
+    shapes = {}
+    for name in cfg.head_names:
+        scale = int(name.split("_s")[1]) if name.startswith("mask_s") else 1
+        shapes[name] = (batch, math.ceil(height / scale), math.ceil(width / scale), cfg.num_classes)
+    return shapes
+
+
+def shared_dataset(name: str):
+    """Path of a dataset in ../shared/data, or skip the test with the reason."""
+    import pytest
+
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (../shared/data is only beside the project in development and CI)")
+    return path
+
+
+def env_without_keras_backend() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    return env

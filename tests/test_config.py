@@ -1,0 +1,100 @@
+import json
+
+import pytest
+
+from msunet.config import ConfigError, ModelConfig, parse_value
+
+
+def test_defaults_match_the_classic_unet():
+    cfg = ModelConfig()
+    assert cfg.level_filters == (32, 64, 128, 256, 512)
+    assert cfg.head_names == ("mask", "mask_s2", "mask_s4", "mask_s8")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = ModelConfig(depth=3, filters_per_level=(8, 16, 32, 64), fused_head=True, input_size=(64, 96))
+    path = tmp_path / "cfg.json"
+    cfg.to_json(path)
+    back = ModelConfig.from_json(path)
+    assert back == cfg
+    assert isinstance(back.filters_per_level, tuple) and isinstance(back.input_size, tuple)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(path.read_text())["filters_per_level"] == [8, 16, 32, 64]
+
+
+def test_frozen():
+    with pytest.raises(Exception):
+        ModelConfig().depth = 3  # type: ignore[misc]
+
+
+def test_overrides_parse_values_by_type():
+    cfg = ModelConfig().override(
+        ["depth=3", "dropout=0.1", "deep_supervision=false", "upsample=bilinear", "filters_per_level=[4,8,16,32]"]
+    )
+    assert (cfg.depth, cfg.dropout, cfg.deep_supervision, cfg.upsample) == (3, 0.1, False, "bilinear")
+    assert cfg.filters_per_level == (4, 8, 16, 32)
+    assert ModelConfig().override(["ds_heads=none"]).ds_heads is None
+    assert ModelConfig().override(["input_size=64,80"]).input_size == (64, 80)
+    assert ModelConfig().override(["filter_growth=2"]).filter_growth == 2.0
+
+
+@pytest.mark.parametrize(
+    "overrides, field, fragment",
+    [
+        ({"depth": 0}, "depth", "1..7"),
+        ({"depth": 8}, "depth", "1..7"),
+        ({"filters": -4}, "filters", ">= 1"),
+        ({"num_classes": 0}, "num_classes", ">= 1"),
+        ({"upsample": "bilinar"}, "upsample", "Did you mean 'bilinear'?"),
+        ({"norm": "batchnorm"}, "norm", "Did you mean 'batch'?"),
+        ({"kernel_size": 4}, "kernel_size", "odd"),
+        ({"dropout": 1.0}, "dropout", "0.0..1.0"),
+        ({"filters_per_level": (8, 16)}, "filters_per_level", "5 positive integers"),
+        ({"ds_heads": 4}, "ds_heads", "0..3"),
+        ({"depth": "3"}, "depth", "integer"),
+        ({"num_classes": 1, "output_activation": "softmax"}, "output_activation", "sigmoid"),
+    ],
+)
+def test_bad_values_name_field_value_and_valid_range(overrides, field, fragment):
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**overrides)
+    message = str(info.value)
+    assert f"ModelConfig.{field}" in message
+    assert fragment in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_fields_suggest_close_match():
+    with pytest.raises(ConfigError, match="Did you mean 'filters'"):
+        ModelConfig().override(["filtrs=8"])
+    with pytest.raises(ConfigError, match="Did you mean 'depth'"):
+        ModelConfig.from_dict({"dept": 3})
+    with pytest.raises(ConfigError, match="key=value"):
+        ModelConfig().override(["depth"])
+
+
+def test_bad_json_names_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{depth: 3}")
+    with pytest.raises(ConfigError, match="broken.json.*not valid JSON"):
+        ModelConfig.from_json(path)
+    with pytest.raises(ConfigError, match="Cannot read config file"):
+        ModelConfig.from_json(tmp_path / "missing.json")
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("True") is True
+    assert parse_value("relu") == "relu" and parse_value("[1, 2]") == [1, 2] and parse_value("null") is None
+
+
+@pytest.mark.parametrize("module", ["config", "_backend"])
+def test_backend_free_modules_do_not_import_keras(module):
+    import ast
+
+    from helpers import ROOT
+
+    tree = ast.parse((ROOT / "src" / "msunet" / f"{module}.py").read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] in {"keras", "tensorflow", "jax", "torch"}]

@@ -7,7 +7,7 @@
   ratio is what matters on this shared, noisy machine.
 
 Run: `.venv/bin/python benchmarks/model_overhead.py [--repeats 30] [--batch 1]`
-Writes benchmarks/results/model-overhead-<date>.json.
+Writes benchmarks/results/model-overhead-<date>-batch<N>.json.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
             "max_abs_output_difference": diff,
         },
     }
-    out = pathlib.Path(__file__).parent / "results" / f"model-overhead-{result['date']}.json"
+    out = pathlib.Path(__file__).parent / "results" / f"model-overhead-{result['date']}-batch{args.batch}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -102,9 +102,12 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        for arg in args:
-            if arg is not type(None):
-                return _coerce(value, arg)
+        members = [a for a in args if a is not type(None)]
+        if isinstance(value, (list, tuple)):
+            members = [a for a in members if typing.get_origin(a) is tuple or a is tuple] or members
+        elif len(members) > 1:
+            return value  # e.g. str | tuple: a scalar keeps its own type
+        return _coerce(value, members[0])
     if origin is tuple or hint is tuple:
         if isinstance(value, (list, tuple)):
             inner = args[0] if args else None
@@ -361,3 +364,265 @@ class ModelConfig(BaseConfig):
         if self.output_activation == "auto":
             return "sigmoid" if self.num_classes == 1 else "softmax"
         return self.output_activation
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+MASK_ENCODINGS = ("auto", "binary", "index", "palette")
+NORMALIZATIONS = ("dataset", "image")
+TARGET_DOWNSAMPLINGS = ("average", "nearest", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(BaseConfig):
+    """How a dataset folder is read, split, normalised, sampled and augmented.
+
+    Args:
+        pairs_csv: optional CSV of `image,mask` paths (relative to the data folder) for layouts other
+            than `images/` + `masks/` paired by file stem.
+        mask_encoding: "auto" (binary if the masks hold two values, else class indices), "binary"
+            (0/255 or 0/1; anything non-zero is foreground), "index" (pixel = class id) or
+            "palette" (RGB colour -> class via `palette`).
+        palette: for "palette": list of [r, g, b] colours, class i = colour i.
+        ignore_label: mask value that contributes to no loss or metric (e.g. CamVid's void, 11).
+        val_fraction: validation share when there is no `split.csv` (seeded by `seed`).
+        normalization: "dataset" (per-channel mean/std of the training images, saved with the run
+            and reused by predict) or "image" (per-image z-score).
+        patch_size: square training patch side; images smaller than it are padded.
+        foreground_oversample: share of patches centred on a foreground pixel.
+        flip, rot90: random flips and 90-degree rotations.
+        scale: random zoom range +-scale (0 disables); rotate: random rotation in degrees.
+        brightness, contrast, gamma: intensity augmentation strengths (0 disables each).
+        target_downsampling: how coarse heads' targets are made: "average" (soft class fractions,
+            the default: thin structures keep their mass), "nearest" or "max".
+        max_pixels: refuse larger images (decompression-bomb guard).
+        seed: seed of the split and of the sampling.
+    """
+
+    pairs_csv: str | None = None
+    mask_encoding: str = "auto"
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    ignore_label: int | None = None
+    val_fraction: float = 0.2
+    normalization: str = "dataset"
+    patch_size: int = 256
+    foreground_oversample: float = 0.33
+    flip: bool = True
+    rot90: bool = True
+    scale: float = 0.15
+    rotate: float = 15.0
+    brightness: float = 0.1
+    contrast: float = 0.15
+    gamma: float = 0.2
+    target_downsampling: str = "average"
+    max_pixels: int = 250_000_000
+    seed: int = 0
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        check_choice(owner, "mask_encoding", self.mask_encoding, MASK_ENCODINGS)
+        if self.mask_encoding == "palette" and not self.palette:
+            raise ConfigError(f"{owner}.palette is empty; mask_encoding='palette' needs a list of [r, g, b] colours.")
+        if self.palette is not None:
+            for i, colour in enumerate(self.palette):
+                if len(colour) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
+                    raise ConfigError(f"{owner}.palette[{i}]={list(colour)!r} must be [r, g, b] with values 0..255.")
+        if self.ignore_label is not None:
+            check_int(owner, "ignore_label", self.ignore_label, 0, 65535)
+        check_float(owner, "val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
+        check_choice(owner, "normalization", self.normalization, NORMALIZATIONS)
+        check_int(owner, "patch_size", self.patch_size, 8, 8192)
+        check_float(owner, "foreground_oversample", self.foreground_oversample, 0.0, 1.0)
+        for flag in ("flip", "rot90"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{owner}.{flag}={getattr(self, flag)!r} must be true or false.")
+        check_float(owner, "scale", self.scale, 0.0, 0.9)
+        check_float(owner, "rotate", self.rotate, 0.0, 180.0)
+        for name in ("brightness", "contrast", "gamma"):
+            check_float(owner, name, getattr(self, name), 0.0, 1.0)
+        check_choice(owner, "target_downsampling", self.target_downsampling, TARGET_DOWNSAMPLINGS)
+        check_int(owner, "max_pixels", self.max_pixels, 1)
+        check_int(owner, "seed", self.seed, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+LOSSES = ("dice_ce", "dice", "ce", "focal", "tversky", "dice_focal")
+DS_WEIGHTINGS = ("nnunet", "halving", "equal")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(BaseConfig):
+    """Optimisation options.
+
+    Args:
+        epochs, steps_per_epoch, batch_size: an epoch is `steps_per_epoch` batches of random patches.
+        val_batches: validation batches of fixed patches per epoch (0: validate on all of them).
+        loss: "dice_ce" (default), "dice", "ce", "focal", "tversky" or "dice_focal".
+        dice_smooth: smoothing of the soft Dice.
+        include_background: count the background class in the multi-class Dice.
+        class_weights: per-class weights of the Dice/CE terms (None: equal).
+        tversky_alpha, tversky_beta: false-positive / false-negative weights of the Tversky loss.
+        focal_gamma: focusing parameter of the focal loss.
+        ds_weights: weights of the heads, finest first: "nnunet" (1/2^i normalised, coarsest 0),
+            "halving" (1/2^i normalised, every head trained), "equal", or an explicit list.
+        optimizer, learning_rate, weight_decay, schedule: optimiser and learning-rate schedule
+            ("cosine" decay, "poly" (nnU-Net's 0.9 power) or "constant").
+        early_stopping: stop after this many epochs without a better validation Dice (0: never).
+        threshold: probability threshold of binary metrics.
+        seed: seed of weights initialisation and sampling.
+        workers: data-loading threads feeding `fit` (keras.utils.PyDataset workers).
+    """
+
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    val_batches: int = 0
+    loss: str = "dice_ce"
+    dice_smooth: float = 1.0
+    include_background: bool = False
+    class_weights: tuple[float, ...] | None = None
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+    focal_gamma: float = 2.0
+    ds_weights: str | tuple[float, ...] = "nnunet"
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    early_stopping: int = 0
+    threshold: float = 0.5
+    seed: int = 0
+    workers: int = 2
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        check_int(owner, "epochs", self.epochs, 1)
+        check_int(owner, "steps_per_epoch", self.steps_per_epoch, 1)
+        check_int(owner, "batch_size", self.batch_size, 1, 4096)
+        check_int(owner, "val_batches", self.val_batches, 0)
+        check_choice(owner, "loss", self.loss, LOSSES)
+        check_float(owner, "dice_smooth", self.dice_smooth, 0.0)
+        if not isinstance(self.include_background, bool):
+            raise ConfigError(f"{owner}.include_background={self.include_background!r} must be true or false.")
+        if self.class_weights is not None:
+            for i, w in enumerate(self.class_weights):
+                check_float(owner, f"class_weights[{i}]", w, 0.0)
+        check_float(owner, "tversky_alpha", self.tversky_alpha, 0.0, 1.0)
+        check_float(owner, "tversky_beta", self.tversky_beta, 0.0, 1.0)
+        check_float(owner, "focal_gamma", self.focal_gamma, 0.0, 10.0)
+        if isinstance(self.ds_weights, str):
+            check_choice(owner, "ds_weights", self.ds_weights, DS_WEIGHTINGS)
+        else:
+            if not self.ds_weights:
+                raise ConfigError(f"{owner}.ds_weights=[] must name a scheme or list one weight per head.")
+            for i, w in enumerate(self.ds_weights):
+                check_float(owner, f"ds_weights[{i}]", w, 0.0)
+            if sum(self.ds_weights) <= 0:
+                raise ConfigError(f"{owner}.ds_weights={list(self.ds_weights)!r} must have a positive sum.")
+        check_choice(owner, "optimizer", self.optimizer, OPTIMIZERS)
+        check_float(owner, "learning_rate", self.learning_rate, 0.0, 10.0)
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be > 0.")
+        check_float(owner, "weight_decay", self.weight_decay, 0.0, 1.0)
+        check_choice(owner, "schedule", self.schedule, SCHEDULES)
+        check_int(owner, "early_stopping", self.early_stopping, 0)
+        check_float(owner, "threshold", self.threshold, 0.0, 1.0)
+        check_int(owner, "seed", self.seed, 0)
+        check_int(owner, "workers", self.workers, 0, 64)
+
+
+# --------------------------------------------------------------------------------------------------
+# A run: model + data + train, saved as RUN/config.json
+# --------------------------------------------------------------------------------------------------
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; `RUN/config.json` holds it and predict reads it back.
+
+    Overrides take `section.key=value` (`train.epochs=5`) or a bare `key=value` when the key
+    belongs to one section only (`epochs=5`; `seed` is in data and train, so it needs a section).
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"RunConfig expects a mapping with sections {', '.join(SECTIONS)}.")
+        unknown = [k for k in data if k not in SECTIONS]
+        if unknown:
+            raise ConfigError(
+                f"RunConfig has no section {unknown[0]!r}.{close_matches(unknown[0], SECTIONS)} "
+                f"Valid sections: {', '.join(SECTIONS)}."
+            )
+        return cls(**{name: SECTIONS[name].from_dict(data.get(name, {})) for name in SECTIONS})
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike) -> RunConfig:
+        text = os.fspath(source)
+        where = "JSON text"
+        if not text.lstrip().startswith("{"):
+            where = text
+            try:
+                with open(text, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as err:
+                raise ConfigError(f"Cannot read config file {where!r}: {err.strerror}. Check the path.") from err
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"Config {where!r} is not valid JSON: {err.msg} at line {err.lineno}.") from err
+        if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS):
+            data = {"model": data}  # a bare ModelConfig file (examples/seed1.json) is a run's model section
+        return cls.from_dict(data)
+
+    def override(self, assignments: Iterable[str]) -> RunConfig:
+        grouped: dict[str, list[str]] = {name: [] for name in SECTIONS}
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. train.epochs=5).")
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if "." in key:
+                section, _, field = key.partition(".")
+                if section not in SECTIONS:
+                    raise ConfigError(
+                        f"Override {item!r}: no section {section!r}.{close_matches(section, SECTIONS)} "
+                        f"Valid sections: {', '.join(SECTIONS)}."
+                    )
+            else:
+                owners = [s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+                if len(owners) > 1:
+                    raise ConfigError(
+                        f"Override {item!r} is ambiguous: {key!r} is in {' and '.join(owners)}; "
+                        f"write {owners[0]}.{key}=... or {owners[1]}.{key}=..."
+                    )
+                if not owners:
+                    every = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)]
+                    bare = [f.name for c in SECTIONS.values() for f in dataclasses.fields(c)]
+                    hint = close_matches(key, bare) or close_matches(key, every)
+                    raise ConfigError(f"Override {item!r}: no config field {key!r}.{hint}")
+                section, field = owners[0], key
+            grouped[section].append(f"{field}={value}")
+        return RunConfig(**{name: getattr(self, name).override(grouped[name]) for name in SECTIONS})

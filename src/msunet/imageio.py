@@ -1,0 +1,204 @@
+"""Reading and writing images and masks: PNG, JPEG, TIFF (8 and 16 bit). NumPy only, no keras.
+
+Every error names the file and what to do about it (`ImageReadError`, a `ValueError`), and every
+write is atomic: a temporary file in the same folder, then `os.replace`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import warnings
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DEFAULT_MAX_PIXELS = 250_000_000  # about 15800 x 15800; raise it for larger images (predict streams)
+
+
+class ImageReadError(ValueError):
+    """An image or mask file cannot be used. The message names the file and the fix."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header only."""
+    path = pathlib.Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+                axes = tif.series[0].axes
+            return _tiff_hw(shape, axes)
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
+        raise ImageReadError(f"{path}: cannot read the image header ({_reason(err)}). Replace or remove the file.") from err
+
+
+def _tiff_hw(shape: tuple, axes: str) -> tuple[int, int]:
+    if "Y" in axes and "X" in axes:
+        return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+    return int(shape[0]), int(shape[1])
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:200]
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads an image as a (H, W, C) array of its own dtype (uint8, uint16 or float).
+
+    Grayscale gives C = 1; RGBA and grayscale+alpha drop the alpha channel; palette images are
+    converted to RGB.
+
+    Args:
+        path: PNG, JPEG, TIFF or BMP file.
+        max_pixels: refuse images with more pixels (decompression-bomb guard).
+
+    Raises:
+        ImageReadError: unreadable, truncated, not an image, or too large; the message names the file.
+    """
+    array = _read_array(path, max_pixels, keep_palette=False)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] in (2, 4):  # gray+alpha, RGBA: alpha is not image content
+        array = array[..., :-1]
+    return np.ascontiguousarray(array)
+
+
+def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads a mask as a 2D array (class indices or 0/255) or (H, W, 3) for colour-coded masks.
+
+    Indexed (palette) PNGs keep their indices, which is how class-id masks are usually stored.
+    """
+    array = _read_array(path, max_pixels, keep_palette=True)
+    if array.ndim == 3:
+        if array.shape[-1] in (2, 4):
+            array = array[..., :-1]
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        elif array.shape[-1] == 3 and np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(
+            array[..., 0], array[..., 2]
+        ):
+            array = array[..., 0]  # grey saved as RGB
+    return np.ascontiguousarray(array)
+
+
+def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) -> np.ndarray:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file.")
+    if not is_image_file(path):
+        raise ImageReadError(
+            f"{path}: not an image file (suffix {path.suffix or 'none'!r}); "
+            f"use one of {', '.join(IMAGE_SUFFIXES)} or remove it from the folder."
+        )
+    height, width = image_size(path)
+    if height * width > max_pixels:
+        raise ImageReadError(
+            f"{path}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); raise max_pixels (data.max_pixels) if the image is genuine."
+        )
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                axes = tif.series[0].axes
+            if axes.startswith(("S", "C")) and array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] > 4:
+                array = np.moveaxis(array, 0, -1)  # planar (C, H, W) TIFF
+            if array.ndim > 3:
+                raise ImageReadError(f"{path}: a TIFF with {array.ndim} dimensions ({axes}); msunet reads 2D images.")
+            return array
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode == "P" and not keep_palette:
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                elif img.mode == "1":
+                    img = img.convert("L")
+                array = np.asarray(img)
+        if array.dtype == np.int32 and array.size and array.min() >= 0 and array.max() <= 65535:  # 16-bit PNG "I"
+            array = array.astype(np.uint16)
+        return array
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ImageReadError(
+            f"{path}: cannot decode the image ({_reason(err)}); the file may be truncated or corrupt. "
+            "Replace or remove it."
+        ) from err
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def encode_png(array: np.ndarray, palette: np.ndarray | None = None) -> bytes:
+    """PNG bytes of a (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8/uint16 array.
+
+    With `palette` (an (N, 3) uint8 array) a 2D uint8 array is written as an indexed PNG whose
+    pixel values stay class ids while viewers show the colours.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png expects uint8 or uint16, got {array.dtype}.")
+    if array.dtype == np.uint16 and array.ndim != 2:
+        raise ValueError("16-bit PNGs are written for single-channel arrays only.")
+    if palette is not None:
+        if array.ndim != 2 or array.dtype != np.uint8:
+            raise ValueError("An indexed PNG needs a 2D uint8 array of class ids.")
+        flat = np.zeros((256, 3), np.uint8)
+        flat[: len(palette)] = np.asarray(palette, np.uint8)[:256]
+        img = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array).tobytes())
+        img.putpalette(flat.reshape(-1).tolist())
+    else:
+        img = Image.fromarray(array)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Writes a PNG atomically (see `encode_png`)."""
+    atomic_write_bytes(path, encode_png(array, palette))
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes a TIFF atomically (float32 probabilities, 16-bit images, ...)."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.asarray(array))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Writes `array` atomically as PNG (uint8/uint16) or TIFF (anything else), by `path`'s suffix."""
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        write_tiff(path, array)
+    elif suffix == ".png":
+        write_png(path, array)
+    else:
+        raise ValueError(f"{path}: write PNG (.png) or TIFF (.tif) files; {suffix!r} is not supported for output.")

@@ -109,9 +109,23 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
         )
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = tifffile.imread(path)
-            with tifffile.TiffFile(path) as tif:
-                axes = tif.series[0].axes
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    axes = tif.series[0].axes
+                    array = tif.asarray()
+            except ValueError as err:
+                if "imagecodecs" not in str(err):
+                    raise
+                # Compressed (LZW, deflate, ...) TIFF without the imagecodecs package: Pillow decodes these.
+                try:
+                    with Image.open(path) as img:
+                        img.load()
+                        return np.asarray(img)
+                except Exception as pil_err:  # noqa: BLE001
+                    raise ImageReadError(
+                        f"{path}: this TIFF's compression needs the 'imagecodecs' package ({_reason(err)}); "
+                        f"Pillow could not read it either ({_reason(pil_err)}). Run: pip install imagecodecs"
+                    ) from err
             if axes.startswith(("S", "C")) and array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] > 4:
                 array = np.moveaxis(array, 0, -1)  # planar (C, H, W) TIFF
             if array.ndim > 3:

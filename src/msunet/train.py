@@ -1,0 +1,400 @@
+"""Training: `train(config, data_dir, out_dir)` writes a run folder; `--resume` continues it.
+
+RUN/ holds:
+    config.json          the resolved RunConfig (predict reads it back)
+    run.json             data folder, msunet version, the state of the run
+    normalization.json   per-channel statistics (or per-image mode), reused by predict
+    best.keras, last.keras   the probability model (best validation Dice, last epoch)
+    history.csv          one row per epoch: losses and Dice/IoU of every head
+    metrics.json         best and final validation scores, per head and per class
+    curves.png           loss and Dice per scale over epochs
+    problems.txt         files that were skipped, with the reason
+    state/               resume state: trainer + optimizer weights of the last completed epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import pathlib
+import shutil
+from typing import Any
+
+import keras
+import numpy as np
+
+from msunet import __version__
+from msunet.config import RunConfig
+from msunet.data import (
+    DataError,
+    FixedPatchDataset,
+    PatchDataset,
+    compute_normalization,
+    find_pairs,
+    fixed_patches,
+    load_samples,
+    split_pairs,
+)
+from msunet.losses import deep_supervision_weights, segmentation_loss
+from msunet.metrics import SegmentationScore, metric_name
+from msunet.models import build_model, logits_model
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """The run folder cannot be used as asked (exists, incomplete, ...); the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The training model: per-head targets and weights through a compute_loss override
+# --------------------------------------------------------------------------------------------------
+class MultiScaleTrainer(keras.Model):
+    """Wraps a msunet model's logits view; each head gets its own target and weight.
+
+    `compute_loss` sums `weight[head] * loss(y[head], logits[head])` over the heads with y a dict of
+    per-head targets of each head's own size; this avoids the multi-output `compile()` routing
+    (keras issues 21675, 22625). `compute_metrics` updates a Dice and an IoU per head.
+    """
+
+    def __init__(self, model: keras.Model, run: RunConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.model_cfg, self.train_cfg = run.model, run.train
+        self.net = logits_model(model)
+        self.head_weights = deep_supervision_weights(run.model.head_names, run.train.ds_weights)
+        for head, weight in self.head_weights.items():
+            if weight == 0:  # e.g. the coarsest head under "nnunet" weights: say so instead of a gradient warning
+                self.net.get_layer(f"{head}_logits").trainable = False
+        self.scores = [
+            SegmentationScore(run.model.num_classes, kind, run.train.threshold, name=metric_name(kind, head))
+            for head in run.model.head_names
+            for kind in ("dice", "iou")
+        ]
+        self._score_heads = [head for head in run.model.head_names for _ in ("dice", "iou")]
+
+    def call(self, inputs, training=False):
+        return self.net(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total = 0.0
+        for head, weight in self.head_weights.items():
+            if weight > 0:
+                total = total + weight * segmentation_loss(y[head], y_pred[head], self.train_cfg)
+        for extra in self.losses:  # weight decay terms, if any layer has them
+            total = total + extra
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for head, score in zip(self._score_heads, self.scores):
+            score.update_state(y[head], y_pred[head])
+        return self.get_metrics_result()
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and resume state
+# --------------------------------------------------------------------------------------------------
+def save_keras_atomic(model: keras.Model, path: pathlib.Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: pathlib.Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """At each epoch end: last.keras, best.keras (on validation Dice) and the resume state.
+
+    The resume state is `state/epoch-N.weights.h5` (trainer and optimizer variables) written
+    first, then `state/state.json` replaced atomically to point at it, so a kill at any moment
+    leaves a consistent pair: the previous one or the new one.
+    """
+
+    def __init__(self, run_dir: pathlib.Path, model: keras.Model, monitor: str, best: float | None, wait: int,
+                 patience: int):
+        super().__init__()
+        self.run_dir, self.net, self.monitor = run_dir, model, monitor
+        self.best, self.wait, self.patience = best, wait, patience
+        self.state_dir = run_dir / "state"
+        self.state_dir.mkdir(exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        improved = value is not None and not np.isnan(value) and (self.best is None or value > self.best)
+        save_keras_atomic(self.net, self.run_dir / "last.keras")
+        if improved:
+            self.best, self.wait = float(value), 0
+            save_keras_atomic(self.net, self.run_dir / "best.keras")
+        else:
+            self.wait += 1
+        weights = self.state_dir / f"epoch-{epoch + 1}.weights.h5"
+        self.model.save_weights(weights)
+        write_json_atomic(
+            self.state_dir / "state.json",
+            {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait},
+        )
+        for old in self.state_dir.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink(missing_ok=True)
+        if self.patience and self.wait >= self.patience:
+            log.info("early stopping: no better %s for %d epochs", self.monitor, self.wait)
+            self.model.stop_training = True
+
+
+def read_state(run_dir: pathlib.Path) -> dict | None:
+    path = run_dir / "state" / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise RunError(f"{path}: unreadable resume state ({err}); start again with --overwrite.") from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: pathlib.Path
+    epochs_done: int
+    best_dice: float | None
+    metrics: dict
+
+
+def _prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
+    marker = out / "run.json"
+    if resume:
+        if not marker.is_file():
+            raise RunError(f"{out}: not a msunet run folder (no run.json); nothing to resume. Start a run with --out.")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            what = "an existing run" if marker.is_file() else "a folder that is not empty"
+            raise RunError(
+                f"{out} is {what}; refusing to overwrite it. Use --resume to continue it, --overwrite to replace it, "
+                "or choose another --out."
+            )
+        if marker.is_file():
+            shutil.rmtree(out)
+        else:
+            raise RunError(f"{out} is not empty and not a msunet run; --overwrite only replaces run folders.")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    cfg = run.train
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps, alpha=0.01)
+    elif cfg.schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(cfg.learning_rate, total_steps, end_learning_rate=0.0, power=0.9)
+    else:
+        lr = cfg.learning_rate
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=0.99, nesterov=True)
+
+
+def _trim_history(path: pathlib.Path, epochs_done: int) -> None:
+    # Rows written after the last saved state (a kill between the two) would be repeated on resume.
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows(kept)
+    os.replace(tmp, path)
+
+
+def train(
+    config: RunConfig | None,
+    data_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: str | int = "auto",
+    callbacks: list | None = None,
+) -> TrainResult:
+    """Trains a multi-scale U-Net on a folder of images and masks and writes a run folder.
+
+    Example:
+    ```python
+    from msunet.config import RunConfig
+    result = msunet.train(RunConfig().override(["epochs=5"]), "data/", "runs/first")
+    result.best_dice
+    ```
+
+    Args:
+        config: the run's configuration (ignored with `resume`: the run's own is used).
+        data_dir: dataset folder with images/ and masks/ (ignored with `resume`).
+        out_dir: the run folder to create (or to continue with `resume`).
+        resume: continue an interrupted run from its last completed epoch, optimizer state included.
+        overwrite: replace an existing run folder.
+        verbose: Keras `fit` verbosity ("auto" shows a progress bar per epoch).
+        callbacks: extra Keras callbacks.
+
+    Returns:
+        A `TrainResult` with the run folder, epochs done, best validation Dice and metrics.
+
+    Raises:
+        RunError, DataError, ConfigError: with the path and the fix in the message.
+    """
+    run_dir = pathlib.Path(out_dir)
+    _prepare_run_dir(run_dir, resume, overwrite)
+    state = None
+    if resume:
+        config = RunConfig.from_json(run_dir / "config.json")
+        info = json.loads((run_dir / "run.json").read_text())
+        data_dir = info["data_dir"]
+        state = read_state(run_dir)
+        if info.get("status") == "completed":
+            raise RunError(f"{run_dir}: this run already completed {state['epochs_done'] if state else '?'} epochs; "
+                           "raise train.epochs in a new run to train longer.")
+    else:
+        if config is None:
+            config = RunConfig()
+        if data_dir is None:
+            raise DataError("No dataset folder given (--data DIR).")
+        config.to_json(run_dir / "config.json")
+        write_json_atomic(run_dir / "run.json", {
+            "data_dir": str(pathlib.Path(data_dir).resolve()), "msunet_version": __version__,
+            "backend": keras.backend.backend(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "status": "running",
+        })
+    run = config
+    keras.utils.set_random_seed(run.train.seed)
+
+    # Data: a corrupt or unpaired file is reported and skipped, not fatal.
+    index = find_pairs(data_dir, run.data)
+    problems = list(index.problems)
+    splits = split_pairs(index, run.data)
+    train_samples = load_samples(splits["train"], run.data, run.model, problems)
+    val_samples = load_samples(splits["val"], run.data, run.model, problems)
+    if problems:
+        (run_dir / "problems.txt").write_text("".join(f"{path}\t{msg}\n" for path, msg in problems))
+        for path, msg in problems:
+            log.warning("skipped %s: %s", path, msg)
+    if not train_samples:
+        raise DataError(f"{data_dir}: no usable training pairs ({len(problems)} problems, see {run_dir / 'problems.txt'}).")
+    norm_path = run_dir / "normalization.json"
+    if resume and norm_path.is_file():
+        from msunet.data import Normalization
+
+        normalization = Normalization.from_json(norm_path)
+    else:
+        normalization = compute_normalization([s.image for s in train_samples], run.data.normalization)
+        normalization.to_json(norm_path)
+    cfg = run.train
+    train_data = PatchDataset(train_samples, run.model, run.data, normalization, cfg.batch_size, cfg.steps_per_epoch,
+                              seed=cfg.seed, workers=cfg.workers)
+    val_data = None
+    if val_samples:
+        limit = cfg.val_batches * cfg.batch_size if cfg.val_batches else 512
+        images, masks = fixed_patches(val_samples, run.data.patch_size, limit=limit, seed=cfg.seed)
+        val_data = FixedPatchDataset(images, masks, run.model, run.data, normalization, cfg.batch_size)
+    monitor = "val_dice" if val_data is not None else "dice"
+
+    # Model, optimizer, resume state.
+    model = build_model(run.model)
+    trainer = MultiScaleTrainer(model, run)
+    trainer.compile(optimizer=_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=False)
+    x0, y0 = train_data[0]
+    trainer(x0[:1], training=False)
+    trainer.optimizer.build(trainer.trainable_variables)
+    epochs_done, best, wait = 0, None, 0
+    if state is not None:
+        trainer.load_weights(run_dir / "state" / state["weights"])
+        epochs_done, best, wait = state["epochs_done"], state["best"], state["wait"]
+        train_data.epoch = epochs_done
+        _trim_history(run_dir / "history.csv", epochs_done)
+        log.info("resuming %s at epoch %d of %d", run_dir, epochs_done + 1, cfg.epochs)
+    checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping)
+    history_cb = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
+    fit_callbacks = [keras.callbacks.TerminateOnNaN(), history_cb, checkpoint, *(callbacks or [])]
+    if epochs_done < cfg.epochs:
+        trainer.fit(train_data, validation_data=val_data, epochs=cfg.epochs, initial_epoch=epochs_done,
+                    callbacks=fit_callbacks, verbose=verbose)
+    epochs_done = (read_state(run_dir) or {}).get("epochs_done", epochs_done)
+    if not (run_dir / "best.keras").is_file() and (run_dir / "last.keras").is_file():
+        shutil.copyfile(run_dir / "last.keras", run_dir / "best.keras")
+
+    # Final report: scores of the best model per head and class on the validation tiles.
+    metrics = _final_metrics(run, run_dir, val_data or train_data, checkpoint.best, epochs_done, monitor)
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    try:
+        plot_curves(run_dir / "history.csv", run_dir / "curves.png")
+    except Exception as err:  # noqa: BLE001 - a plot must never lose a finished run
+        log.warning("could not draw curves.png: %s", err)
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update(status="completed", finished=datetime.datetime.now().isoformat(timespec="seconds"),
+                epochs_done=epochs_done)
+    write_json_atomic(run_dir / "run.json", info)
+    return TrainResult(run_dir, epochs_done, checkpoint.best, metrics)
+
+
+def _final_metrics(run: RunConfig, run_dir: pathlib.Path, data, best, epochs_done: int, monitor: str) -> dict:
+    model = keras.saving.load_model(run_dir / "best.keras")
+    trainer = MultiScaleTrainer(model, run)
+    heads = {}
+    for i in range(len(data)):
+        x, y = data[i]
+        logits = trainer(x, training=False)
+        for head, score in zip(trainer._score_heads, trainer.scores):
+            score.update_state(y[head], logits[head])
+    for head, score in zip(trainer._score_heads, trainer.scores):
+        entry = heads.setdefault(head, {})
+        per_class = score.per_class()
+        entry[score.kind] = float(keras.ops.convert_to_numpy(score.result()))
+        entry[f"{score.kind}_per_class"] = [None if np.isnan(v) else float(v) for v in per_class]
+    return {
+        "monitor": monitor,
+        "best": best,
+        "epochs_done": epochs_done,
+        "evaluated_on": "validation tiles" if monitor == "val_dice" else "training patches (no validation split)",
+        "heads": heads,
+    }
+
+
+def plot_curves(history_csv: pathlib.Path, out_png: pathlib.Path) -> None:
+    """Loss and Dice per scale over epochs, from history.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "val_loss"):
+        if key in rows[0]:
+            ax_loss.plot(epochs, [float(r[key]) for r in rows], label=key)
+    dice_keys = [k for k in rows[0] if k.replace("val_", "").startswith("dice")]
+    for key in sorted(dice_keys):
+        ax_dice.plot(epochs, [float(r[key]) for r in rows], label=key, linestyle="-" if key.startswith("val_") else ":")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_dice.set(title="Dice per scale", xlabel="epoch", ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out_png)

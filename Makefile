@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(VENV)/bin/msunet summary --size 256x256
+	$(VENV)/bin/msunet demo --out demo_out
 
 test: venv
 	$(PY) -m pytest -q

@@ -34,6 +34,61 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_config(args: argparse.Namespace):
+    from msunet.config import RunConfig
+
+    config = RunConfig.from_json(args.config) if args.config else RunConfig()
+    return config.override(args.set or [])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from msunet.train import train
+
+    if args.resume:
+        if args.data or args.config or args.set:
+            raise ValueError("--resume RUN continues a run with its own data and config; drop --data/--config/--set.")
+        out, config = args.resume, None
+    else:
+        if not args.data or not args.out:
+            raise ValueError("train needs --data DIR and --out RUN (or --resume RUN to continue a run).")
+        out, config = args.out, _load_run_config(args)
+    try:
+        result = train(config, args.data, out, resume=bool(args.resume), overwrite=args.overwrite,
+                       verbose=args.verbose)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
+        return 130
+    best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
+    print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
+    print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from msunet.check import check_dataset, format_report
+
+    report = check_dataset(args.data, _load_run_config(args))
+    print(format_report(report))
+    if not report.ok:
+        return 1
+    return 1 if args.strict and report.problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from msunet.demo import run_demo
+
+    print(f"msunet demo: generating synthetic data, training a small U-Net, predicting held-out images -> {args.out}/")
+    result = run_demo(args.out, multiclass=args.multiclass, overrides=args.set or [], verbose=args.verbose)
+    print(f"\ntrained {result.epochs_done} epochs in {result.train_seconds:.0f} s")
+    print(f"Dice on {result.test_images} held-out images, by scale: "
+          + ", ".join(f"{head} {dice:.3f}" for head, dice in result.dice.items()))
+    print("look at:")
+    print(f"  {result.predictions_dir}/*_overlay.png   masks over the images")
+    print(f"  {result.predictions_dir}/NAME.png, NAME_s2.png, ...   masks at every scale")
+    print(f"  {result.run_dir}/curves.png   loss and Dice per scale over epochs")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msunet", description="Multi-scale U-Net segmentation for Keras 3: a mask at every decoder scale."
@@ -49,6 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="input size HxW for which to print each output's shape, e.g. 256x256")
     p.add_argument("--save-config", metavar="FILE", help="also write the resolved config to FILE")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train on a folder of images/ and masks/; writes a run folder")
+    p.add_argument("--data", help="dataset folder with images/ and masks/ (paired by file name)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--config", help="run config JSON ({model: ..., data: ..., train: ...}, or a model config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. train.epochs=5 or depth=3 (repeatable)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
+                   help="Keras progress output: auto (bar), 1 (bar), 2 (a line per epoch), 0 (none)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check", help="validate a dataset folder and suggest patch size, depth and batch size")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--config", help="run config JSON (num_classes, mask encoding, ignore label, ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any file has a problem")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("demo", help="synthetic data -> training -> masks at every scale, in a few minutes")
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--multiclass", action="store_true", help="4 classes (background + 3 shape kinds)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--verbose", default=2, type=lambda v: v if v == "auto" else int(v),
+                   help="Keras progress output (default 2: a line per epoch)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -58,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="msunet: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, OSError) as err:  # ConfigError is a ValueError

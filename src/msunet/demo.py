@@ -1,0 +1,105 @@
+"""`msunet demo`: synthetic data -> training -> masks at every scale on held-out images, in minutes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+from msunet.config import RunConfig
+from msunet.data import DataConfig, decode_mask, downsample_target, one_hot_target
+from msunet.imageio import read_image, read_mask
+from msunet.metrics import scores_from_counts
+from msunet.predict import load_run, predict_probabilities, probabilities_to_mask, write_prediction
+from msunet.synthetic import make_dataset
+from msunet.train import train
+
+# Chosen so that 2 CPU cores reach a Dice above 0.85 in about two and a half minutes of training.
+DEMO_OVERRIDES = [
+    "model.depth=3",
+    "model.filters=16",
+    "data.patch_size=128",
+    "train.batch_size=8",
+    "train.epochs=12",
+    "train.steps_per_epoch=30",
+    "train.learning_rate=0.003",
+    "train.ds_weights=halving",  # every written scale is trained (nnunet's default leaves the coarsest at 0)
+]
+
+
+@dataclasses.dataclass
+class DemoResult:
+    out_dir: pathlib.Path
+    run_dir: pathlib.Path
+    predictions_dir: pathlib.Path
+    dice: dict[str, float]
+    test_images: int
+    train_seconds: float
+    epochs_done: int
+
+
+def run_demo(out_dir: str | pathlib.Path = "demo_out", multiclass: bool = False, overrides: list[str] | None = None,
+             images: int = 48, size: int = 192, verbose: str | int = "auto") -> DemoResult:
+    """Generates a synthetic dataset, trains on it, predicts its held-out test images.
+
+    Writes out_dir/data (the dataset), out_dir/run (the training run) and out_dir/predictions
+    (masks at every scale and overlays of the test images). Replaces an existing out_dir/ made by a
+    previous demo.
+
+    Returns:
+        A `DemoResult` with the pooled test Dice of every head.
+    """
+    out = pathlib.Path(out_dir)
+    if out.exists():
+        if not (out / "demo.json").is_file() and any(out.iterdir()):
+            raise ValueError(f"{out} exists and was not written by msunet demo; choose another folder.")
+        shutil.rmtree(out)
+    data_dir = out / "data"
+    make_dataset(data_dir, count=images, size=(size, size), multiclass=multiclass, seed=7)
+    test_count = max(4, images // 4)
+    names = sorted(p.stem for p in (data_dir / "images").iterdir())
+    (data_dir / "split.csv").write_text(
+        "name,split\n" + "".join(f"{n},{'test' if i < test_count else 'train'}\n" for i, n in enumerate(names))
+    )
+    config = RunConfig().override(DEMO_OVERRIDES + (["model.num_classes=4"] if multiclass else []) + (overrides or []))
+    start = time.perf_counter()
+    result = train(config, data_dir, out / "run", verbose=verbose)
+    seconds = time.perf_counter() - start
+
+    run = load_run(out / "run")
+    pred_dir = out / "predictions"
+    counts: dict[str, list] = {}
+    for name in names[:test_count]:
+        image = read_image(data_dir / "images" / f"{name}.png")
+        truth = decode_mask(read_mask(data_dir / "masks" / f"{name}.png"), DataConfig(), run.config.model.num_classes)
+        probs = predict_probabilities(run.model, image, run.normalization)
+        write_prediction(pred_dir, name, image, probs, run.config.model.num_classes)
+        full = one_hot_target(truth, run.config.model.num_classes)
+        for head, p in probs.items():
+            scale = int(head[6:]) if head.startswith("mask_s") else 1
+            target = downsample_target(full, scale, run.config.data.target_downsampling)
+            pred = _one_hot(probabilities_to_mask(p), run.config.model.num_classes)
+            t, w = target[..., :-1], target[..., -1:]
+            tp, fp, fn = (pred * t * w).sum((0, 1)), (pred * (1 - t) * w).sum((0, 1)), ((1 - pred) * t * w).sum((0, 1))
+            acc = counts.setdefault(head, [0, 0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + tp, acc[1] + fp, acc[2] + fn
+    dice = {}
+    for head, (tp, fp, fn) in counts.items():
+        per_class = scores_from_counts(tp, fp, fn, "dice")
+        scored = per_class if len(per_class) == 1 else per_class[1:]
+        dice[head] = float(np.nanmean(scored))
+    summary = DemoResult(out, out / "run", pred_dir, dice, test_count, seconds, result.epochs_done)
+    (out / "demo.json").write_text(json.dumps(
+        {"dice": dice, "test_images": test_count, "train_seconds": round(seconds, 1), "epochs": result.epochs_done,
+         "multiclass": multiclass}, indent=2) + "\n")
+    return summary
+
+
+def _one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    if num_classes == 1:
+        return (mask > 0)[..., None].astype(np.float32)
+    return (mask[..., None] == np.arange(num_classes)).astype(np.float32)

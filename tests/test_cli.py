@@ -70,3 +70,32 @@ def test_summary_json_config_roundtrip_through_cli(tmp_path, capsys):
     path.write_text(json.dumps({"depth": 2, "filters": 2, "fused_head": True}))
     assert main(["summary", "--config", str(path), "--size", "9x7"]) == 0
     assert "mask_fused   (1, 9, 7, 1)" in capsys.readouterr().out
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    from msunet.synthetic import make_dataset
+
+    make_dataset(tmp_path / "d", count=3, size=(32, 32))
+    assert main(["check", str(tmp_path / "d")]) == 0
+    (tmp_path / "d" / "images" / "extra.png").write_bytes(b"junk")
+    assert main(["check", str(tmp_path / "d")]) == 0
+    assert main(["check", str(tmp_path / "d"), "--strict"]) == 1
+    assert main(["check", str(tmp_path / "d"), "--set", "model.in_channels=4"]) == 1
+    assert main(["check", str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_train_command_and_refusals(tmp_path, capsys):
+    from msunet.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "d", count=6, size=(40, 40))
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--verbose", "0",
+            "--set", "model.depth=2", "--set", "model.filters=2", "--set", "data.patch_size=32",
+            "--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "batch_size=2"]
+    assert main(args) == 0
+    assert "trained 1 epochs" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--data", str(data)]) == 2
+    assert main(["train", "--data", str(data)]) == 2
+    assert "--out RUN" in capsys.readouterr().err

@@ -489,7 +489,7 @@ def foreground_survival(mask: np.ndarray, scale: int, rule: str) -> dict[str, fl
 
     Returns:
         survival: share of foreground pixels whose coarse cell still carries foreground (> 0);
-        mass_ratio: foreground mass at the coarse scale (sum of soft values x s^2) / fine count.
+        mass_ratio: foreground mass at the coarse scale (soft values spread over their blocks) / fine count.
     """
     target = one_hot_target((mask > 0).astype(np.int16), 1)
     coarse = downsample_target(target, scale, rule)[..., 0]
@@ -498,7 +498,7 @@ def foreground_survival(mask: np.ndarray, scale: int, rule: str) -> dict[str, fl
         return {"survival": 1.0, "mass_ratio": 1.0}
     cell = coarse.repeat(scale, 0).repeat(scale, 1)[: mask.shape[0], : mask.shape[1]]
     survival = float((cell[fine_fg] > 0).mean())
-    mass = float(coarse.sum() * scale * scale) / float(fine_fg.sum())
+    mass = float(cell.sum()) / float(fine_fg.sum())  # each coarse value spread over its block's real pixels
     return {"survival": survival, "mass_ratio": mass}
 
 

@@ -1,0 +1,125 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from msunet.config import RunConfig
+from msunet.data import multiscale_targets
+from msunet.losses import segmentation_loss
+from msunet.models import build_model
+from msunet.synthetic import make_dataset
+from msunet.train import MultiScaleTrainer, RunError, train
+
+TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=4", "train.steps_per_epoch=4",
+        "train.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synth"), count=10, size=(48, 40), seed=3)
+
+
+def test_each_head_gets_its_own_target_and_weight():
+    run = RunConfig().override(["model.depth=3", "model.filters=4", "train.ds_weights=[0.5,0.3,0.2]", "train.loss=dice_ce"])
+    trainer = MultiScaleTrainer(build_model(run.model), run)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 37, 21, 3), dtype=np.float32)
+    masks = [(rng.random((37, 21)) > 0.5).astype(np.int16) for _ in range(2)]
+    per_mask = [multiscale_targets(m, run.model) for m in masks]
+    y = {name: np.stack([t[name] for t in per_mask]) for name in run.model.head_names}
+    logits = trainer(x)
+    for name in run.model.head_names:  # own-size targets
+        assert y[name].shape[1:3] == tuple(logits[name].shape[1:3]), name
+    total = float(trainer.compute_loss(x, y, logits))
+    parts = {name: float(segmentation_loss(y[name], logits[name], run.train)) for name in y}
+    assert total == pytest.approx(0.5 * parts["mask"] + 0.3 * parts["mask_s2"] + 0.2 * parts["mask_s4"], rel=1e-5)
+    # Changing only the coarsest target changes the loss by exactly its weighted term.
+    y2 = dict(y, mask_s4=np.concatenate([1 - y["mask_s4"][..., :1], y["mask_s4"][..., 1:]], -1))
+    new_part = float(segmentation_loss(y2["mask_s4"], logits["mask_s4"], run.train))
+    assert float(trainer.compute_loss(x, y2, logits)) - total == pytest.approx(0.2 * (new_part - parts["mask_s4"]), rel=1e-4)
+
+
+def test_zero_weight_heads_are_frozen():
+    run = RunConfig().override(["model.depth=3", "model.filters=4"])  # nnunet: coarsest head weight 0
+    trainer = MultiScaleTrainer(build_model(run.model), run)
+    assert not trainer.net.get_layer("mask_s4_logits").trainable
+    assert trainer.net.get_layer("mask_s2_logits").trainable
+
+
+def test_two_epochs_lower_the_loss_and_write_the_run(synth, tmp_path):
+    run = RunConfig().override(TINY + ["train.epochs=2", "train.learning_rate=0.01", "train.ds_weights=halving"])
+    result = train(run, synth, tmp_path / "run", verbose=0)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "run.json", "normalization.json", "best.keras", "last.keras", "history.csv",
+            "metrics.json", "curves.png"} <= files
+    with open(tmp_path / "run" / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    assert {"dice", "dice_s2", "iou", "val_dice", "val_dice_s2"} <= set(rows[0])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["heads"]) == {"mask", "mask_s2"} and "dice_per_class" in metrics["heads"]["mask"]
+    assert RunConfig.from_json(tmp_path / "run" / "config.json") == run
+    assert result.epochs_done == 2
+    loaded = keras.saving.load_model(tmp_path / "run" / "best.keras")
+    out = loaded(np.zeros((1, 33, 35, 3), np.float32))
+    assert out["mask"].shape == (1, 33, 35, 1) and float(keras.ops.max(out["mask"])) <= 1.0
+
+
+def test_existing_run_is_never_clobbered(synth, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    with pytest.raises(RunError, match="existing run; refusing to overwrite.*--resume.*--overwrite"):
+        train(RunConfig().override(TINY), synth, out, verbose=0)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("precious")
+    with pytest.raises(RunError, match="not empty"):
+        train(RunConfig().override(TINY), synth, tmp_path / "other", overwrite=True, verbose=0)
+    assert (tmp_path / "other" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(RunError, match="nothing to resume"):
+        train(None, None, tmp_path / "missing", resume=True)
+
+
+KILLER = r"""
+import os, signal, sys, keras
+from msunet.config import RunConfig
+from msunet.train import train
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        # Mid-epoch 3 (two epochs completed): the process dies as with kill -9.
+        if self.model.optimizer.iterations.numpy() == 2 * 4 + 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run = RunConfig().override(sys.argv[3:])
+train(run, sys.argv[1], sys.argv[2], verbose=0, callbacks=[Kill()])
+"""
+
+
+def test_resume_after_sigkill_continues_at_the_right_epoch_with_optimizer_state(synth, tmp_path):
+    out = tmp_path / "run"
+    args = TINY + ["train.epochs=4", "train.ds_weights=halving"]
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(synth), str(out), *args], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    state = json.loads((out / "state" / "state.json").read_text())
+    assert state["epochs_done"] == 2
+    result = train(None, None, out, resume=True, verbose=0)
+    assert result.epochs_done == 4
+    with open(out / "history.csv") as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    assert epochs == [0, 1, 2, 3]  # each epoch once: resumed at the third
+    state = json.loads((out / "state" / "state.json").read_text())
+    with h5py.File(out / "state" / state["weights"]) as f:
+        iterations = int(np.asarray(f["optimizer"]["vars"]["0"]))
+    assert iterations == 4 * 4  # optimizer state carried over: 16 steps in all, not 8
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    with pytest.raises(RunError, match="already completed"):
+        train(None, None, out, resume=True)

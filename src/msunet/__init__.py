@@ -10,6 +10,10 @@ Public API:
     output_names                        a model's outputs in canonical order
     seed_example                        the seed snippets' intended architectures, fixed
     load_model                          `keras.saving.load_model` with clear errors
+    train                               train(config, data_dir, out_dir) -> run folder (msunet.train)
+    check_dataset                       validate and plan a dataset folder (msunet.check)
+    run_demo                            the demo (msunet.demo)
+    RunConfig, DataConfig, TrainConfig  the other config sections
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from msunet._backend import import_keras_quietly
 
 import_keras_quietly()
 
-from msunet.config import ConfigError, ModelConfig  # noqa: E402
+from msunet.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from msunet.models import (  # noqa: E402
     build_model,
     build_unet,
@@ -30,10 +34,19 @@ from msunet.models import (  # noqa: E402
     seed_example,
     select_outputs,
 )
+from msunet.check import check_dataset  # noqa: E402
+from msunet.demo import run_demo  # noqa: E402
+from msunet.train import train  # noqa: E402  (binds msunet.train to the function; the module stays importable)
 
 __all__ = [
     "ConfigError",
+    "DataConfig",
     "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "check_dataset",
+    "run_demo",
+    "train",
     "__version__",
     "build_model",
     "build_unet",

@@ -89,6 +89,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """A one-line progress display on stderr: files, and tiles within a large image."""
+
+    def __init__(self, total_files: int):
+        self.total, self.index, self.name = total_files, 0, None
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name != self.name:
+            self.name, self.index = name, self.index + 1
+        width = 30
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r[{self.index}/{self.total}] {name[:40]:40} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{total} tiles")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from msunet.predict import list_inputs, predict
+
+    scales = [s.strip() for s in args.scales.split(",")] if args.scales else None
+    files = list_inputs(args.input)
+    summary = predict(args.model, args.input, args.out, tile_size=args.tile, overlap=args.overlap,
+                      batch_size=args.batch, tta=args.tta, threshold=args.threshold, scales=scales,
+                      probabilities=args.probabilities, overlay_images=not args.no_overlay, overwrite=args.overwrite,
+                      progress=None if args.quiet else _Progress(len(files)))
+    images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
+    rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
+    print(f"written: {images} image(s), {len(summary.written)} file(s) in {args.out} "
+          f"({summary.megapixels:.1f} Mpx in {summary.seconds:.1f} s, {rate:.2f} Mpx/s)")
+    if summary.existing:
+        print(f"kept: {len(summary.existing)} image(s) whose outputs exist (use --overwrite to replace them)")
+    if summary.ignored:
+        print(f"ignored: {len(summary.ignored)} file(s) that are not images: "
+              + ", ".join(p.name for p in summary.ignored[:5]) + (" ..." if len(summary.ignored) > 5 else ""))
+    if summary.failed:
+        print(f"failed: {len(summary.failed)} image(s):")
+        for path, reason in summary.failed:
+            print(f"  {path}: {reason}")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msunet", description="Multi-scale U-Net segmentation for Keras 3: a mask at every decoder scale."
@@ -123,6 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any file has a problem")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("predict", help="masks at every scale for an image or a folder (tiled, any size)")
+    p.add_argument("--model", required=True, help="run folder (uses best.keras, config.json, normalization.json) or .keras")
+    p.add_argument("--input", required=True, help="image file or folder of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tile", type=int, help="tile side (default: 2x the training patch, at most 512)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    p.add_argument("--tta", action="store_true", help="average the four flips (test-time augmentation)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binary threshold (default 0.5)")
+    p.add_argument("--scales", help="heads to write, e.g. mask,mask_s2 (default: all)")
+    p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
+    p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="synthetic data -> training -> masks at every scale, in a few minutes")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

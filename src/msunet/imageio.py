@@ -216,3 +216,75 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
         write_png(path, array)
     else:
         raise ValueError(f"{path}: write PNG (.png) or TIFF (.tif) files; {suffix!r} is not supported for output.")
+
+
+class RowBandReader:
+    """Array-like view of an uncompressed image file, read a band of rows at a time.
+
+    `reader[y0:y1, x0:x1]` returns those pixels as (rows, cols, C); the band of rows last read
+    stays cached, so tiles read left to right along a row of windows cost one file read. Nothing
+    is memory-mapped, so the resident memory is the band, not the file.
+
+    Args:
+        path: the file; offset: byte offset of the first pixel; shape: (H, W, C); dtype: pixel type.
+        band_rows: rows read at once (at least the requested rows).
+    """
+
+    def __init__(self, path, offset: int, shape: tuple[int, int, int], dtype, band_rows: int = 512):
+        self.path, self.offset = str(path), int(offset)
+        self.shape, self.dtype, self.ndim = tuple(int(v) for v in shape), np.dtype(dtype), 3
+        self.band_rows = band_rows
+        self._band_start, self._band = 0, np.empty((0, self.shape[1], self.shape[2]), self.dtype)
+        self._row_bytes = self.shape[1] * self.shape[2] * self.dtype.itemsize
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        if not (self._band_start <= start and stop <= self._band_start + len(self._band)):
+            stop_read = min(self.shape[0], max(stop, start + self.band_rows))
+            count = stop_read - start
+            with open(self.path, "rb") as fh:
+                data = os.pread(fh.fileno(), count * self._row_bytes, self.offset + start * self._row_bytes)
+            if len(data) != count * self._row_bytes:
+                raise ImageReadError(f"{self.path}: file ends early (truncated); expected {count} more rows at row {start}.")
+            self._band = np.frombuffer(data, self.dtype).reshape(count, self.shape[1], self.shape[2])
+            self._band_start = start
+        return self._band[start - self._band_start : stop - self._band_start]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if not isinstance(key[0], slice) or key[0].step not in (None, 1):
+            raise IndexError("RowBandReader takes a contiguous row slice first, e.g. reader[y0:y1, x0:x1].")
+        r0, r1, _ = key[0].indices(self.shape[0])
+        return self._rows(r0, r1)[(slice(None), *key[1:])]
+
+
+def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Opens an image for tiled reading without loading it, where the format allows.
+
+    Uncompressed, contiguous TIFF -> `RowBandReader`; `.npy` -> read-only memory map (H, W[, C]);
+    anything else (PNG, JPEG, compressed TIFF) is read whole with `read_image` (pixel limit applies).
+
+    Returns:
+        An (H, W, C) array-like with `.shape`, `.dtype` and NumPy slicing.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        array = np.load(path, mmap_mode="r")
+        return array[..., None] if array.ndim == 2 else array
+    if suffix in (".tif", ".tiff"):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                contiguous = page.is_contiguous and len(tif.pages) == 1 and page.planarconfig == 1
+                if contiguous:
+                    shape = page.shape if len(page.shape) == 3 else (*page.shape, 1)
+                    if len(shape) == 3:
+                        if shape[-1] in (2, 4):  # alpha: read whole, read_image drops it
+                            contiguous = False
+                        else:
+                            return RowBandReader(path, page.dataoffsets[0], shape, page.dtype)
+        except Exception as err:  # noqa: BLE001
+            raise ImageReadError(f"{path}: cannot read the TIFF structure ({_reason(err)}). Replace or remove it.") from err
+    return read_image(path, max_pixels)

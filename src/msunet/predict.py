@@ -1,8 +1,13 @@
 """Prediction: load a run, preprocess exactly as training did, write masks at every scale and overlays.
 
-This module holds the run loading, the per-image forward pass and the writers. Images are predicted
-whole (the model takes any size); tiled prediction for images larger than memory is issue 4's
-`msunet.tiling`, which plugs in at `predict_probabilities`.
+`predict(model, inputs, out_dir)` runs tiled prediction (`msunet.tiling.predict_tiled`, Gaussian
+blending, optional flip test-time augmentation) over a file or a folder and writes per image:
+`NAME.png` (binary 0/255, or class ids as an indexed PNG with a palette), `NAME_s2.png`, ... (every
+scale, each at its own resolution), `NAME_fused.png` (if the model has that head), `NAME_overlay.png`
+and optionally `NAME_prob.tif` (float32 probabilities, per scale too). Images above
+`STREAM_PIXELS` are read lazily where the format allows and their masks are streamed to tiled TIFF
+(`NAME.tif`, ...), so memory stays bounded by the tile batch. Every file is written atomically;
+existing outputs are kept unless `overwrite`; an unreadable input is reported and skipped.
 """
 
 from __future__ import annotations
@@ -14,10 +19,21 @@ import pathlib
 import keras
 import numpy as np
 
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import tifffile
+
 from msunet.config import RunConfig
 from msunet.data import Normalization, to_unit_float
-from msunet.imageio import read_image, write_png
-from msunet.models import load_model, output_names
+from msunet.imageio import ImageReadError, RowBandReader, atomic_write_bytes, is_image_file, open_image_lazy, read_image, write_png, write_tiff
+from msunet.models import load_model, output_names, select_outputs
+from msunet.tiling import predict_tiled
+
+STREAM_PIXELS = 64_000_000  # above this, results stay on disk and masks are streamed to tiled TIFF
+OVERLAY_MAX_SIDE = 4096  # overlays of larger images are subsampled to this side
 
 # Class colours for overlays and indexed masks (class 0 black); tab10-like, then cycled.
 PALETTE = np.array(
@@ -134,3 +150,276 @@ def read_for_prediction(path: str | os.PathLike, run: LoadedRun) -> np.ndarray:
             "convert the image or use a model trained on such images."
         )
     return image
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiled prediction of files
+# --------------------------------------------------------------------------------------------------
+def head_scale(name: str) -> int:
+    return int(name[6:]) if name.startswith("mask_s") else 1
+
+
+def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, tta: bool = False):
+    """A NumPy batch -> {head: probabilities} function for `predict_tiled`.
+
+    Only `heads` are computed (the others are pruned). A short last batch is padded to
+    `batch_size` so the traced function keeps one shape. With `tta`, the four flips (none,
+    vertical, horizontal, both) are predicted and their un-flipped probabilities averaged; tiles
+    are multiples of the coarsest scale, so the coarse outputs flip onto the same cells.
+    """
+    sub = model if list(heads) == output_names(model) else select_outputs(model, list(heads))
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
+        out = sub.predict_on_batch(batch)
+        result = {k: np.asarray(v, np.float32) for k, v in out.items()}
+        if tta:
+            for axes in ((1,), (2,), (1, 2)):
+                flipped = sub.predict_on_batch(np.ascontiguousarray(np.flip(batch, axis=axes)))
+                for k in result:
+                    result[k] += np.flip(np.asarray(flipped[k], np.float32), axis=axes)
+            result = {k: v / 4.0 for k, v in result.items()}
+        return {k: v[:count] for k, v in result.items()}
+
+    return run
+
+
+def image_statistics(image, rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of a (lazily read) image on the unit scale, in row chunks."""
+    height = image.shape[0]
+    total = squares = None
+    count = 0
+    for r in range(0, height, rows):
+        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, image.shape[-1]).astype(np.float64)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
+        count += len(x)
+    mean = total / count
+    return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 1e-12)).astype(np.float32)
+
+
+def tile_preprocess(image, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
+    """The training normalisation as a per-tile function (per-image statistics computed once)."""
+    if normalization.mode == "image":
+        mean, std = image_statistics(image)
+        fixed = Normalization("dataset", tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
+        return lambda tile: fixed.apply(to_unit_float(np.asarray(tile)))
+    return lambda tile: normalization.apply(to_unit_float(np.asarray(tile)))
+
+
+@dataclasses.dataclass
+class PredictSummary:
+    written: list[pathlib.Path] = dataclasses.field(default_factory=list)
+    existing: list[pathlib.Path] = dataclasses.field(default_factory=list)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    ignored: list[pathlib.Path] = dataclasses.field(default_factory=list)  # not image files
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def list_inputs(inputs: str | os.PathLike) -> list[pathlib.Path]:
+    path = pathlib.Path(inputs)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"{path}: the folder is empty; pass an image file or a folder of images.")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder.")
+    return [path]
+
+
+def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streamed: bool,
+                 probabilities: bool) -> dict[str, pathlib.Path]:
+    ext = ".tif" if streamed else ".png"
+    paths = {}
+    for head in heads:
+        suffix = "" if head == "mask" else "_" + head[5:]
+        paths[head] = out_dir / f"{stem}{suffix}{ext}"
+        if probabilities:
+            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob.tif"
+    paths["overlay"] = out_dir / f"{stem}_overlay.png"
+    return paths
+
+
+def predict(
+    model: str | os.PathLike | LoadedRun,
+    inputs: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tile_size: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    tta: bool = False,
+    threshold: float = 0.5,
+    scales: Sequence[str] | None = None,
+    probabilities: bool = False,
+    overlay_images: bool = True,
+    overwrite: bool = False,
+    blend: str = "gaussian",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PredictSummary:
+    """Predicts every image of `inputs` (a file or a folder) and writes masks at every scale.
+
+    Example:
+    ```python
+    summary = msunet.predict("runs/first", "scans/", "masks/", tta=True)
+    summary.written, summary.failed
+    ```
+
+    Args:
+        model: a run folder, a .keras file, or a `LoadedRun`.
+        inputs: an image file or a folder of images.
+        out_dir: output folder (created).
+        tile_size: tile side (rounded up to a multiple of the coarsest scale); default: twice the
+            run's training patch, at most 512.
+        overlap: tile overlap fraction; batch_size: tiles per model call.
+        tta: average the four flips.
+        threshold: binary threshold on the probability.
+        scales: heads to write ("mask", "mask_s2", ..., "mask_fused"); default: all.
+        probabilities: also write float32 probability TIFFs.
+        overlay_images: write NAME_overlay.png.
+        overwrite: replace existing outputs (otherwise the image is left as it is).
+        progress: called as progress(file_name, tiles_done, tiles_total).
+
+    Returns:
+        A `PredictSummary` (written files, images kept because outputs existed, failures with reasons).
+    """
+    run = model if isinstance(model, LoadedRun) else load_run(model)
+    heads = list(scales) if scales else output_names(run.model)
+    available = output_names(run.model)
+    for head in heads:
+        if head not in available:
+            raise ValueError(f"The model has no output {head!r}; valid: {', '.join(available)}.")
+    coarsest = max(head_scale(h) for h in heads)
+    if tile_size is None:
+        tile_size = min(512, 2 * run.config.data.patch_size)
+    tile_size = -(-int(tile_size) // coarsest) * coarsest
+    fn = make_predict_fn(run.model, heads, batch_size, tta)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    start = time.perf_counter()
+    for path in list_inputs(inputs):
+        if not is_image_file(path):
+            summary.ignored.append(path)
+            continue
+        try:
+            source = open_image_lazy(path, max(run.config.data.max_pixels, 2**34))
+            height, width, channels = source.shape
+            streamed = height * width > STREAM_PIXELS
+            paths = output_paths(out, path.stem, heads, streamed, probabilities)
+            if not overwrite and any(p.exists() for p in paths.values()):
+                summary.existing.append(path)
+                continue
+            if channels != run.config.model.in_channels:
+                raise ValueError(f"{channels} channel(s), but the model takes {run.config.model.in_channels}; "
+                                 "convert the image or use a model trained on such images")
+            summary.written.extend(_predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_size,
+                                                threshold, probabilities, overlay_images, streamed, blend, progress))
+            summary.megapixels += height * width / 1e6
+        except (ImageReadError, ValueError, OSError) as err:
+            text = str(err)
+            summary.failed.append((str(path), text.split(": ", 1)[1] if text.startswith(str(path)) else text))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_size, threshold, probabilities,
+                 overlay_images, streamed, blend, progress) -> list[pathlib.Path]:
+    workdir = tempfile.mkdtemp(prefix="msunet-predict-") if streamed else None
+    try:
+        results = predict_tiled(
+            fn, source, tile_size, overlap, batch_size, blend,
+            scales={h: head_scale(h) for h in heads}, preprocess=tile_preprocess(source, run.normalization),
+            out_of_core=streamed, workdir=workdir,
+            progress=(lambda done, total: progress(path.name, done, total)) if progress else None,
+        )
+        num_classes = run.config.model.num_classes
+        palette = class_palette(num_classes) if num_classes > 1 else None
+        written = []
+        for head in heads:
+            probs = results[head]
+            if streamed:
+                _stream_mask_tiff(paths[head], probs, threshold)
+            else:
+                write_png(paths[head], probabilities_to_mask(np.asarray(probs), threshold), palette=palette)
+            written.append(paths[head])
+            if probabilities:
+                _write_probabilities(paths[f"{head}:prob"], probs)
+                written.append(paths[f"{head}:prob"])
+        if overlay_images:
+            step = max(1, -(-max(source.shape[:2]) // OVERLAY_MAX_SIDE))
+            small = _subsample(source, step)
+            mask = probabilities_to_mask(_subsample(results["mask" if "mask" in results else heads[0]], step), threshold)
+            write_png(paths["overlay"], overlay(small, mask[: small.shape[0], : small.shape[1]], num_classes))
+            written.append(paths["overlay"])
+        return written
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _band_view(array):
+    """Memory-mapped results are read through a band reader: touched pages of a map count as resident."""
+    if isinstance(array, np.memmap):
+        return RowBandReader(array.filename, array.offset, array.shape, array.dtype)
+    return array
+
+
+def _subsample(array, step: int) -> np.ndarray:
+    """Every `step`-th pixel of a (lazily read) array, read in row bands aligned to `step`."""
+    array = _band_view(array)
+    rows = step * max(1, 1024 // step)
+    parts = [np.asarray(array[r : min(r + rows, array.shape[0])])[::step, ::step] for r in range(0, array.shape[0], rows)]
+    return np.concatenate(parts, axis=0)
+
+
+def _stream_mask_tiff(path: pathlib.Path, probs, threshold: float, tile: int = 256) -> None:
+    """Writes the mask of a (memory-mapped) probability map as a tiled, zlib-compressed TIFF, band by band."""
+    height, width = probs.shape[:2]
+    reader = _band_view(probs)
+
+    def tiles():
+        for top in range(0, height, tile):
+            band = probabilities_to_mask(np.asarray(reader[top : min(top + tile, height)]), threshold)
+            for left in range(0, width, tile):
+                block = np.zeros((tile, tile), np.uint8)
+                part = band[:, left : left + tile]
+                block[: part.shape[0], : part.shape[1]] = part
+                yield block
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_probabilities(path: pathlib.Path, probs) -> None:
+    if isinstance(probs, np.memmap):
+        height, width, channels = probs.shape
+        reader = _band_view(probs)
+
+        def tiles():
+            for top in range(0, height, 256):
+                band = np.asarray(reader[top : min(top + 256, height)])
+                for left in range(0, width, 256):
+                    block = np.zeros((256, 256, channels), np.float32)
+                    part = band[:, left : left + 256]
+                    block[: part.shape[0], : part.shape[1]] = part
+                    yield block
+
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tifffile.imwrite(tmp, tiles(), shape=(height, width, channels), dtype=np.float32, tile=(256, 256),
+                         compression="zlib")
+        os.replace(tmp, path)
+    else:
+        write_tiff(path, np.asarray(probs, np.float32))

@@ -18,3 +18,88 @@ def test_probabilities_masks_and_files(tmp_path):
     assert picture.shape == (21, 17, 3) and picture.dtype == np.uint8
     written = write_prediction(tmp_path, "img", image, probs, 3)
     assert {p.name for p in written} == {"img.png", "img_overlay.png", "img_s2.png"}
+
+
+import pytest  # noqa: E402
+
+from msunet.cli import main  # noqa: E402
+from msunet.imageio import write_png  # noqa: E402
+from msunet.config import RunConfig  # noqa: E402
+from msunet.predict import LoadedRun, make_predict_fn, predict  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def loaded_run():
+    cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32"])
+    return LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None)
+
+
+def test_tta_averages_flips_and_keeps_shapes(loaded_run):
+    batch = np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+    plain = make_predict_fn(loaded_run.model, ["mask", "mask_s2"], batch_size=4)(batch)
+    tta = make_predict_fn(loaded_run.model, ["mask", "mask_s2"], batch_size=4, tta=True)(batch)
+    assert plain["mask"].shape == tta["mask"].shape == (3, 32, 32, 1) and tta["mask_s2"].shape == (3, 16, 16, 1)
+    symmetric = np.ones((1, 32, 32, 3), np.float32)  # flip-invariant input: TTA changes nothing but rounding
+    a = make_predict_fn(loaded_run.model, ["mask"], 1)(symmetric)["mask"]
+    b = make_predict_fn(loaded_run.model, ["mask"], 1, tta=True)(symmetric)["mask"]
+    np.testing.assert_allclose(a[:, 1:-1, 1:-1], b[:, 1:-1, 1:-1], atol=0.05)
+
+
+def test_predict_folder_with_a_corrupt_file_and_overwrite(loaded_run, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a", (40, 50)), ("b", (33, 17))):
+        write_png(src / f"{name}.png", (rng.random((*size, 3)) * 255).astype(np.uint8))
+    (src / "c.png").write_bytes(b"\x89PNG broken")
+    (src / "readme.txt").write_text("not an image")
+    summary = predict(loaded_run, src, tmp_path / "out", tile_size=32, overlap=0.5, probabilities=True)
+    assert [p for p, _ in summary.failed] == [str(src / "c.png")] and not summary.ok
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"a.png", "a_s2.png", "a_overlay.png", "a_prob.tif", "a_s2_prob.tif", "b.png", "b_s2.png"} <= names
+    assert not any(n.startswith(".") for n in names)  # no temporary files left behind
+    from msunet.imageio import read_mask
+
+    assert read_mask(tmp_path / "out" / "b.png").shape == (33, 17) and read_mask(tmp_path / "out" / "b_s2.png").shape == (17, 9)
+    before = (tmp_path / "out" / "a.png").stat().st_mtime_ns
+    again = predict(loaded_run, src, tmp_path / "out", tile_size=32)
+    assert len(again.existing) == 2 and (tmp_path / "out" / "a.png").stat().st_mtime_ns == before
+    assert len(predict(loaded_run, src, tmp_path / "out", tile_size=32, overwrite=True).existing) == 0
+
+
+def test_predict_cli_exit_codes(tmp_path, capsys):
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=5, size=(40, 40))
+    train(RunConfig().override(["model.depth=2", "model.filters=2", "data.patch_size=32", "epochs=1",
+                                "steps_per_epoch=1", "batch_size=2"]), data, tmp_path / "run", verbose=0)
+    args = ["predict", "--model", str(tmp_path / "run"), "--input", str(data / "images"), "--out", str(tmp_path / "o"),
+            "--quiet", "--tta"]
+    assert main(args) == 0
+    assert "written: 5 image(s)" in capsys.readouterr().out
+    assert main(args) == 0 and "kept: 5" in capsys.readouterr().out
+    (data / "images" / "zz.png").write_bytes(b"nope")
+    assert main(args + ["--overwrite"]) == 1
+    out = capsys.readouterr().out
+    assert "failed: 1" in out and "zz.png" in out and "written: 5 image(s)" in out
+    assert main(["predict", "--model", str(tmp_path / "nothing"), "--input", str(data), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_streamed_output_for_huge_images(loaded_run, tmp_path, monkeypatch):
+    import tifffile
+
+    from msunet import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "STREAM_PIXELS", 1000)  # pretend 64x80 is huge
+    image = (np.random.default_rng(2).random((64, 80, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    streamed = predict(loaded_run, tmp_path / "big.tif", tmp_path / "s", tile_size=32, probabilities=True)
+    monkeypatch.setattr(predict_module, "STREAM_PIXELS", 10**9)
+    normal = predict(loaded_run, tmp_path / "big.tif", tmp_path / "n", tile_size=32, probabilities=True)
+    assert streamed.ok and normal.ok
+    from msunet.imageio import read_mask
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big.tif"), read_mask(tmp_path / "n" / "big.png"))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big_s2.tif"), read_mask(tmp_path / "n" / "big_s2.png"))
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "s" / "big_prob.tif"), tifffile.imread(tmp_path / "n" / "big_prob.tif"), atol=1e-6)

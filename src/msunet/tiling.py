@@ -212,7 +212,7 @@ def predict_tiled(
                 f"every output is stitched at its own resolution; use e.g. {align * max(1, round(tile_h / align))}."
             )
     else:
-        align = _largest_power_of_two_divisor(math.gcd(tile_h, tile_w))
+        align = 1  # single-scale unless told otherwise; a coarse output then must fit the windows (checked)
     # Pad (virtually) to at least a tile and to a multiple of `align` beyond the tile.
     padded_h = tile_h if height <= tile_h else tile_h + _round_up(height - tile_h, align)
     padded_w = tile_w if width <= tile_w else tile_w + _round_up(width - tile_w, align)
@@ -243,6 +243,11 @@ def predict_tiled(
                 values = values[..., None]
             if name not in factors:
                 factors[name] = max(1, round(tile_h / values.shape[1]))
+                if any(t % factors[name] for t in tops) or any(l % factors[name] for l in lefts):
+                    raise ValueError(
+                        f"predict_tiled: output {name!r} is at scale 1/{factors[name]}; pass scales={{...}} (name -> "
+                        "factor) so that windows start on that scale's grid."
+                    )
             s = factors[name]
             if values.shape[1:3] != (-(-tile_h // s), -(-tile_w // s)):
                 raise ValueError(
@@ -273,5 +278,3 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _largest_power_of_two_divisor(value: int) -> int:
-    return value & -value if value > 0 else 1

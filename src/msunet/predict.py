@@ -33,7 +33,8 @@ from msunet.models import load_model, output_names, select_outputs
 from msunet.tiling import predict_tiled
 
 STREAM_PIXELS = 64_000_000  # above this, results stay on disk and masks are streamed to tiled TIFF
-OVERLAY_MAX_SIDE = 4096  # overlays of larger images are subsampled to this side
+OVERLAY_MAX_SIDE = 4096  # overlays of larger images are subsampled to this side...
+STREAMED_OVERLAY_MAX_SIDE = 2048  # ...and of streamed (huge) images to an overview of this side
 
 # Class colours for overlays and indexed masks (class 0 black); tab10-like, then cycled.
 PALETTE = np.array(
@@ -100,28 +101,36 @@ def probabilities_to_mask(probs: np.ndarray, threshold: float = 0.5) -> np.ndarr
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture of `mask` over `image`: filled classes at `alpha` plus 1-px contours."""
+    """RGB uint8 picture of `mask` over `image`: filled classes at `alpha` plus 1-px contours.
+
+    The image is contrast-stretched between its 1st and 99th percentiles (taken on a subsample) and
+    worked on in place, so a 4096x4096 overlay needs about three float32 copies of one channel set.
+    """
     from scipy import ndimage
 
     rgb = to_unit_float(image)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
-    rgb = rgb[..., :3]
-    low, high = np.percentile(rgb, (1, 99))
-    rgb = np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
-    labels = (mask > 0).astype(np.int32) if num_classes == 1 else mask.astype(np.int32)
+    elif rgb.shape[-1] > 3:
+        rgb = np.ascontiguousarray(rgb[..., :3])
+    stride = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    low, high = np.percentile(rgb[::stride, ::stride], (1, 99))
+    rgb -= low
+    rgb /= max(high - low, 1e-6)
+    np.clip(rgb, 0, 1, out=rgb)
+    labels = (mask > 0).astype(np.uint8) if num_classes == 1 else mask.astype(np.int32)
     if labels.shape != rgb.shape[:2]:  # a coarse mask: nearest-upsample for display
         ry, rx = -(-rgb.shape[0] // labels.shape[0]), -(-rgb.shape[1] // labels.shape[1])
         labels = labels.repeat(ry, 0).repeat(rx, 1)[: rgb.shape[0], : rgb.shape[1]]
     colours = class_palette(max(num_classes, 2)).astype(np.float32) / 255.0
     if num_classes == 1:
         colours[1] = (1.0, 0.15, 0.15)
-    out = rgb.copy()
     fg = labels > 0
-    out[fg] = (1 - alpha) * rgb[fg] + alpha * colours[labels[fg]]
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colours[labels[fg]]
     edge = fg & ~ndimage.binary_erosion(fg, border_value=1)
-    out[edge] = colours[labels[edge]]
-    return (out * 255).astype(np.uint8)
+    rgb[edge] = colours[labels[edge]]
+    rgb *= 255
+    return rgb.astype(np.uint8)
 
 
 def write_prediction(out_dir: pathlib.Path, stem: str, image: np.ndarray, probs: dict[str, np.ndarray],
@@ -186,15 +195,19 @@ def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, t
     return run
 
 
-def image_statistics(image, rows: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of a (lazily read) image on the unit scale, in row chunks."""
-    height = image.shape[0]
-    total = squares = None
+def image_statistics(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of a (lazily read) image on the unit scale, in row chunks.
+
+    Sums are float64 without a float64 copy of the chunk, so memory stays at a few row bands.
+    """
+    height, channels = image.shape[0], image.shape[-1]
+    total = np.zeros(channels, np.float64)
+    squares = np.zeros(channels, np.float64)
     count = 0
     for r in range(0, height, rows):
-        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, image.shape[-1]).astype(np.float64)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
+        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, channels)
+        total += x.sum(0, dtype=np.float64)
+        squares += np.einsum("ij,ij->j", x, x, dtype=np.float64)
         count += len(x)
     mean = total / count
     return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 1e-12)).astype(np.float32)
@@ -354,7 +367,8 @@ def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_
                 _write_probabilities(paths[f"{head}:prob"], probs)
                 written.append(paths[f"{head}:prob"])
         if overlay_images:
-            step = max(1, -(-max(source.shape[:2]) // OVERLAY_MAX_SIDE))
+            side = STREAMED_OVERLAY_MAX_SIDE if streamed else OVERLAY_MAX_SIDE
+            step = max(1, -(-max(source.shape[:2]) // side))
             small = _subsample(source, step)
             mask = probabilities_to_mask(_subsample(results["mask" if "mask" in results else heads[0]], step), threshold)
             write_png(paths["overlay"], overlay(small, mask[: small.shape[0], : small.shape[1]], num_classes))
@@ -376,7 +390,9 @@ def _subsample(array, step: int) -> np.ndarray:
     """Every `step`-th pixel of a (lazily read) array, read in row bands aligned to `step`."""
     array = _band_view(array)
     rows = step * max(1, 1024 // step)
-    parts = [np.asarray(array[r : min(r + rows, array.shape[0])])[::step, ::step] for r in range(0, array.shape[0], rows)]
+    # .copy(): a strided view would keep its whole band alive until the end (the whole image, in all).
+    parts = [np.asarray(array[r : min(r + rows, array.shape[0])])[::step, ::step].copy()
+             for r in range(0, array.shape[0], rows)]
     return np.concatenate(parts, axis=0)
 
 

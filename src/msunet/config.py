@@ -95,6 +95,33 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder and `os.replace`."""
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_json_source(source: str | os.PathLike) -> Any:
+    """Parses a JSON file path, or JSON text starting with '{'; errors name the file and the position."""
+    text = os.fspath(source)
+    where = "JSON text"
+    if not text.lstrip().startswith("{"):
+        where = text
+        try:
+            with open(text, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise ConfigError(f"Cannot read config file {where!r}: {err.strerror}. Check the path.") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"Config {where!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
+        ) from err
+
+
 def _coerce(value: Any, hint: Any) -> Any:
     """Brings a JSON-ish value to the field's declared type where that is lossless."""
     origin = typing.get_origin(hint)
@@ -160,32 +187,13 @@ class BaseConfig:
         """Returns the config as JSON text; also writes it (atomically) to `path` when given."""
         text = json.dumps(self.to_dict(), indent=indent, sort_keys=False) + "\n"
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            write_text_atomic(path, text)
         return text
 
     @classmethod
     def from_json(cls: type[C], source: str | os.PathLike) -> C:
         """Reads a config from a JSON file path, or from JSON text starting with '{'."""
-        text = os.fspath(source)
-        if text.lstrip().startswith("{"):
-            where = "JSON text"
-        else:
-            where = text
-            try:
-                with open(text, encoding="utf-8") as fh:
-                    text = fh.read()
-            except OSError as err:
-                raise ConfigError(f"Cannot read config file {where!r}: {err.strerror}. Check the path.") from err
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"Config {where!r} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
-            ) from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_source(source))
 
     # Overrides ----------------------------------------------------------------------------------
     def replace(self: C, **changes: Any) -> C:
@@ -572,27 +580,12 @@ class RunConfig:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
+            write_text_atomic(path, text)
         return text
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> RunConfig:
-        text = os.fspath(source)
-        where = "JSON text"
-        if not text.lstrip().startswith("{"):
-            where = text
-            try:
-                with open(text, encoding="utf-8") as fh:
-                    text = fh.read()
-            except OSError as err:
-                raise ConfigError(f"Cannot read config file {where!r}: {err.strerror}. Check the path.") from err
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"Config {where!r} is not valid JSON: {err.msg} at line {err.lineno}.") from err
+        data = read_json_source(source)
         if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS):
             data = {"model": data}  # a bare ModelConfig file (examples/seed1.json) is a run's model section
         return cls.from_dict(data)

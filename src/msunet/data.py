@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import DataConfig, ModelConfig
+from msunet.config import DataConfig, ModelConfig, write_text_atomic
 from msunet.imageio import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -259,10 +259,7 @@ class Normalization:
         return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
     def to_json(self, path: str | os.PathLike) -> None:
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(dataclasses.asdict(self), fh, indent=2)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Normalization:

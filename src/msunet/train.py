@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from msunet import __version__
-from msunet.config import RunConfig
+from msunet.config import RunConfig, write_text_atomic
 from msunet.data import (
     DataError,
     FixedPatchDataset,
@@ -104,9 +104,7 @@ def save_keras_atomic(model: keras.Model, path: pathlib.Path) -> None:
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -233,7 +231,7 @@ def train(
 
     Example:
     ```python
-    from msunet.config import RunConfig
+    from msunet.config import RunConfig, write_text_atomic
     result = msunet.train(RunConfig().override(["epochs=5"]), "data/", "runs/first")
     result.best_dice
     ```

@@ -124,7 +124,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
         labels = labels.repeat(ry, 0).repeat(rx, 1)[: rgb.shape[0], : rgb.shape[1]]
     colours = class_palette(max(num_classes, 2)).astype(np.float32) / 255.0
     if num_classes == 1:
-        colours[1] = (1.0, 0.15, 0.15)
+        colours[1] = (0.1, 1.0, 0.25)  # green: visible on grey (EM), red (fundus) and colour images
     fg = labels > 0
     rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colours[labels[fg]]
     edge = fg & ~ndimage.binary_erosion(fg, border_value=1)

@@ -18,7 +18,9 @@ def apply_norm_act(x, cfg: ModelConfig, name: str):
     """Normalisation (batch / group / none) followed by the activation."""
     channels = x.shape[-1]
     if cfg.norm == "batch":
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9 (PyTorch's 0.1): Keras' 0.99 leaves the moving statistics near their initial
+        # values for the first few hundred steps, so short runs predicted poorly in inference mode.
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     elif cfg.norm == "group":
         x = layers.GroupNormalization(groups=math.gcd(cfg.groups, channels), name=f"{name}_gn")(x)
     return layers.Activation(cfg.activation, name=f"{name}_act")(x)

@@ -93,3 +93,16 @@ def test_tiling_module_is_numpy_only():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not names & {"keras", "tensorflow", "jax", "torch", "msunet"}
+
+
+def test_tiled_compressed_tiff_is_read_lazily_and_exactly(tmp_path):
+    from msunet.imageio import TiledTiffReader
+
+    image = np.random.default_rng(3).integers(0, 255, (300, 210, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "slide.tif", image, tile=(64, 64), compression="zlib")
+    lazy = open_image_lazy(tmp_path / "slide.tif")
+    assert isinstance(lazy, TiledTiffReader)
+    np.testing.assert_array_equal(lazy[37:250, 11:209], image[37:250, 11:209])
+    out = predict_tiled(identity, lazy, 64, 0.25, preprocess=lambda t: np.asarray(t, np.float32), out_of_core=True,
+                        workdir=tmp_path)["output"]
+    np.testing.assert_array_equal(np.asarray(out), image.astype(np.float32))

@@ -237,16 +237,19 @@ class RowBandReader:
         self._band_start, self._band = 0, np.empty((0, self.shape[1], self.shape[2]), self.dtype)
         self._row_bytes = self.shape[1] * self.shape[2] * self.dtype.itemsize
 
+    def _read_rows(self, start: int, stop: int) -> tuple[int, np.ndarray]:
+        """Reads at least rows [start, stop); returns (first row read, rows)."""
+        count = stop - start
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), count * self._row_bytes, self.offset + start * self._row_bytes)
+        if len(data) != count * self._row_bytes:
+            raise ImageReadError(f"{self.path}: file ends early (truncated); expected {count} more rows at row {start}.")
+        return start, np.frombuffer(data, self.dtype).reshape(count, self.shape[1], self.shape[2])
+
     def _rows(self, start: int, stop: int) -> np.ndarray:
         if not (self._band_start <= start and stop <= self._band_start + len(self._band)):
             stop_read = min(self.shape[0], max(stop, start + self.band_rows))
-            count = stop_read - start
-            with open(self.path, "rb") as fh:
-                data = os.pread(fh.fileno(), count * self._row_bytes, self.offset + start * self._row_bytes)
-            if len(data) != count * self._row_bytes:
-                raise ImageReadError(f"{self.path}: file ends early (truncated); expected {count} more rows at row {start}.")
-            self._band = np.frombuffer(data, self.dtype).reshape(count, self.shape[1], self.shape[2])
-            self._band_start = start
+            self._band_start, self._band = self._read_rows(start, stop_read)
         return self._band[start - self._band_start : stop - self._band_start]
 
     def __getitem__(self, key):
@@ -257,11 +260,46 @@ class RowBandReader:
         return self._rows(r0, r1)[(slice(None), *key[1:])]
 
 
+class TiledTiffReader(RowBandReader):
+    """Array-like view of a tiled TIFF (any compression tifffile decodes): only the tile rows that a
+    band of image rows needs are read and decoded.
+    """
+
+    def __init__(self, path, band_rows: int = 512):
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape = page.shape if len(page.shape) == 3 else (*page.shape, 1)
+            self.tile_h, self.tile_w = page.tilelength, page.tilewidth
+            dtype = page.dtype
+        super().__init__(path, 0, shape, dtype, band_rows)
+        self.tiles_across = -(-self.shape[1] // self.tile_w)
+
+    def _read_rows(self, start: int, stop: int) -> tuple[int, np.ndarray]:
+        first, last = start // self.tile_h, -(-stop // self.tile_h)
+        top = first * self.tile_h
+        band = np.zeros((min(last * self.tile_h, self.shape[0]) - top, self.shape[1], self.shape[2]), self.dtype)
+        with tifffile.TiffFile(self.path) as tif:
+            page, fh = tif.pages[0], tif.filehandle
+            for index in range(first * self.tiles_across, min(last * self.tiles_across, len(page.dataoffsets))):
+                fh.seek(page.dataoffsets[index])
+                segment, where, _ = page.decode(fh.read(page.databytecounts[index]), index,
+                                                jpegtables=getattr(page, "jpegtables", None))
+                if segment is None:
+                    continue
+                y, x = where[-3], where[-2]
+                tile = segment.reshape(segment.shape[-3], segment.shape[-2], -1)
+                rows = min(tile.shape[0], self.shape[0] - y)
+                cols = min(tile.shape[1], self.shape[1] - x)
+                band[y - top : y - top + rows, x : x + cols] = tile[:rows, :cols, : self.shape[2]]
+        return top, band
+
+
 def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Opens an image for tiled reading without loading it, where the format allows.
 
-    Uncompressed, contiguous TIFF -> `RowBandReader`; `.npy` -> read-only memory map (H, W[, C]);
-    anything else (PNG, JPEG, compressed TIFF) is read whole with `read_image` (pixel limit applies).
+    Uncompressed, contiguous TIFF -> `RowBandReader`; tiled TIFF -> `TiledTiffReader`; `.npy` ->
+    read-only memory map (H, W[, C]); anything else (PNG, JPEG, compressed strip TIFF) is read whole
+    with `read_image` (pixel limit applies).
 
     Returns:
         An (H, W, C) array-like with `.shape`, `.dtype` and NumPy slicing.
@@ -277,6 +315,9 @@ def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
         try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
+                shape = page.shape if len(page.shape) == 3 else (*page.shape, 1)
+                if page.is_tiled and page.planarconfig == 1 and len(shape) == 3 and shape[-1] not in (2, 4):
+                    return TiledTiffReader(path)
                 contiguous = page.is_contiguous and len(tif.pages) == 1 and page.planarconfig == 1
                 if contiguous:
                     shape = page.shape if len(page.shape) == 3 else (*page.shape, 1)

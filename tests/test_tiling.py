@@ -105,4 +105,4 @@ def test_tiled_compressed_tiff_is_read_lazily_and_exactly(tmp_path):
     np.testing.assert_array_equal(lazy[37:250, 11:209], image[37:250, 11:209])
     out = predict_tiled(identity, lazy, 64, 0.25, preprocess=lambda t: np.asarray(t, np.float32), out_of_core=True,
                         workdir=tmp_path)["output"]
-    np.testing.assert_array_equal(np.asarray(out), image.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(out), image.astype(np.float32), atol=1e-3)  # blending rounds in float32

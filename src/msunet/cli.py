@@ -133,6 +133,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from msunet.evaluate import evaluate_folders, evaluate_run
+
+    if args.model:
+        if not args.data or args.pred or args.gt:
+            raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")
+        result = evaluate_run(args.model, args.data, args.out, split=args.split, tta=args.tta, roi_dir=args.roi,
+                              distances=not args.no_distances,
+                              progress=None if args.quiet else _Progress(0))
+    else:
+        if not (args.pred and args.gt):
+            raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")
+        from msunet.config import DataConfig
+
+        data_cfg = DataConfig(ignore_label=args.ignore_label)
+        result = evaluate_folders(args.pred, args.gt, args.out, args.num_classes, data_cfg, args.roi,
+                                  images_dir=args.images, distances=not args.no_distances)
+    overall = result.summary["overall"]
+    print(f"scored {result.summary['images']} image(s): Dice mean {overall['dice_mean']:.4f}, pooled "
+          f"{overall['dice_pooled']:.4f}; IoU mean {overall['iou_mean']:.4f}; HD95 mean {overall['hd95_mean']:.2f} px")
+    for key, entry in result.summary["per_class_and_scale"].items():
+        if not key.startswith("scale1/"):
+            print(f"  {key}: Dice mean {entry['dice_mean']:.4f}, pooled {entry['dice_pooled']:.4f}")
+    if result.problems:
+        print(f"skipped {len(result.problems)}: " + "; ".join(f"{s}: {r}" for s, r in result.problems[:10]))
+    print(f"wrote {args.out}/metrics.csv, summary.json, report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msunet", description="Multi-scale U-Net segmentation for Keras 3: a mask at every decoder scale."
@@ -183,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ... per image, class and scale, and an HTML report")
+    p.add_argument("--model", help="run folder: predict --data's test split, then score it")
+    p.add_argument("--data", help="dataset folder (with --model)")
+    p.add_argument("--split", help="split to evaluate with --model (default: test, else val, else all)")
+    p.add_argument("--pred", help="folder of predicted masks (NAME.png, NAME_s2.png, ...)")
+    p.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
+    p.add_argument("--images", help="folder of the images, for the report's overlays (with --pred)")
+    p.add_argument("--num-classes", type=int, default=1, help="with --pred: 1 = binary (default), else classes")
+    p.add_argument("--ignore-label", type=int, help="with --pred: ground-truth value to ignore")
+    p.add_argument("--roi", help="region-of-interest masks (default with --model: DATA/fov if present)")
+    p.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
+    p.add_argument("--no-distances", action="store_true", help="skip HD95 and surface distance (faster)")
+    p.add_argument("--out", required=True, help="output folder for metrics.csv, summary.json, report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="synthetic data -> training -> masks at every scale, in a few minutes")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

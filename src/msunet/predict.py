@@ -119,6 +119,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
     rgb /= max(high - low, 1e-6)
     np.clip(rgb, 0, 1, out=rgb)
     labels = (mask > 0).astype(np.uint8) if num_classes == 1 else mask.astype(np.int32)
+    if num_classes > 1:
+        labels = np.where((labels >= 0) & (labels < num_classes), labels, 0)  # void / unknown values: not drawn
     if labels.shape != rgb.shape[:2]:  # a coarse mask: nearest-upsample for display
         ry, rx = -(-rgb.shape[0] // labels.shape[0]), -(-rgb.shape[1] // labels.shape[1])
         labels = labels.repeat(ry, 0).repeat(rx, 1)[: rgb.shape[0], : rgb.shape[1]]

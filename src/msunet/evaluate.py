@@ -1,0 +1,421 @@
+"""Evaluation: the metrics papers report, per image, per class and per scale, and an HTML report.
+
+Two modes:
+- `evaluate_folders(pred_dir, gt_dir, out_dir, ...)` scores existing masks (`NAME.png` against the
+  ground truth `NAME.*`; coarse `NAME_s2.png`, ... against the ground truth downsampled by the
+  training rule);
+- `evaluate_run(run, data_dir, out_dir, ...)` predicts the data's test split (or val, or all) with
+  `msunet.predict` first, then scores it, and puts the run's training curves in the report.
+
+Metrics per image and class: Dice (= F1), IoU, precision, recall, pixel accuracy, HD95 and mean
+(symmetric) surface distance, in pixels, from `scipy.ndimage` Euclidean distance transforms.
+Pixels with the ignore label or outside the region of interest (e.g. DRIVE's field of view) count
+nowhere. Conventions for empty masks (stated in summary.json): prediction and truth both empty ->
+Dice = IoU = precision = recall = 1 and distances 0; exactly one empty -> Dice = IoU = 0 and
+distances NaN (left out of means, counted). Aggregates: mean and median over images, and the
+pooled (dataset-level) scores from summed counts, which vessel papers report.
+
+Outputs: metrics.csv (a row per image, class and scale), summary.json, report.html (one
+self-contained file: images embedded).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+import io
+import json
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from msunet.config import DataConfig, write_text_atomic
+from msunet.data import IGNORE, decode_mask, downsample_target, one_hot_target, read_split
+from msunet.imageio import is_image_file, read_image, read_mask
+
+METRICS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "msd")
+CONVENTIONS = {
+    "both_empty": "Dice = IoU = precision = recall = 1, HD95 = MSD = 0",
+    "one_empty": "Dice = IoU = 0; precision/recall 0 where defined; HD95 = MSD = NaN (left out of means, counted)",
+    "distances": "pixels (isotropic spacing 1), symmetric: HD95 = max of the two directed 95th percentiles, "
+                 "MSD = mean of all boundary-to-boundary distances in both directions",
+    "pooled": "scores from counts summed over all images (dataset-level), as vessel papers report",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-image metrics
+# --------------------------------------------------------------------------------------------------
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def surface_distances(pred: np.ndarray, truth: np.ndarray, percentile: float = 95) -> tuple[float, float]:
+    """(HD at `percentile`, MSD) between the boundaries of two non-empty binary masks, in pixels."""
+    pred_b, truth_b = _boundary(pred), _boundary(truth)
+    to_truth = ndimage.distance_transform_edt(~truth_b)[pred_b]
+    to_pred = ndimage.distance_transform_edt(~pred_b)[truth_b]
+    hd95 = max(float(np.percentile(to_truth, percentile)), float(np.percentile(to_pred, percentile)))
+    msd = float(np.concatenate([to_truth, to_pred]).mean())
+    return hd95, msd
+
+
+def class_metrics(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, distances: bool = True) -> dict[str, float]:
+    """Metrics of one class: `pred`, `truth` boolean maps; `valid` marks the pixels that count."""
+    p, t = pred & valid, truth & valid
+    tp = int((p & t).sum())
+    fp = int((p & ~t).sum())
+    fn = int((~p & t).sum())
+    tn = int(valid.sum()) - tp - fp - fn
+    out: dict[str, float] = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    out.update(scores(tp, fp, fn, tn))
+    if distances:
+        if not p.any() and not t.any():
+            out["hd95"] = out["msd"] = 0.0
+        elif not p.any() or not t.any():
+            out["hd95"] = out["msd"] = math.nan
+        else:
+            out["hd95"], out["msd"] = surface_distances(p, t)
+    return out
+
+
+def scores(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    """Dice, IoU, precision, recall and accuracy from counts, with the stated empty-mask conventions."""
+    if tp + fp + fn == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0 if tn else math.nan}
+    return {
+        "dice": 2 * tp / (2 * tp + fp + fn),
+        "iou": tp / (tp + fp + fn),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "accuracy": (tp + tn) / (tp + fp + fn + tn),
+    }
+
+
+def soft_dice(pred: np.ndarray, soft_target: np.ndarray) -> dict[str, float]:
+    """Counts and Dice of a hard prediction against a soft (coarse) target with a weight channel."""
+    t, w = soft_target[..., :-1], soft_target[..., -1:]
+    tp = float((pred * t * w).sum())
+    fp = float((pred * (1 - t) * w).sum())
+    fn = float(((1 - pred) * t * w).sum())
+    return {"tp": tp, "fp": fp, "fn": fn, "dice": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class EvaluationResult:
+    out_dir: pathlib.Path
+    rows: list[dict]
+    summary: dict
+    problems: list[tuple[str, str]]
+
+
+def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
+    for path in sorted(folder.glob(f"{stem}.*")):
+        if is_image_file(path):
+            return path
+    return None
+
+
+def _pred_to_classes(raw: np.ndarray, num_classes: int) -> np.ndarray:
+    if raw.ndim == 3:
+        raw = raw[..., 0]
+    return (raw > 0).astype(np.int16) if num_classes == 1 else raw.astype(np.int16)
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_classes: int = 1,
+    data_cfg: DataConfig | None = None,
+    roi_dir: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    images_dir: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    distances: bool = True,
+) -> EvaluationResult:
+    """Scores the masks in `pred_dir` against `gt_dir` and writes metrics.csv, summary.json, report.html.
+
+    Args:
+        pred_dir: predicted masks `NAME.png` (0/255 or class ids) and optionally `NAME_s2.png`, ...
+        gt_dir: ground-truth masks `NAME.*`, decoded like training data (`data_cfg`).
+        num_classes: 1 for binary masks, else the number of classes (0 = background).
+        data_cfg: mask encoding, ignore label, target rule (default: `DataConfig()`).
+        roi_dir: optional region-of-interest masks `NAME.*` (non-zero = counts), e.g. a field of view.
+        names: only these stems (default: every ground-truth mask with a prediction).
+        images_dir: the images, for the report's overlays (optional).
+        run_dir: a training run, for the report's curves (optional).
+        distances: compute HD95 and MSD (the slowest part on large images).
+
+    Returns:
+        An `EvaluationResult` with the rows, the summary and the problems (files skipped).
+    """
+    pred_dir, gt_dir, out = pathlib.Path(pred_dir), pathlib.Path(gt_dir), pathlib.Path(out_dir)
+    for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such {what} folder.")
+    data_cfg = data_cfg or DataConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    stems = list(names) if names is not None else sorted(p.stem for p in gt_dir.iterdir() if is_image_file(p))
+    classes = [1] if num_classes == 1 else list(range(1, num_classes))
+    rows, problems, pictures = [], [], {}
+    for stem in stems:
+        gt_path, pred_path = _find(gt_dir, stem), _find(pred_dir, stem)
+        if gt_path is None or pred_path is None:
+            problems.append((stem, "no prediction" if pred_path is None else "no ground truth"))
+            continue
+        try:
+            truth = decode_mask(read_mask(gt_path, data_cfg.max_pixels), data_cfg, num_classes, gt_path)
+            pred = _pred_to_classes(read_mask(pred_path, data_cfg.max_pixels), num_classes)
+            if pred.shape != truth.shape:
+                raise ValueError(f"prediction {pred.shape[1]}x{pred.shape[0]} vs ground truth "
+                                 f"{truth.shape[1]}x{truth.shape[0]}: sizes differ")
+            valid = truth != IGNORE
+            if roi_dir is not None:
+                roi_path = _find(pathlib.Path(roi_dir), stem)
+                if roi_path is None:
+                    raise ValueError(f"no region-of-interest mask in {roi_dir}")
+                roi = read_mask(roi_path)
+                valid &= (roi[..., 0] if roi.ndim == 3 else roi) > 0
+        except (ValueError, OSError) as err:
+            problems.append((stem, str(err)))
+            continue
+        for cls in classes:
+            row = {"image": stem, "class": cls, "scale": 1}
+            row.update(class_metrics(pred == cls, truth == cls, valid, distances))
+            rows.append(row)
+        # Coarse heads against the ground truth downsampled by the training rule.
+        full = one_hot_target(np.where(valid, truth, IGNORE).astype(np.int16), num_classes)
+        for coarse in sorted(pred_dir.glob(f"{stem}_s*.*")):
+            suffix = coarse.stem[len(stem) + 2 :]
+            if not suffix.isdigit() or not is_image_file(coarse):
+                continue
+            scale = int(suffix)
+            target = downsample_target(full, scale, data_cfg.target_downsampling)
+            cpred = _pred_to_classes(read_mask(coarse), num_classes)
+            if cpred.shape != target.shape[:2]:
+                problems.append((coarse.name, f"size {cpred.shape} does not match ceil(H/{scale}) x ceil(W/{scale})"))
+                continue
+            onehot = (cpred == 1)[..., None] if num_classes == 1 else (cpred[..., None] == np.arange(num_classes))
+            for cls in classes:
+                channel = 0 if num_classes == 1 else cls
+                sd = soft_dice(onehot[..., channel : channel + 1].astype(np.float32),
+                               target[..., [channel, -1]])
+                rows.append({"image": stem, "class": cls, "scale": scale, **sd})
+        pictures[stem] = (pred_path, gt_path)
+    if not rows:
+        raise ValueError(f"No image could be scored: {len(problems)} problem(s), e.g. {problems[:3]}.")
+    summary = summarize(rows, classes, num_classes)
+    summary.update(conventions=CONVENTIONS, problems=[{"image": s, "reason": r} for s, r in problems],
+                   predictions=str(pred_dir), ground_truth=str(gt_dir), roi=str(roi_dir) if roi_dir else None)
+    _write_csv(out / "metrics.csv", rows)
+    write_text_atomic(out / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
+    report = build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run_dir, data_cfg)
+    write_text_atomic(out / "report.html", report)
+    return EvaluationResult(out, rows, summary, problems)
+
+
+def summarize(rows: list[dict], classes: list[int], num_classes: int) -> dict:
+    """Mean, median and pooled scores per class and scale, and the mean over classes."""
+    per = {}
+    for scale in sorted({r["scale"] for r in rows}):
+        for cls in classes:
+            sel = [r for r in rows if r["scale"] == scale and r["class"] == cls]
+            if not sel:
+                continue
+            entry = {"images": len(sel)}
+            for metric in METRICS if scale == 1 else ("dice",):
+                values = np.array([r[metric] for r in sel if metric in r], np.float64)
+                finite = values[np.isfinite(values)]
+                entry[f"{metric}_mean"] = float(finite.mean()) if finite.size else math.nan
+                entry[f"{metric}_median"] = float(np.median(finite)) if finite.size else math.nan
+                if finite.size < values.size:
+                    entry[f"{metric}_undefined"] = int(values.size - finite.size)
+            tp, fp, fn = (sum(r[k] for r in sel) for k in ("tp", "fp", "fn"))
+            tn = sum(r.get("tn", 0) for r in sel)
+            pooled = scores(tp, fp, fn, tn)
+            entry.update({f"{k}_pooled": v for k, v in pooled.items() if scale == 1 or k == "dice"})
+            per[f"scale{scale}/class{cls}"] = entry
+    full = [per[f"scale1/class{c}"] for c in classes if f"scale1/class{c}" in per]
+    overall = {f"{m}_mean": float(np.nanmean([e[f"{m}_mean"] for e in full])) for m in METRICS}
+    overall.update({f"{m}_pooled": float(np.mean([e[f"{m}_pooled"] for e in full]))
+                    for m in ("dice", "iou", "precision", "recall", "accuracy")})
+    return {"num_classes": num_classes, "classes": classes, "overall": overall, "per_class_and_scale": per,
+            "images": len({r["image"] for r in rows})}
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    fields = ["image", "class", "scale", *METRICS, "tp", "fp", "fn", "tn"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    write_text_atomic(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def _png_data_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _thumbnail(array: np.ndarray, side: int = 320) -> np.ndarray:
+    step = max(1, -(-max(array.shape[:2]) // side))
+    return np.ascontiguousarray(array[::step, ::step])
+
+
+def _bars(summary: dict, classes: list[int]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"class {c}" for c in classes]
+    dice = [summary["per_class_and_scale"].get(f"scale1/class{c}", {}).get("dice_mean", 0) for c in classes]
+    iou = [summary["per_class_and_scale"].get(f"scale1/class{c}", {}).get("iou_mean", 0) for c in classes]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(classes) + 2), 3))
+    x = np.arange(len(classes))
+    ax.bar(x - 0.2, dice, 0.4, label="Dice (mean)")
+    ax.bar(x + 0.2, iou, 0.4, label="IoU (mean)")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run_dir, data_cfg=None) -> str:
+    """A self-contained HTML page: summary table, curves, per-class bars, best and worst images."""
+    from msunet.predict import overlay
+
+    classes = summary["classes"]
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"  # noqa: E731
+    table = ["<table id='summary'><tr><th>scale</th><th>class</th><th>images</th>"
+             + "".join(f"<th>{m} mean</th>" for m in METRICS) + "<th>Dice pooled</th></tr>"]
+    for key, entry in summary["per_class_and_scale"].items():
+        scale, cls = key.split("/")
+        table.append(f"<tr><td>1/{scale[5:]}</td><td>{cls[5:]}</td><td>{entry['images']}</td>"
+                     + "".join(f"<td>{fmt(entry.get(f'{m}_mean'))}</td>" for m in METRICS)
+                     + f"<td>{fmt(entry.get('dice_pooled'))}</td></tr>")
+    table.append("</table>")
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>msunet evaluation</title><style>",
+        "body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;font-size:13px}",
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}",
+        ".cases{display:flex;flex-wrap:wrap;gap:18px}.case{border:1px solid #ddd;padding:8px}",
+        ".case img{display:block;margin:2px}.row{display:flex;gap:4px}small{color:#555}</style></head><body>",
+        "<h1>msunet evaluation</h1>",
+        f"<p id='overview'>{summary['images']} images, {len(classes)} scored class(es); predictions "
+        f"<code>{html.escape(str(summary.get('predictions')))}</code>, ground truth "
+        f"<code>{html.escape(str(summary.get('ground_truth')))}</code>"
+        + (f", region of interest <code>{html.escape(str(summary['roi']))}</code>" if summary.get("roi") else "")
+        + f". Overall: Dice (mean) <b>{fmt(summary['overall']['dice_mean'])}</b>, Dice (pooled) "
+        f"<b>{fmt(summary['overall']['dice_pooled'])}</b>, HD95 (mean) {fmt(summary['overall']['hd95_mean'])} px.</p>",
+        "<h2>Summary</h2>", "".join(table),
+        f"<p><small>Conventions: {html.escape('; '.join(f'{k}: {v}' for k, v in CONVENTIONS.items()))}</small></p>",
+        "<h2>Per class</h2>", f"<img id='bars' alt='per-class Dice and IoU' src='{_bars(summary, classes)}'>",
+    ]
+    curves = pathlib.Path(run_dir) / "curves.png" if run_dir else None
+    if curves is not None and curves.is_file():
+        uri = "data:image/png;base64," + base64.b64encode(curves.read_bytes()).decode()
+        parts += ["<h2>Training curves</h2>", f"<img id='curves' alt='training curves' src='{uri}'>"]
+    dice_of: dict[str, list[float]] = {}
+    for r in rows:
+        if r["scale"] != 1:
+            continue
+        dice_of.setdefault(r["image"], []).append(r["dice"])
+    ranked = sorted(dice_of, key=lambda s: float(np.mean(dice_of[s])))
+    chosen = [("worst", s) for s in ranked[:3]] + [("best", s) for s in ranked[::-1][:3] if s not in ranked[:3]]
+    parts.append("<h2>Worst and best images</h2><p><small>image with ground truth | with prediction, "
+                 "then the prediction at each scale</small></p><div class='cases' id='cases'>")
+    for kind, stem in chosen:
+        pred_path, gt_path = pictures[stem]
+        truth = decode_mask(read_mask(gt_path), data_cfg or DataConfig(), num_classes, gt_path)
+        truth = np.where(truth == IGNORE, 0, truth)
+        pred = _pred_to_classes(read_mask(pred_path), num_classes)
+        image_path = _find(pathlib.Path(images_dir), stem) if images_dir else None
+        base = read_image(image_path) if image_path else np.repeat((truth > 0)[..., None].astype(np.uint8) * 60, 3, -1)
+        tiles = [overlay(_thumbnail(base), _thumbnail(truth), num_classes), overlay(_thumbnail(base), _thumbnail(pred), num_classes)]
+        for coarse in sorted(pathlib.Path(pred_dir).glob(f"{stem}_s*.png"), key=lambda p: len(p.name)):
+            suffix = coarse.stem[len(stem) + 2 :]
+            if suffix.isdigit():
+                scale = int(suffix)
+                cmask = _pred_to_classes(read_mask(coarse), num_classes)
+                up = cmask.repeat(scale, 0).repeat(scale, 1)[: pred.shape[0], : pred.shape[1]]  # shown at full size
+                tiles.append(overlay(_thumbnail(base), _thumbnail(up), num_classes))
+        imgs = "".join(f"<img src='{_png_data_uri(t)}' alt='{html.escape(stem)}'>" for t in tiles)
+        parts.append(f"<div class='case {kind}'><b>{kind}</b>: {html.escape(stem)} (Dice {np.mean(dice_of[stem]):.4f})"
+                     f"<div class='row'>{imgs}</div></div>")
+    parts.append("</div></body></html>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Run + data
+# --------------------------------------------------------------------------------------------------
+def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str | None = None,
+                 tta: bool = False, tile_size: int | None = None, roi_dir: str | os.PathLike | None = None,
+                 distances: bool = True, progress=None) -> EvaluationResult:
+    """Predicts a dataset's test split (else val, else all) with a run, then scores it.
+
+    A `fov/` folder beside `images/` is used as the region of interest unless `roi_dir` is given.
+    """
+    from msunet.predict import LoadedRun, load_run, predict
+
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    data = pathlib.Path(data_dir)
+    labels = read_split(data)
+    stems = sorted(p.stem for p in (data / "images").iterdir() if is_image_file(p))
+    if split is None:
+        split = next((s for s in ("test", "val") if any(labels.get(n) == s for n in stems)), "all")
+    chosen = stems if split == "all" else [n for n in stems if labels.get(n) == split]
+    if not chosen:
+        raise ValueError(f"{data}: no images in split {split!r} (split.csv).")
+    out = pathlib.Path(out_dir)
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for stem in chosen:
+        src = _find(data / "images", stem)
+        link = inputs / src.name
+        if not link.exists():
+            link.symlink_to(src.resolve())
+    summary = predict(loaded, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
+                      progress=progress)
+    if roi_dir is None and (data / "fov").is_dir():
+        roi_dir = data / "fov"
+    result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
+                              loaded.config.data, roi_dir, names=chosen, images_dir=data / "images",
+                              run_dir=loaded.run_dir, distances=distances)
+    result.summary["split"] = split
+    result.summary["prediction_failures"] = [{"image": p, "reason": r} for p, r in summary.failed]
+    write_text_atomic(out / "summary.json", json.dumps(_finite(result.summary), indent=2) + "\n")
+    return result

@@ -1,0 +1,115 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.spatial.distance import directed_hausdorff
+
+from msunet.cli import main
+from msunet.config import DataConfig
+from msunet.evaluate import class_metrics, evaluate_folders, surface_distances
+
+
+def test_hand_built_values():
+    truth = np.zeros((10, 10), bool)
+    truth[2:6, 2:6] = True  # 16 px
+    pred = np.zeros((10, 10), bool)
+    pred[2:6, 2:8] = True  # 24 px, 16 overlap
+    valid = np.ones((10, 10), bool)
+    m = class_metrics(pred, truth, valid)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (16, 8, 0, 76)
+    assert m["dice"] == pytest.approx(32 / 40) and m["iou"] == pytest.approx(16 / 24)
+    assert m["precision"] == pytest.approx(16 / 24) and m["recall"] == 1.0 and m["accuracy"] == pytest.approx(0.92)
+    assert m["hd95"] == pytest.approx(2.0)  # the right edge moved by 2 px
+
+
+def test_empty_conventions():
+    empty, valid = np.zeros((5, 5), bool), np.ones((5, 5), bool)
+    some = empty.copy()
+    some[1, 1] = True
+    both = class_metrics(empty, empty, valid)
+    assert both["dice"] == 1.0 and both["iou"] == 1.0 and both["hd95"] == 0.0
+    missed = class_metrics(empty, some, valid)
+    assert missed["dice"] == 0.0 and math.isnan(missed["hd95"])
+    spurious = class_metrics(some, empty, valid)
+    assert spurious["dice"] == 0.0 and spurious["precision"] == 0.0 and math.isnan(spurious["msd"])
+
+
+def test_ignore_and_roi_are_excluded():
+    truth = np.zeros((6, 6), bool)
+    pred = np.zeros((6, 6), bool)
+    pred[0, 0] = True  # a false positive...
+    valid = np.ones((6, 6), bool)
+    valid[0, 0] = False  # ...outside the region of interest
+    truth[3, 3] = pred[3, 3] = True
+    assert class_metrics(pred, truth, valid)["dice"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_agreement_with_independent_computations(seed):
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    truth = ndimage.binary_opening(rng.random((40, 50)) > 0.55)
+    pred = ndimage.binary_opening(rng.random((40, 50)) > 0.55)
+    m = class_metrics(pred, truth, np.ones_like(truth))
+    # F1 on flattened pixels, counted independently.
+    tp = np.sum(pred.ravel() & truth.ravel())
+    f1 = 2 * tp / (pred.sum() + truth.sum())
+    assert m["dice"] == pytest.approx(f1)
+    # Hausdorff (100th percentile) against scipy's directed Hausdorff between boundary point sets.
+    bp = np.argwhere(pred & ~ndimage.binary_erosion(pred))
+    bt = np.argwhere(truth & ~ndimage.binary_erosion(truth))
+    hd = max(directed_hausdorff(bp, bt)[0], directed_hausdorff(bt, bp)[0])
+    assert surface_distances(pred, truth, percentile=100)[0] == pytest.approx(hd)
+
+
+def write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_folders_multiclass_with_ignore_and_scales(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        truth = rng.integers(0, 3, (20, 18))
+        truth[0] = 11  # void row
+        pred = np.where(rng.random((20, 18)) < 0.8, truth % 11, rng.integers(0, 3, (20, 18)))
+        write(tmp_path / "gt" / f"im{i}.png", truth)
+        write(tmp_path / "pred" / f"im{i}.png", pred)
+        write(tmp_path / "pred" / f"im{i}_s2.png", pred[::2, ::2])
+    (tmp_path / "pred" / "im3.png").write_bytes(b"x")  # no ground truth: not listed; unreadable anyway
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", num_classes=3,
+                              data_cfg=DataConfig(ignore_label=11))
+    with open(tmp_path / "out" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["class"], r["scale"]) for r in rows} == {("1", "1"), ("2", "1"), ("1", "2"), ("2", "2")}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["images"] == 3 and "scale2/class1" in summary["per_class_and_scale"]
+    assert 0.6 < summary["overall"]["dice_mean"] < 1
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "id='summary'" in page and "id='bars'" in page and "id='cases'" in page and "data:image/png;base64" in page
+    assert result.problems == []
+
+
+def test_evaluate_cli_on_a_trained_run(tmp_path, capsys):
+    from msunet.config import RunConfig
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=6, size=(40, 40))
+    (data / "split.csv").write_text("name,split\nsynth_000,test\nsynth_001,test\n")
+    train(RunConfig().override(["model.depth=2", "model.filters=2", "data.patch_size=32", "epochs=1",
+                                "steps_per_epoch=1", "batch_size=2"]), data, tmp_path / "run", verbose=0)
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "scored 2 image(s)" in out and "scale2/class1" in out
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["split"] == "test"
+    assert "id='curves'" in (tmp_path / "ev" / "report.html").read_text()
+    assert main(["evaluate", "--pred", str(tmp_path / "ev" / "predictions"), "--gt", str(data / "masks"),
+                 "--out", str(tmp_path / "ev2")]) == 0
+    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 2

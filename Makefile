@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.msunet-installed
 EXTRAS ?= test
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test test-slow test-backends clean
+MSUNET_INSTALL_CHROMIUM ?= 1
+
+.PHONY: venv demo test test-slow test-backends browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +22,18 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/msunet demo --out demo_out
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q
+
+# The report test renders in headless Chromium. Install Debian's chromium when it is missing and we
+# may (root with apt-get; MSUNET_INSTALL_CHROMIUM=0 to skip); otherwise that one test is skipped.
+browser:
+	@if [ "$(MSUNET_INSTALL_CHROMIUM)" = "1" ] && ! command -v chromium >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the report test (MSUNET_INSTALL_CHROMIUM=0 to skip)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "chromium could not be installed: the browser test will be skipped"; \
+	fi
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow --runslow

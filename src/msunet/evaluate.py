@@ -332,7 +332,8 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
         "body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;font-size:13px}",
         "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}",
         ".cases{display:flex;flex-wrap:wrap;gap:18px}.case{border:1px solid #ddd;padding:8px}",
-        ".case img{display:block;margin:2px}.row{display:flex;gap:4px}small{color:#555}</style></head><body>",
+        ".row{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0}figure img{display:block;width:240px;height:auto}",
+        "figcaption{font-size:12px;color:#444;text-align:center}small{color:#555}</style></head><body>",
         "<h1>msunet evaluation</h1>",
         f"<p id='overview'>{summary['images']} images, {len(classes)} scored class(es); predictions "
         f"<code>{html.escape(str(summary.get('predictions')))}</code>, ground truth "
@@ -355,8 +356,8 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
         dice_of.setdefault(r["image"], []).append(r["dice"])
     ranked = sorted(dice_of, key=lambda s: float(np.mean(dice_of[s])))
     chosen = [("worst", s) for s in ranked[:3]] + [("best", s) for s in ranked[::-1][:3] if s not in ranked[:3]]
-    parts.append("<h2>Worst and best images</h2><p><small>image with ground truth | with prediction, "
-                 "then the prediction at each scale</small></p><div class='cases' id='cases'>")
+    parts.append("<h2>Worst and best images</h2><p><small>by mean Dice over classes; coarse predictions are "
+                 "shown at full size</small></p><div class='cases' id='cases'>")
     for kind, stem in chosen:
         pred_path, gt_path = pictures[stem]
         truth = decode_mask(read_mask(gt_path), data_cfg or DataConfig(), num_classes, gt_path)
@@ -365,14 +366,16 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
         image_path = _find(pathlib.Path(images_dir), stem) if images_dir else None
         base = read_image(image_path) if image_path else np.repeat((truth > 0)[..., None].astype(np.uint8) * 60, 3, -1)
         tiles = [overlay(_thumbnail(base), _thumbnail(truth), num_classes), overlay(_thumbnail(base), _thumbnail(pred), num_classes)]
-        for coarse in sorted(pathlib.Path(pred_dir).glob(f"{stem}_s*.png"), key=lambda p: len(p.name)):
-            suffix = coarse.stem[len(stem) + 2 :]
-            if suffix.isdigit():
-                scale = int(suffix)
-                cmask = _pred_to_classes(read_mask(coarse), num_classes)
-                up = cmask.repeat(scale, 0).repeat(scale, 1)[: pred.shape[0], : pred.shape[1]]  # shown at full size
-                tiles.append(overlay(_thumbnail(base), _thumbnail(up), num_classes))
-        imgs = "".join(f"<img src='{_png_data_uri(t)}' alt='{html.escape(stem)}'>" for t in tiles)
+        captions = ["ground truth", "prediction"]
+        coarse_files = [(int(p.stem[len(stem) + 2 :]), p) for p in pathlib.Path(pred_dir).glob(f"{stem}_s*.png")
+                        if p.stem[len(stem) + 2 :].isdigit()]
+        for scale, coarse in sorted(coarse_files):
+            cmask = _pred_to_classes(read_mask(coarse), num_classes)
+            up = cmask.repeat(scale, 0).repeat(scale, 1)[: pred.shape[0], : pred.shape[1]]  # shown at full size
+            tiles.append(overlay(_thumbnail(base), _thumbnail(up), num_classes))
+            captions.append(f"prediction 1/{scale}")
+        imgs = "".join(f"<figure><img src='{_png_data_uri(t)}' alt='{html.escape(stem)} {c}'><figcaption>{c}</figcaption>"
+                       "</figure>" for t, c in zip(tiles, captions))
         parts.append(f"<div class='case {kind}'><b>{kind}</b>: {html.escape(stem)} (Dice {np.mean(dice_of[stem]):.4f})"
                      f"<div class='row'>{imgs}</div></div>")
     parts.append("</div></body></html>")

@@ -162,6 +162,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_args(p: argparse.ArgumentParser, config_help: str, set_example: str) -> None:
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"override a config field (repeatable), e.g. {set_example}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msunet", description="Multi-scale U-Net segmentation for Keras 3: a mask at every decoder scale."
@@ -170,10 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("summary", help="build a model and print its layers, parameters and output shapes")
-    p.add_argument("--config", help="model config JSON file (default: the built-in defaults)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable), e.g. depth=3"
-    )
+    _add_config_args(p, "model config JSON file (default: the built-in defaults)", "depth=3")
     p.add_argument("--size", help="input size HxW for which to print each output's shape, e.g. 256x256")
     p.add_argument("--save-config", metavar="FILE", help="also write the resolved config to FILE")
     p.set_defaults(func=cmd_summary)
@@ -181,9 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train on a folder of images/ and masks/; writes a run folder")
     p.add_argument("--data", help="dataset folder with images/ and masks/ (paired by file name)")
     p.add_argument("--out", help="run folder to create")
-    p.add_argument("--config", help="run config JSON ({model: ..., data: ..., train: ...}, or a model config)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. train.epochs=5 or depth=3 (repeatable)")
+    _add_config_args(p, "run config JSON ({model: ..., data: ..., train: ...}, or a model config)",
+                     "train.epochs=5 or depth=3")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
@@ -192,8 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a dataset folder and suggest patch size, depth and batch size")
     p.add_argument("data", help="dataset folder")
-    p.add_argument("--config", help="run config JSON (num_classes, mask encoding, ignore label, ...)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    _add_config_args(p, "run config JSON (num_classes, mask encoding, ignore label, ...)", "model.num_classes=3")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any file has a problem")
     p.set_defaults(func=cmd_check)
 

@@ -113,3 +113,24 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "ev" / "predictions"), "--gt", str(data / "masks"),
                  "--out", str(tmp_path / "ev2")]) == 0
     assert main(["evaluate", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_roi_folder_excludes_pixels_outside_the_field_of_view(tmp_path):
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 255
+    pred = truth.copy()
+    pred[0:3, 0:20] = 255  # false positives in the top rows...
+    fov = np.full((20, 20), 255, np.uint8)
+    fov[0:4] = 0  # ...which lie outside the field of view
+    write(tmp_path / "gt" / "a.png", truth)
+    write(tmp_path / "pred" / "a.png", pred)
+    write(tmp_path / "fov" / "a.png", fov)
+    without = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "o1")
+    with_roi = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "o2", roi_dir=tmp_path / "fov")
+    assert without.summary["overall"]["dice_mean"] < 0.8
+    assert with_roi.summary["overall"]["dice_mean"] == pytest.approx(1.0)
+    assert with_roi.summary["roi"] == str(tmp_path / "fov")
+    write(tmp_path / "gt" / "b.png", truth)
+    write(tmp_path / "pred" / "b.png", pred)
+    partial = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "o3", roi_dir=tmp_path / "fov")
+    assert [s for s, _ in partial.problems] == ["b"]  # no field-of-view mask: reported, not scored silently

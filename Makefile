@@ -9,7 +9,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 MSUNET_INSTALL_CHROMIUM ?= 1
 
-.PHONY: venv demo test test-slow test-backends browser clean
+BENCH_VENV ?= .venv-bench
+
+.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,5 +45,16 @@ test-backends: venv
 	$(PY) -m pip install --quiet "jax[cpu]" "torch==2.13.0"
 	$(PY) -m pytest -q tests/test_backends.py
 
+# Peers for the speed benchmark (never msunet's own dependencies): the CPU build of torch 2.13.0 and
+# MONAI, in a separate environment with msunet installed too, so one process can run all contenders.
+bench-env:
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(BENCH_VENV)/bin/python -m pip install --quiet monai -e .
+
+bench-speed: bench-env
+	$(BENCH_VENV)/bin/python benchmarks/speed.py
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info .pytest_cache

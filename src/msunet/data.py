@@ -354,11 +354,13 @@ def sample_patch(
         cx = rng.uniform(min(size / 2, width / 2), max(width - size / 2, width / 2))
     angle = math.radians(rng.uniform(-cfg.rotate, cfg.rotate)) if augment and cfg.rotate > 0 else 0.0
     zoom = float(np.exp(rng.uniform(math.log(1 - cfg.scale), math.log(1 + cfg.scale)))) if augment and cfg.scale > 0 else 1.0
-    unit = to_unit_float(sample.image)
+    # Crop (or warp) in the image's own dtype, then scale the patch: converting the whole image per
+    # patch cost ~100 MB of float work per HRF patch.
     if angle == 0.0 and zoom == 1.0:
-        image, mask = _crop(unit, sample.mask, int(round(cy - size / 2)), int(round(cx - size / 2)), size)
+        image, mask = _crop(sample.image, sample.mask, int(round(cy - size / 2)), int(round(cx - size / 2)), size)
     else:
-        image, mask = _warp(unit, sample.mask, cy, cx, size, angle, zoom)
+        image, mask = _warp(sample.image, sample.mask, cy, cx, size, angle, zoom)
+    image *= _unit_scale(sample.image.dtype)
     if augment:
         if cfg.flip:
             if rng.random() < 0.5:
@@ -372,7 +374,13 @@ def sample_patch(
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask)
 
 
+def _unit_scale(dtype) -> float:
+    """The factor `to_unit_float` applies: 1 / dtype max for integers, 1 for floats."""
+    return 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
 def _crop(image: np.ndarray, mask: np.ndarray, top: int, left: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (size, size) float32 window (values in the image's own scale) and its mask, padded outside."""
     out_image = np.zeros((size, size, image.shape[-1]), np.float32)
     out_mask = np.full((size, size), IGNORE, np.int16)
     y0, x0 = max(top, 0), max(left, 0)

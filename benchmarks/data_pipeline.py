@@ -17,7 +17,6 @@ import statistics
 import time
 
 import keras
-import numpy as np
 
 from msunet.config import RunConfig
 from msunet.data import PatchDataset, compute_normalization, find_pairs, load_samples, split_pairs

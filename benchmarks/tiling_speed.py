@@ -18,7 +18,7 @@ import time
 import keras
 import numpy as np
 
-from msunet.config import ModelConfig
+from msunet.config import ModelConfig, head_scale
 from msunet.models import build_model
 from msunet.predict import make_predict_fn
 from msunet.tiling import predict_tiled, window_starts
@@ -36,7 +36,7 @@ def main() -> None:
     model = build_model(cfg)
     heads = list(cfg.head_names)
     fn = make_predict_fn(model, heads, args.batch)
-    scales = {h: (int(h[6:]) if h.startswith("mask_s") else 1) for h in heads}
+    scales = {h: head_scale(h) for h in heads}
     image = np.random.default_rng(0).random((args.size, args.size, 3), dtype=np.float32)
     starts = window_starts(args.size, args.tile, args.overlap, max(scales.values()))
     tiles = np.stack([image[t : t + args.tile, l : l + args.tile] for t in starts for l in starts])

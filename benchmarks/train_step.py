@@ -8,7 +8,7 @@ noxla 3.79 s/step (2.11 img/s), xla 4.55 s (1.76 img/s), plain 3.54 s (2.26 img/
 their Dice+CE losses and eight metrics cost 7%; XLA is 17% slower on this CPU, so training keeps
 jit_compile=False.
 """
-import time, statistics, numpy as np, keras, sys
+import time, statistics, numpy as np, sys
 from msunet.config import RunConfig
 from msunet.models import build_model
 from msunet.train import MultiScaleTrainer, _optimizer

@@ -224,6 +224,11 @@ class BaseConfig:
         return self.replace(**changes)
 
 
+def head_scale(name: str) -> int:
+    """Downsampling factor of an output name: "mask_s4" -> 4; "mask" and "mask_fused" -> 1."""
+    return int(name[6:]) if name.startswith("mask_s") and name[6:].isdigit() else 1
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]

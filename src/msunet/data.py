@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import DataConfig, ModelConfig, write_text_atomic
+from msunet.config import DataConfig, ModelConfig, head_scale, write_text_atomic
 from msunet.imageio import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -271,21 +271,31 @@ class Normalization:
             raise DataError(f"{path}: cannot read normalisation statistics ({err}); re-run training or restore it.") from err
 
 
-def compute_normalization(images: Sequence[np.ndarray], mode: str) -> Normalization:
-    """Per-channel mean and std over `images` (unit-scaled), or the per-image mode."""
+def channel_moments(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares (float64) of an image on the unit scale, and its pixel count.
+
+    Reads `image` (an array or a lazy reader) in row chunks without a float64 copy, so a huge image
+    costs a few row bands of memory.
+    """
+    height, channels = image.shape[0], image.shape[-1]
+    total, squares = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
+    for r in range(0, height, rows):
+        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, channels)
+        total += x.sum(0, dtype=np.float64)
+        squares += np.einsum("ij,ij->j", x, x, dtype=np.float64)
+    return total, squares, height * int(np.prod(image.shape[1:-1]))
+
+
+def compute_normalization(images: Sequence, mode: str) -> Normalization:
+    """Per-channel mean and std over `images` (unit-scaled, pooled over all pixels), or the per-image mode."""
     if mode == "image":
         return Normalization("image")
     if not images:
         raise DataError("No training images to compute normalisation statistics from.")
-    total = count = squares = None
-    for image in images:
-        x = to_unit_float(image).reshape(-1, image.shape[-1]).astype(np.float64)
-        s, q = x.sum(0), (x * x).sum(0)
-        total = s if total is None else total + s
-        squares = q if squares is None else squares + q
-        count = x.shape[0] if count is None else count + x.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    moments = [channel_moments(image) for image in images]
+    count = sum(m[2] for m in moments)
+    mean = sum(m[0] for m in moments) / count
+    std = np.sqrt(np.maximum(sum(m[1] for m in moments) / count - mean * mean, 0.0))
     return Normalization("dataset", tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std))
 
 
@@ -484,8 +494,7 @@ def multiscale_targets(
     full = one_hot_target(mask, model_cfg.num_classes)
     targets = {}
     for name in model_cfg.head_names:
-        scale = int(name[6:]) if name.startswith("mask_s") else 1
-        targets[name] = downsample_target(full, scale, rule)
+        targets[name] = downsample_target(full, head_scale(name), rule)
     return targets
 
 
@@ -511,10 +520,6 @@ def foreground_survival(mask: np.ndarray, scale: int, rule: str) -> dict[str, fl
 # Keras feeding
 # --------------------------------------------------------------------------------------------------
 import keras  # noqa: E402  (the NumPy part above is usable without it)
-
-
-def head_scale(name: str) -> int:
-    return int(name[6:]) if name.startswith("mask_s") else 1
 
 
 class PatchDataset(keras.utils.PyDataset):

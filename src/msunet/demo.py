@@ -10,11 +10,10 @@ import time
 
 import numpy as np
 
-from msunet.config import RunConfig
-from msunet.data import DataConfig, decode_mask, downsample_target, one_hot_target
-from msunet.imageio import read_image, read_mask
-from msunet.metrics import scores_from_counts
-from msunet.predict import load_run, predict_probabilities, probabilities_to_mask, write_prediction
+from msunet.config import RunConfig, head_scale
+from msunet.evaluate import evaluate_folders
+from msunet.imageio import read_image
+from msunet.predict import load_run, predict_probabilities, write_prediction
 from msunet.synthetic import make_dataset
 from msunet.train import train
 
@@ -46,8 +45,9 @@ def run_demo(out_dir: str | pathlib.Path = "demo_out", multiclass: bool = False,
              images: int = 48, size: int = 192, verbose: str | int = "auto") -> DemoResult:
     """Generates a synthetic dataset, trains on it, predicts its held-out test images.
 
-    Writes out_dir/data (the dataset), out_dir/run (the training run) and out_dir/predictions
-    (masks at every scale and overlays of the test images). Replaces an existing out_dir/ made by a
+    Writes out_dir/data (the dataset), out_dir/run (the training run), out_dir/predictions
+    (masks at every scale and overlays of the test images) and out_dir/evaluation (metrics.csv,
+    summary.json, report.html). Replaces an existing out_dir/ made by a
     previous demo.
 
     Returns:
@@ -72,26 +72,21 @@ def run_demo(out_dir: str | pathlib.Path = "demo_out", multiclass: bool = False,
 
     run = load_run(out / "run")
     pred_dir = out / "predictions"
-    counts: dict[str, list] = {}
     for name in names[:test_count]:
         image = read_image(data_dir / "images" / f"{name}.png")
-        truth = decode_mask(read_mask(data_dir / "masks" / f"{name}.png"), DataConfig(), run.config.model.num_classes)
         probs = predict_probabilities(run.model, image, run.normalization)
         write_prediction(pred_dir, name, image, probs, run.config.model.num_classes)
-        full = one_hot_target(truth, run.config.model.num_classes)
-        for head, p in probs.items():
-            scale = int(head[6:]) if head.startswith("mask_s") else 1
-            target = downsample_target(full, scale, run.config.data.target_downsampling)
-            pred = _one_hot(probabilities_to_mask(p), run.config.model.num_classes)
-            t, w = target[..., :-1], target[..., -1:]
-            tp, fp, fn = (pred * t * w).sum((0, 1)), (pred * (1 - t) * w).sum((0, 1)), ((1 - pred) * t * w).sum((0, 1))
-            acc = counts.setdefault(head, [0, 0, 0])
-            acc[0], acc[1], acc[2] = acc[0] + tp, acc[1] + fp, acc[2] + fn
+    # Scored like `msunet evaluate`: pooled Dice per scale, coarse scales against the soft targets.
+    evaluation = evaluate_folders(pred_dir, data_dir / "masks", out / "evaluation", run.config.model.num_classes,
+                                  run.config.data, names=names[:test_count], images_dir=data_dir / "images",
+                                  run_dir=out / "run", distances=False)
+    per = evaluation.summary["per_class_and_scale"]
     dice = {}
-    for head, (tp, fp, fn) in counts.items():
-        per_class = scores_from_counts(tp, fp, fn, "dice")
-        scored = per_class if len(per_class) == 1 else per_class[1:]
-        dice[head] = float(np.nanmean(scored))
+    for head in run.config.model.head_names:
+        if head == "mask_fused":  # stitched at full size like "mask"; scored through the report only
+            continue
+        values = [e["dice_pooled"] for k, e in per.items() if k.startswith(f"scale{head_scale(head)}/")]
+        dice[head] = float(np.mean(values))
     summary = DemoResult(out, out / "run", pred_dir, dice, test_count, seconds, result.epochs_done)
     (out / "demo.json").write_text(json.dumps(
         {"dice": dice, "test_images": test_count, "train_seconds": round(seconds, 1), "epochs": result.epochs_done,
@@ -99,7 +94,3 @@ def run_demo(out_dir: str | pathlib.Path = "demo_out", multiclass: bool = False,
     return summary
 
 
-def _one_hot(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    if num_classes == 1:
-        return (mask > 0)[..., None].astype(np.float32)
-    return (mask[..., None] == np.arange(num_classes)).astype(np.float32)

@@ -246,7 +246,12 @@ def summarize(rows: list[dict], classes: list[int], num_classes: int) -> dict:
             entry.update({f"{k}_pooled": v for k, v in pooled.items() if scale == 1 or k == "dice"})
             per[f"scale{scale}/class{cls}"] = entry
     full = [per[f"scale1/class{c}"] for c in classes if f"scale1/class{c}" in per]
-    overall = {f"{m}_mean": float(np.nanmean([e[f"{m}_mean"] for e in full])) for m in METRICS}
+
+    def mean_of_finite(values):  # NaN (no warning) when nothing is defined, e.g. distances switched off
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    overall = {f"{m}_mean": mean_of_finite([e[f"{m}_mean"] for e in full]) for m in METRICS}
     overall.update({f"{m}_pooled": float(np.mean([e[f"{m}_pooled"] for e in full]))
                     for m in ("dice", "iou", "precision", "recall", "accuracy")})
     return {"num_classes": num_classes, "classes": classes, "overall": overall, "per_class_and_scale": per,

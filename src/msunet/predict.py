@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 
 import tifffile
 
-from msunet.config import RunConfig
-from msunet.data import Normalization, to_unit_float
-from msunet.imageio import ImageReadError, RowBandReader, atomic_write_bytes, is_image_file, open_image_lazy, read_image, write_png, write_tiff
+from msunet.config import RunConfig, head_scale
+from msunet.data import Normalization, compute_normalization, to_unit_float
+from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, read_image, write_png, write_tiff
 from msunet.models import load_model, output_names, select_outputs
 from msunet.tiling import predict_tiled
 
@@ -166,10 +166,6 @@ def read_for_prediction(path: str | os.PathLike, run: LoadedRun) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Tiled prediction of files
 # --------------------------------------------------------------------------------------------------
-def head_scale(name: str) -> int:
-    return int(name[6:]) if name.startswith("mask_s") else 1
-
-
 def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, tta: bool = False):
     """A NumPy batch -> {head: probabilities} function for `predict_tiled`.
 
@@ -197,29 +193,10 @@ def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, t
     return run
 
 
-def image_statistics(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of a (lazily read) image on the unit scale, in row chunks.
-
-    Sums are float64 without a float64 copy of the chunk, so memory stays at a few row bands.
-    """
-    height, channels = image.shape[0], image.shape[-1]
-    total = np.zeros(channels, np.float64)
-    squares = np.zeros(channels, np.float64)
-    count = 0
-    for r in range(0, height, rows):
-        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, channels)
-        total += x.sum(0, dtype=np.float64)
-        squares += np.einsum("ij,ij->j", x, x, dtype=np.float64)
-        count += len(x)
-    mean = total / count
-    return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 1e-12)).astype(np.float32)
-
-
 def tile_preprocess(image, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
-    """The training normalisation as a per-tile function (per-image statistics computed once)."""
+    """The training normalisation as a per-tile function (per-image statistics computed once, lazily read)."""
     if normalization.mode == "image":
-        mean, std = image_statistics(image)
-        fixed = Normalization("dataset", tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
+        fixed = compute_normalization([image], "dataset")
         return lambda tile: fixed.apply(to_unit_float(np.asarray(tile)))
     return lambda tile: normalization.apply(to_unit_float(np.asarray(tile)))
 
@@ -398,46 +375,39 @@ def _subsample(array, step: int) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def _stream_mask_tiff(path: pathlib.Path, probs, threshold: float, tile: int = 256) -> None:
-    """Writes the mask of a (memory-mapped) probability map as a tiled, zlib-compressed TIFF, band by band."""
-    height, width = probs.shape[:2]
-    reader = _band_view(probs)
+def _tiles(reader, transform, dtype, tile: int = 256):
+    """Tiles (row-major) of `transform(row band)` for tifffile's tiled writer; one band in memory."""
+    height, width = reader.shape[:2]
+    for top in range(0, height, tile):
+        band = transform(np.asarray(reader[top : min(top + tile, height)]))
+        for left in range(0, width, tile):
+            block = np.zeros((tile, tile, *band.shape[2:]), dtype)
+            part = band[:, left : left + tile]
+            block[: part.shape[0], : part.shape[1]] = part
+            yield block
 
-    def tiles():
-        for top in range(0, height, tile):
-            band = probabilities_to_mask(np.asarray(reader[top : min(top + tile, height)]), threshold)
-            for left in range(0, width, tile):
-                block = np.zeros((tile, tile), np.uint8)
-                part = band[:, left : left + tile]
-                block[: part.shape[0], : part.shape[1]] = part
-                yield block
 
+def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: int | None) -> None:
+    """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF, atomically."""
+    height, width = reader.shape[:2]
+    shape = (height, width) if channels is None else (height, width, channels)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tifffile.imwrite(tmp, tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile), compression="zlib")
+        tifffile.imwrite(tmp, _tiles(_band_view(reader), transform, dtype), shape=shape, dtype=dtype,
+                         tile=(256, 256), compression="zlib")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _stream_mask_tiff(path: pathlib.Path, probs, threshold: float) -> None:
+    """Writes the mask of a (memory-mapped) probability map as a tiled TIFF, band by band."""
+    _write_tiled_tiff(path, probs, lambda band: probabilities_to_mask(band, threshold), np.uint8, None)
+
+
 def _write_probabilities(path: pathlib.Path, probs) -> None:
     if isinstance(probs, np.memmap):
-        height, width, channels = probs.shape
-        reader = _band_view(probs)
-
-        def tiles():
-            for top in range(0, height, 256):
-                band = np.asarray(reader[top : min(top + 256, height)])
-                for left in range(0, width, 256):
-                    block = np.zeros((256, 256, channels), np.float32)
-                    part = band[:, left : left + 256]
-                    block[: part.shape[0], : part.shape[1]] = part
-                    yield block
-
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tifffile.imwrite(tmp, tiles(), shape=(height, width, channels), dtype=np.float32, tile=(256, 256),
-                         compression="zlib")
-        os.replace(tmp, path)
+        _write_tiled_tiff(path, probs, lambda band: band, np.float32, probs.shape[-1])
     else:
         write_tiff(path, np.asarray(probs, np.float32))

@@ -31,6 +31,7 @@ from msunet import __version__
 from msunet.config import RunConfig, write_text_atomic
 from msunet.data import (
     DataError,
+    Normalization,
     FixedPatchDataset,
     PatchDataset,
     compute_normalization,
@@ -290,8 +291,6 @@ def train(
         raise DataError(f"{data_dir}: no usable training pairs ({len(problems)} problems, see {run_dir / 'problems.txt'}).")
     norm_path = run_dir / "normalization.json"
     if resume and norm_path.is_file():
-        from msunet.data import Normalization
-
         normalization = Normalization.from_json(norm_path)
     else:
         normalization = compute_normalization([s.image for s in train_samples], run.data.normalization)

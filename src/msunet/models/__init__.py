@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import keras
 
-from msunet.config import ConfigError, ModelConfig, close_matches
+from msunet.config import ConfigError, ModelConfig, close_matches, head_scale
 from msunet.models.layers import BilinearUpsampling2D, CropToMatch
 from msunet.models.seeds import SEED_EXAMPLES, seed_example
 from msunet.models.unet import build_unet
@@ -42,9 +42,7 @@ def output_names(model: keras.Model) -> list[str]:
     def order(name: str) -> tuple[int, str]:
         if name == "mask":
             return (0, name)
-        if name.startswith("mask_s") and name[6:].isdigit():
-            return (int(name[6:]), name)
-        return (1 << 30, name)
+        return (head_scale(name) if head_scale(name) > 1 else 1 << 30, name)
 
     return sorted((t._keras_history[0].name for t in model.outputs), key=order)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
 
 from msunet.config import ModelConfig
 from msunet.models.blocks import apply_conv_block, apply_down, apply_up

@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests compare numbers exactly (any-size vs fixed graphs, tiled vs whole): run them in float32.
+# "auto" picks mixed_bfloat16 on CPUs with bfloat16 instructions; tests/test_precision.py covers it.
+os.environ.setdefault("MSUNET_PRECISION", "float32")
 
 import pytest  # noqa: E402
 

@@ -122,3 +122,33 @@ def test_resume_after_sigkill_continues_at_the_right_epoch_with_optimizer_state(
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     with pytest.raises(RunError, match="already completed"):
         train(None, None, out, resume=True)
+
+
+def test_time_budget_stops_training_and_anneals_on_time(synth, tmp_path):
+    # A budget far below one epoch: the first epoch is cut short, validated, saved and the run completes.
+    run = RunConfig().override(TINY + ["train.epochs=50", "train.steps_per_epoch=1000", "train.time_budget_min=0.05"])
+    lrs = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            lrs.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    result = train(run, synth, tmp_path / "run", verbose=0, callbacks=[Spy()])
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert result.epochs_done == 1 and info["stopped_by_time_budget"] is True
+    assert 3.0 <= info["time_spent_s"] < 60
+    assert 1 < len(lrs) < 1000  # cut mid-epoch
+    assert lrs[0] == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 0.5 * lrs[0]  # cosine on the share of time
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))
+    state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
+    assert state["steps_done"] == len(lrs) and state["time_spent_s"] >= 3.0
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_schedule_factor_matches_keras_cosine_decay():
+    from msunet.train import schedule_factor
+
+    decay = keras.optimizers.schedules.CosineDecay(1.0, decay_steps=100, alpha=0.01)
+    for step in (0, 10, 50, 99, 100):
+        assert schedule_factor("cosine", step / 100) == pytest.approx(float(decay(step)), abs=1e-6)
+    assert schedule_factor("poly", 1.0) == 0.0 and schedule_factor("constant", 0.7) == 1.0

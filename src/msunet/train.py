@@ -19,9 +19,11 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
+import time
 from typing import Any
 
 import keras
@@ -108,6 +110,50 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def schedule_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1] (the same curves as `_optimizer`'s schedules)."""
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.99 * 0.5 * (1.0 + math.cos(math.pi * p)) + 0.01
+    if schedule == "poly":
+        return (1.0 - p) ** 0.9
+    return 1.0
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training when `budget_s` of wall time is spent and drives the learning rate on time.
+
+    Progress is the larger of the time share and the step share, so the schedule anneals whether
+    the budget or `epochs` ends the run. `spent_before` is the time of earlier sessions of a resumed run.
+    """
+
+    def __init__(self, budget_s: float, spent_before: float, base_lr: float, schedule: str, total_steps: int,
+                 steps_before: int):
+        super().__init__()
+        self.budget_s, self.spent_before = budget_s, spent_before
+        self.base_lr, self.schedule = base_lr, schedule
+        self.total_steps, self.step = max(total_steps, 1), steps_before
+        self.exhausted = False
+        self._start = None
+
+    @property
+    def spent(self) -> float:
+        return self.spent_before + (time.monotonic() - self._start if self._start is not None else 0.0)
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        progress = max(self.spent / self.budget_s, self.step / self.total_steps)
+        self.model.optimizer.learning_rate = self.base_lr * schedule_factor(self.schedule, progress)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.spent >= self.budget_s:
+            self.exhausted = True
+            self.model.stop_training = True
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """At each epoch end: last.keras, best.keras (on validation Dice) and the resume state.
 
@@ -117,9 +163,9 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: pathlib.Path, model: keras.Model, monitor: str, best: float | None, wait: int,
-                 patience: int):
+                 patience: int, clock: TimeBudget | None = None):
         super().__init__()
-        self.run_dir, self.net, self.monitor = run_dir, model, monitor
+        self.run_dir, self.net, self.monitor, self.clock = run_dir, model, monitor, clock
         self.best, self.wait, self.patience = best, wait, patience
         self.state_dir = run_dir / "state"
         self.state_dir.mkdir(exist_ok=True)
@@ -138,7 +184,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.model.save_weights(weights)
         write_json_atomic(
             self.state_dir / "state.json",
-            {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait},
+            {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait,
+             "steps_done": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+             "time_spent_s": round(self.clock.spent, 3) if self.clock else None},
         )
         for old in self.state_dir.glob("epoch-*.weights.h5"):
             if old != weights:
@@ -191,7 +239,9 @@ def _prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
 
 def _optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimizer:
     cfg = run.train
-    if cfg.schedule == "cosine":
+    if cfg.time_budget_min > 0:
+        lr = cfg.learning_rate  # a variable that TimeBudget sets before every step
+    elif cfg.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps, alpha=0.01)
     elif cfg.schedule == "poly":
         lr = keras.optimizers.schedules.PolynomialDecay(cfg.learning_rate, total_steps, end_learning_rate=0.0, power=0.9)
@@ -319,10 +369,17 @@ def train(
         train_data.epoch = epochs_done
         _trim_history(run_dir / "history.csv", epochs_done)
         log.info("resuming %s at epoch %d of %d", run_dir, epochs_done + 1, cfg.epochs)
-    checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping)
+    clock = None
+    if cfg.time_budget_min > 0:
+        clock = TimeBudget(cfg.time_budget_min * 60.0, (state or {}).get("time_spent_s") or 0.0, cfg.learning_rate,
+                           cfg.schedule, cfg.epochs * cfg.steps_per_epoch, (state or {}).get("steps_done") or 0)
+    checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping, clock)
     history_cb = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
-    fit_callbacks = [keras.callbacks.TerminateOnNaN(), history_cb, checkpoint, *(callbacks or [])]
-    if epochs_done < cfg.epochs:
+    fit_callbacks = [keras.callbacks.TerminateOnNaN(), *([clock] if clock else []), history_cb, checkpoint,
+                     *(callbacks or [])]
+    if clock is not None and clock.spent_before >= clock.budget_s:
+        log.info("%s: the time budget of %.1f min is already spent", run_dir, cfg.time_budget_min)
+    elif epochs_done < cfg.epochs:
         trainer.fit(train_data, validation_data=val_data, epochs=cfg.epochs, initial_epoch=epochs_done,
                     callbacks=fit_callbacks, verbose=verbose)
     epochs_done = (read_state(run_dir) or {}).get("epochs_done", epochs_done)
@@ -339,6 +396,9 @@ def train(
     info = json.loads((run_dir / "run.json").read_text())
     info.update(status="completed", finished=datetime.datetime.now().isoformat(timespec="seconds"),
                 epochs_done=epochs_done)
+    if clock is not None:
+        info.update(time_spent_s=round(clock.spent, 1), stopped_by_time_budget=clock.exhausted or
+                    clock.spent_before >= clock.budget_s)
     write_json_atomic(run_dir / "run.json", info)
     return TrainResult(run_dir, epochs_done, checkpoint.best, metrics)
 

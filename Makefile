@@ -11,7 +11,7 @@ MSUNET_INSTALL_CHROMIUM ?= 1
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed clean
+.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed bench-accuracy bench-accuracy-peer clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ bench-env:
 
 bench-speed: bench-env
 	$(BENCH_VENV)/bin/python benchmarks/speed.py
+
+# Accuracy on the real datasets in ../shared/data (benchmarks/accuracy/): check, train on a CPU time
+# budget, evaluate with and without TTA. DATASET = drive | hrf | isbi2012-membrane | dsb2018-nuclei |
+# camvid | all. The PyTorch peer trains on the same split for the same time (drive, dsb2018-nuclei).
+DATASET ?= all
+bench-accuracy: venv
+	$(PY) benchmarks/accuracy/run.py $(DATASET)
+
+bench-accuracy-peer: bench-env
+	$(BENCH_VENV)/bin/python benchmarks/accuracy/peer.py $(DATASET)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info .pytest_cache

@@ -1,9 +1,11 @@
-"""The speed harness must not rot: a tiny smoke run (one repeat, 32x32) in every `make test`."""
+"""The benchmark harnesses must not rot: tiny smoke runs of the speed and accuracy harnesses in every
+`make test`, and the accuracy metrics (pooled AUC, object F1) checked against direct computations."""
 
 import json
 import subprocess
 import sys
 
+import pytest
 from helpers import ROOT
 
 
@@ -16,3 +18,76 @@ def test_speed_harness_smoke(tmp_path):
     assert data["smoke"] and data["throughput"]["train"]["msunet"]["median"] > 0
     assert data["throughput"]["tiled_mpx_per_s"]["msunet_predict_tiled"]["median"] > 0
     assert data["conv_ceiling_gflops"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy harness: its metrics, and a tiny end-to-end run on DRIVE when ../shared is there
+# --------------------------------------------------------------------------------------------------
+def _accuracy_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_run", ROOT / "benchmarks" / "accuracy" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooled_auc_matches_the_rank_statistic(tmp_path):
+    import numpy as np
+
+    from msunet.imageio import write_image
+
+    acc = _accuracy_module()
+    rng = np.random.default_rng(0)
+    truth = rng.random((2, 40, 30)) > 0.7
+    prob = np.clip(0.3 * truth + 0.7 * rng.random(truth.shape), 0, 1).astype(np.float32)
+    roi = np.ones(truth.shape, bool)
+    roi[:, :5] = False
+    paths = []
+    for i in range(2):
+        write_image(tmp_path / f"{i}_prob.tif", prob[i])
+        write_image(tmp_path / f"{i}.png", (truth[i] * 255).astype(np.uint8))
+        write_image(tmp_path / f"{i}_roi.png", (roi[i] * 255).astype(np.uint8))
+        paths.append((tmp_path / f"{i}_prob.tif", tmp_path / f"{i}.png", tmp_path / f"{i}_roi.png"))
+    got = acc.pooled_auc(*zip(*paths))
+    p, t = prob[roi], truth[roi]
+    pos, neg = p[t], p[~t]
+    exact = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    assert got == pytest.approx(exact, abs=2e-4)
+
+
+def test_object_f1_matches_instances_at_iou_half(tmp_path):
+    import numpy as np
+
+    from msunet.imageio import write_image
+
+    acc = _accuracy_module()
+    inst = np.zeros((30, 30), np.uint16)
+    inst[2:8, 2:8] = 1      # found exactly
+    inst[12:20, 12:20] = 2  # found at IoU 0.75
+    inst[25:28, 25:28] = 3  # missed
+    pred = np.zeros((30, 30), np.uint8)
+    pred[2:8, 2:8] = 255
+    pred[12:20, 12:18] = 255
+    pred[0:2, 20:30] = 255  # a false positive
+    write_image(tmp_path / "p.png", pred)
+    write_image(tmp_path / "i.png", inst)
+    got = acc.object_f1([tmp_path / "p.png"], [tmp_path / "i.png"])
+    assert (got["object_precision"], got["object_recall"]) == pytest.approx((2 / 3, 2 / 3))
+    assert got["objects_true"] == 3 and got["objects_predicted"] == 3
+
+
+def test_accuracy_harness_smoke_on_drive(tmp_path):
+    if not (ROOT.parent / "shared" / "data" / "drive").is_dir():
+        pytest.skip("../shared/data/drive is absent (the shared datasets sit beside the project in CI only)")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "run.py"), "drive", "--budget", "0.1",
+           "--set", "model.depth=2", "--set", "model.filters=4", "--set", "train.steps_per_epoch=5",
+           "--quiet", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results" / "drive.json").read_text())
+    for tag in ("plain", "tta"):
+        scores = data["summary"][tag]
+        assert scores["images"] == 20 and 0 <= scores["f1_pooled"] <= 1 and 0 <= scores["auc_pooled"] <= 1
+    assert data["folds"][0]["stopped_by_time_budget"] and data["folds"][0]["train_images"] == 20
+    assert (tmp_path / "work" / "drive" / "eval-plain" / "report.html").is_file()

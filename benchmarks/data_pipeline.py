@@ -48,6 +48,32 @@ class StepTimer(keras.callbacks.Callback):
         self.last = now
 
 
+def measure_data_wait(run: RunConfig, samples, steps: int, rounds: int) -> dict:
+    """Median fit step from PatchDataset (workers threads) vs from the same batches in memory."""
+    cfg = run.train
+    norm = compute_normalization([s.image for s in samples], run.data.normalization)
+    live = PatchDataset(samples, run.model, run.data, norm, cfg.batch_size, steps, workers=cfg.workers)
+    memory = InMemory([live[i] for i in range(steps)])
+    trainer = MultiScaleTrainer(build_model(run.model), run)
+    trainer.compile(optimizer=_optimizer(run, 10_000))
+    timer = StepTimer()
+    trainer.fit(memory, epochs=1, verbose=0, callbacks=[timer])  # warm-up: tracing
+    times = {"pipeline": [], "in_memory": []}
+    for _ in range(rounds):
+        for name, data in (("pipeline", live), ("in_memory", memory)):
+            trainer.fit(data, epochs=1, verbose=0, callbacks=[timer])
+            times[name].extend(timer.times[1:])  # the first step of an epoch includes queue start-up
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "median_step_s": med,
+        "min_max_step_s": {k: [min(v), max(v)] for k, v in times.items()},
+        "steps_per_s": 1 / med["pipeline"],
+        "images_per_s": cfg.batch_size / med["pipeline"],
+        "data_wait_fraction": max(0.0, 1 - med["in_memory"] / med["pipeline"]),
+        "producer_seconds_per_batch": _producer_time(live),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
@@ -57,29 +83,11 @@ def main() -> None:
     run = RunConfig().override(["data.patch_size=256", "train.batch_size=8", f"train.workers={args.workers}"])
     index = find_pairs(SHARED / "drive", run.data)
     samples = load_samples(split_pairs(index, run.data)["train"], run.data, run.model, [])
-    norm = compute_normalization([s.image for s in samples], "dataset")
-    live = PatchDataset(samples, run.model, run.data, norm, 8, args.steps, workers=args.workers)
-    memory = InMemory([live[i] for i in range(args.steps)])
-    trainer = MultiScaleTrainer(build_model(run.model), run)
-    trainer.compile(optimizer=_optimizer(run, 10_000))
-    timer = StepTimer()
-    trainer.fit(memory, epochs=1, verbose=0, callbacks=[timer])  # warm-up: tracing
-    steps = {"pipeline": [], "in_memory": []}
-    for _ in range(args.rounds):
-        for name, data in (("pipeline", live), ("in_memory", memory)):
-            trainer.fit(data, epochs=1, verbose=0, callbacks=[timer])
-            steps[name].extend(timer.times[1:])  # the first step of an epoch includes queue start-up
-    med = {k: statistics.median(v) for k, v in steps.items()}
     result = {
         "date": datetime.date.today().isoformat(),
         "backend": keras.backend.backend(),
         "setup": "DRIVE, depth 4, 32 filters, 4 heads, patch 256, batch 8, workers %d" % args.workers,
-        "median_step_s": med,
-        "min_max_step_s": {k: [min(v), max(v)] for k, v in steps.items()},
-        "steps_per_s": 1 / med["pipeline"],
-        "images_per_s": 8 / med["pipeline"],
-        "data_wait_fraction": max(0.0, 1 - med["in_memory"] / med["pipeline"]),
-        "producer_seconds_per_batch": _producer_time(live),
+        **measure_data_wait(run, samples, args.steps, args.rounds),
     }
     out = pathlib.Path(__file__).parent / "results" / f"data-pipeline-{result['date']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

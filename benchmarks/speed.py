@@ -1,15 +1,21 @@
 """Speed side by side: msunet (Keras, default backend) vs a native PyTorch U-Net vs MONAI BasicUNet.
 
 One process, contenders alternated in every repeat, medians with min/max; ratios are what to quote
-on a shared, noisy machine. Rows:
+on a shared, noisy machine. Contenders: msunet in its default precision ("auto": mixed_bfloat16 on
+a CPU with bfloat16 instructions), the same msunet model in float32, the native PyTorch U-Net in
+float32 and under bfloat16 autocast, MONAI BasicUNet. Rows:
 - train images/s (batch 8, 256x256x3; msunet with its 4 deep-supervision heads and Dice+CE, the
   peers with one head and Dice+BCE);
 - inference images/s at batch 1 and 8 (msunet: the "mask" head alone, as `predict` computes it);
 - tiled prediction of a 2048x2048 image, Mpx/s: msunet `predict_tiled` vs MONAI
   `sliding_window_inference` (tile 256, overlap 0.25, Gaussian blending sigma = tile/8, batch 8),
-  each around the model of its framework with the same architecture;
+  each around the model of its framework with the same architecture, and vs msunet's raw model
+  on the same number of tiles (what tiling itself costs);
+- data wait: share of the `fit` step spent waiting for `PatchDataset` (DRIVE training images,
+  patch sampling + augmentation + multi-scale targets in 2 threads) vs the same batches in memory;
 - achieved GFLOP/s of msunet training and inference (FLOPs counted analytically from the layer
-  shapes) against the best GFLOP/s of a single conv layer measured in the same process.
+  shapes) against the best GFLOP/s of a single conv layer, in the same precision, measured in the
+  same process.
 The peers live in a separate environment (`make bench-env`: CPU torch 2.13.0 + monai); missing
 peers are reported as skipped. `--smoke` runs everything tiny, once (used by `make test`).
 
@@ -33,8 +39,8 @@ import numpy as np
 
 from msunet.config import RunConfig
 from msunet.data import multiscale_targets
-from msunet.models import build_model, select_outputs
-from msunet.tiling import predict_tiled
+from msunet.models import build_model, resolve_precision, select_outputs
+from msunet.tiling import predict_tiled, window_starts
 from msunet.train import MultiScaleTrainer, _optimizer
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -60,17 +66,20 @@ def conv_flops(cfg, size: int) -> float:
     return total
 
 
-def conv_ceiling(batch: int, size: int, repeats: int) -> float:
-    """Best GFLOP/s of one 3x3 conv (64 -> 64 channels) in Keras, the machine's practical ceiling here."""
-    layer = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)
-    x = keras.ops.convert_to_tensor(np.random.default_rng(0).random((batch, size, size, 64), dtype=np.float32))
-    layer(x)
-    flops = 2.0 * batch * size * size * 9 * 64 * 64
+def conv_ceiling(batch: int, size: int, repeats: int, dtype: str = "float32") -> float:
+    """Best GFLOP/s of one 3x3 conv in Keras over a few widths (64..256 channels, the U-Net's middle
+    levels), in `dtype` ("float32" or "mixed_bfloat16"): the machine's practical ceiling here."""
     best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for channels, side in ((64, size), (128, max(size // 2, 8)), (256, max(size // 4, 8))):
+        layer = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, dtype=dtype)
+        x = keras.ops.convert_to_tensor(
+            np.random.default_rng(0).random((batch, side, side, channels), dtype=np.float32))
         keras.ops.convert_to_numpy(layer(x))
-        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+        flops = 2.0 * batch * side * side * 9 * channels * channels
+        for _ in range(repeats):
+            start = time.perf_counter()
+            keras.ops.convert_to_numpy(layer(x))
+            best = max(best, flops / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -131,31 +140,59 @@ def torch_dice_bce(logits, target):
 
 
 class TorchContender:
-    def __init__(self, name, net, batch, size):
+    """A PyTorch network's training step and inference; `bf16` runs both under CPU autocast to bfloat16."""
+
+    def __init__(self, name, net, batch, size, bf16=False):
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.name, self.net, self.torch = name, net, torch
+        self.name, self.net, self.torch, self.bf16 = name, net, torch, bf16
         rng = np.random.default_rng(0)
         self.x = torch.from_numpy(rng.random((batch, 3, size, size), dtype=np.float32)).to(memory_format=torch.channels_last)
         self.y = torch.from_numpy((rng.random((batch, 1, size, size)) > 0.7).astype(np.float32))
         self.opt = torch.optim.AdamW(net.parameters(), 1e-3)
         self.params = sum(p.numel() for p in net.parameters())
 
+    def autocast(self):
+        return self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.bf16)
+
     def train_step(self):
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
-        loss = torch_dice_bce(self.net(self.x), self.y)
+        with self.autocast():
+            logits = self.net(self.x)
+        loss = torch_dice_bce(logits.float(), self.y)
         loss.backward()
         self.opt.step()
 
     def infer(self, batch):
         self.net.eval()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.autocast():
             return self.net(self.x[:batch])
 
 
 # --------------------------------------------------------------------------------------------------
+def data_wait(run, size: int, batch: int, smoke: bool) -> dict:
+    """`data_pipeline.measure_data_wait` on DRIVE's training images (synthetic ones without ../shared)."""
+    import tempfile
+
+    from data_pipeline import SHARED, measure_data_wait
+    from msunet.data import find_pairs, load_samples, split_pairs
+    from msunet.synthetic import make_dataset
+
+    cfg = run.override([f"data.patch_size={size}", f"train.batch_size={batch}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        if (SHARED / "drive").is_dir() and not smoke:
+            folder, source = SHARED / "drive", "DRIVE training images"
+        else:
+            folder = make_dataset(pathlib.Path(tmp) / "synth", count=8, size=(2 * size, 2 * size), seed=0)
+            source = "synthetic images"
+        index = find_pairs(folder, cfg.data)
+        samples = load_samples(split_pairs(index, cfg.data)["train"], cfg.data, cfg.model, [])
+        result = measure_data_wait(cfg, samples, steps=3 if smoke else 10, rounds=1 if smoke else 2)
+    return {"source": source, **result}
+
+
 def timed(fn, repeats):
     samples = []
     for _ in range(repeats):
@@ -183,19 +220,33 @@ def main() -> None:
         size, batch, depth, filters, tiled, repeats = 256, 8, 4, 32, 2048, args.repeats
 
     run = RunConfig().override([f"model.depth={depth}", f"model.filters={filters}"])
-    model = build_model(run.model)
-    trainer = MultiScaleTrainer(model, run)
-    trainer.compile(optimizer=_optimizer(run, 10_000))
+    precision = resolve_precision(run.model.precision)
     rng = np.random.default_rng(0)
     x = rng.random((batch, size, size, 3), dtype=np.float32)
     per = [multiscale_targets((rng.random((size, size)) > 0.7).astype(np.int16), run.model) for _ in range(batch)]
     y = {n: np.stack([p[n] for p in per]) for n in run.model.head_names}
-    infer_model = select_outputs(model, ["mask"])
 
-    contenders = {"msunet": None}
+    def keras_contender(cfg):
+        model = build_model(cfg.model)
+        trainer = MultiScaleTrainer(model, cfg)
+        trainer.compile(optimizer=_optimizer(cfg, 10_000))
+        infer_model = select_outputs(model, ["mask"])
+        return model, (lambda: trainer.train_on_batch(x, y)), (lambda b: lambda: infer_model.predict_on_batch(x[:b]))
+
+    model, msunet_train, msunet_infer = keras_contender(run)
+    infer_model = select_outputs(model, ["mask"])
+    keras_rows = {"msunet": (msunet_train, msunet_infer)}
+    if precision != "float32":  # what the default precision buys: the same model in float32
+        _, train32, infer32 = keras_contender(run.override(["model.precision=float32"]))
+        keras_rows["msunet_float32"] = (train32, infer32)
+
+    contenders = {}
     skipped = {}
     if HAVE_TORCH:
         contenders["torch_unet"] = TorchContender("torch_unet", torch_unet(depth, filters), batch, size)
+        if not args.smoke:
+            contenders["torch_unet_bf16"] = TorchContender("torch_unet_bf16", torch_unet(depth, filters), batch, size,
+                                                           bf16=True)
     else:
         skipped["torch_unet"] = "torch is not installed (make bench-env)"
     if HAVE_MONAI and not args.smoke:
@@ -203,20 +254,12 @@ def main() -> None:
     else:
         skipped["monai_basicunet"] = "monai is not installed (make bench-env)" if not HAVE_MONAI else "not in --smoke"
 
-    def msunet_train():
-        trainer.train_on_batch(x, y)
-
-    def msunet_infer(b):
-        return lambda: infer_model.predict_on_batch(x[:b])
-
     ops = {
-        "train": {"msunet": msunet_train},
-        "infer_b1": {"msunet": msunet_infer(1)},
-        f"infer_b{batch}": {"msunet": msunet_infer(batch)},
+        "train": {name: t for name, (t, _) in keras_rows.items()},
+        "infer_b1": {name: i(1) for name, (_, i) in keras_rows.items()},
+        f"infer_b{batch}": {name: i(batch) for name, (_, i) in keras_rows.items()},
     }
     for name, c in contenders.items():
-        if c is None:
-            continue
         ops["train"][name] = c.train_step
         ops["infer_b1"][name] = (lambda c=c: c.infer(1))
         ops[f"infer_b{batch}"][name] = (lambda c=c: c.infer(batch))
@@ -239,6 +282,15 @@ def main() -> None:
     tile = min(256, tiled)
     fn = lambda b: infer_model.predict_on_batch(b)  # noqa: E731
     tiled_rows = {"msunet_predict_tiled": lambda: predict_tiled(fn, image, tile, 0.25, batch)}
+    # The raw model on the same number of tiles, in batches of the same size: the ceiling of tiling.
+    n_tiles = len(window_starts(tiled, tile, 0.25)) ** 2
+    tile_batch = rng.random((batch, tile, tile, 3), dtype=np.float32)
+
+    def raw_tiles():
+        for start in range(0, n_tiles, batch):
+            fn(tile_batch[: min(batch, n_tiles - start)])
+
+    tiled_rows["msunet_raw_model_same_tiles"] = raw_tiles
     if HAVE_MONAI:
         import torch
         from monai.inferers import sliding_window_inference
@@ -262,18 +314,26 @@ def main() -> None:
             tiled_samples[k] += timed(f, 1)
     table["tiled_mpx_per_s"] = {k: stats(v, tiled * tiled / 1e6) for k, v in tiled_samples.items()}
 
-    # Achieved GFLOP/s vs a single conv's ceiling.
+    # Data pipeline: share of the fit step spent waiting for PatchDataset (vs the same batches in memory).
+    wait = data_wait(run, size, batch, smoke=args.smoke)
+
+    # Achieved GFLOP/s vs a single conv's ceiling, in the precision msunet runs in.
     forward = conv_flops(run.model, size)
-    ceiling = conv_ceiling(batch, min(size, 128), max(3, repeats))
+    ceilings = {"float32": conv_ceiling(batch, min(size, 128), max(3, repeats))}
+    if precision != "float32":
+        ceilings[precision] = conv_ceiling(batch, min(size, 128), max(3, repeats), precision)
+    ceiling = ceilings[precision]
     train_gflops = 3 * forward * table["train"]["msunet"]["median"] / 1e9  # forward + 2x backward
     infer_gflops = forward * table[f"infer_b{batch}"]["msunet"]["median"] / 1e9
     ratios = {}
     for row in ("train", "infer_b1", f"infer_b{batch}"):
-        for peer in ("torch_unet", "monai_basicunet"):
+        for peer in ("msunet_float32", "torch_unet", "torch_unet_bf16", "monai_basicunet"):
             if peer in table[row]:
                 ratios[f"{row}: msunet / {peer}"] = table[row]["msunet"]["median"] / table[row][peer]["median"]
-    if "monai_sliding_window" in table["tiled_mpx_per_s"]:
-        t = table["tiled_mpx_per_s"]
+    t = table["tiled_mpx_per_s"]
+    ratios["tiled: msunet predict_tiled / raw model on the same tiles"] = (
+        t["msunet_predict_tiled"]["median"] / t["msunet_raw_model_same_tiles"]["median"])
+    if "monai_sliding_window" in t:
         ratios["tiled: msunet predict_tiled / monai sliding_window"] = (
             t["msunet_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
     result = {
@@ -283,10 +343,12 @@ def main() -> None:
         "smoke": args.smoke,
         "setup": {"image": size, "batch": batch, "depth": depth, "filters": filters, "tiled_image": tiled,
                   "repeats": repeats},
-        "parameters": {"msunet": model.count_params(),
-                       **{n: c.params for n, c in contenders.items() if c is not None}},
+        "msunet_precision": precision,
+        "parameters": {"msunet": model.count_params(), **{n: c.params for n, c in contenders.items()}},
         "forward_gflop_per_image": forward / 1e9,
         "conv_ceiling_gflops": ceiling,
+        "conv_ceiling_gflops_by_precision": ceilings,
+        "data_pipeline": wait,
         "achieved_gflops": {"train": train_gflops, "infer": infer_gflops,
                             "train_fraction_of_ceiling": train_gflops / ceiling,
                             "infer_fraction_of_ceiling": infer_gflops / ceiling},
@@ -303,7 +365,8 @@ def main() -> None:
         print(f"{key:52} {value:7.2f}")
     for row, by_name in table.items():
         print(row + ": " + ", ".join(f"{n} {s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]" for n, s in by_name.items()))
-    print(f"GFLOP/image {forward / 1e9:.1f}; conv ceiling {ceiling:.0f} GFLOP/s; msunet train {train_gflops:.0f} "
+    print(f"data wait {wait['data_wait_fraction']:.1%} of the fit step ({wait['source']})")
+    print(f"GFLOP/image {forward / 1e9:.1f}; conv ceiling {ceiling:.0f} GFLOP/s ({precision}); msunet train {train_gflops:.0f} "
           f"({train_gflops / ceiling:.0%}), infer {infer_gflops:.0f} ({infer_gflops / ceiling:.0%}); skipped: {skipped}")
     print(f"wrote {out}")
 

@@ -92,6 +92,14 @@ def test_folders_multiclass_with_ignore_and_scales(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "id='summary'" in page and "id='bars'" in page and "id='cases'" in page and "data:image/png;base64" in page
     assert result.problems == []
+    # Class 0 as a real class (CamVid's sky): scored and averaged when asked.
+    with_bg = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "out0", num_classes=3,
+                               data_cfg=DataConfig(ignore_label=11), include_background=True)
+    per = with_bg.summary["per_class_and_scale"]
+    assert with_bg.summary["classes"] == [0, 1, 2] and "scale1/class0" in per
+    expected = np.mean([per[f"scale1/class{c}"]["iou_pooled"] for c in range(3)])
+    assert with_bg.summary["overall"]["iou_pooled"] == pytest.approx(expected)
+    assert per["scale1/class1"] == result.summary["per_class_and_scale"]["scale1/class1"]
 
 
 def test_evaluate_cli_on_a_trained_run(tmp_path, capsys):

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         pred_dir = accuracy.WORK / name / "pred-plain"
         per_image = predict_peer(net, norm, view, test, pred_dir, config)
         scores = accuracy.score(args.dataset, view, pred_dir, accuracy.WORK / name / "eval-plain", test,
-                                config.model.num_classes, config.data)
+                                config.model.num_classes, config.data, config.train.include_background)
         scores["predict_s_per_image"] = per_image
         results.append({"fold": name, **info, "parameters": sum(p.numel() for p in net.parameters()),
                         "scores": {"plain": scores}})

@@ -146,13 +146,14 @@ def object_f1(pred_paths, instance_paths, iou: float = 0.5) -> dict:
 
 
 def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pathlib.Path, names: list[str],
-          num_classes: int, data_cfg) -> dict:
+          num_classes: int, data_cfg, include_background: bool = False) -> dict:
     """The dataset's reported metrics for the masks in pred_dir (NAME.png, NAME_prob.tif if present)."""
     from msunet.evaluate import evaluate_folders
 
     roi = view / "fov" if (view / "fov").is_dir() else None
     result = evaluate_folders(pred_dir, view / "masks", eval_dir, num_classes, data_cfg, roi, names=names,
-                              images_dir=view / "images", distances=dataset != "camvid")
+                              images_dir=view / "images", distances=dataset != "camvid",
+                              include_background=include_background)
     per = result.summary["per_class_and_scale"]
     out: dict = {"images": len(names), "report": str(eval_dir / "report.html")}
     if num_classes == 1:
@@ -217,7 +218,7 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
                 overwrite=True)
         predict_s = time.perf_counter() - t0
         scores[tag] = score(dataset, view, pred_dir, WORK / name / f"eval-{tag}", test, config.model.num_classes,
-                            config.data)
+                            config.data, config.train.include_background)
         scores[tag]["predict_s_per_image"] = predict_s / len(test)
     check = {"pairs": report.pairs_found, "usable": report.usable, "splits": report.splits,
              "suggestion": report.suggestion, "notes": report.notes}

@@ -149,7 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         data_cfg = DataConfig(ignore_label=args.ignore_label)
         result = evaluate_folders(args.pred, args.gt, args.out, args.num_classes, data_cfg, args.roi,
-                                  images_dir=args.images, distances=not args.no_distances)
+                                  images_dir=args.images, distances=not args.no_distances,
+                                  include_background=args.include_background)
     overall = result.summary["overall"]
     print(f"scored {result.summary['images']} image(s): Dice mean {overall['dice_mean']:.4f}, pooled "
           f"{overall['dice_pooled']:.4f}; IoU mean {overall['iou_mean']:.4f}; HD95 mean {overall['hd95_mean']:.2f} px")
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of the images, for the report's overlays (with --pred)")
     p.add_argument("--num-classes", type=int, default=1, help="with --pred: 1 = binary (default), else classes")
     p.add_argument("--ignore-label", type=int, help="with --pred: ground-truth value to ignore")
+    p.add_argument("--include-background", action="store_true",
+                   help="with --pred, multi-class: also score class 0 (a real class, e.g. CamVid's sky)")
     p.add_argument("--roi", help="region-of-interest masks (default with --model: DATA/fov if present)")
     p.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
     p.add_argument("--no-distances", action="store_true", help="skip HD95 and surface distance (faster)")

@@ -142,6 +142,7 @@ def evaluate_folders(
     images_dir: str | os.PathLike | None = None,
     run_dir: str | os.PathLike | None = None,
     distances: bool = True,
+    include_background: bool = False,
 ) -> EvaluationResult:
     """Scores the masks in `pred_dir` against `gt_dir` and writes metrics.csv, summary.json, report.html.
 
@@ -155,6 +156,8 @@ def evaluate_folders(
         images_dir: the images, for the report's overlays (optional).
         run_dir: a training run, for the report's curves (optional).
         distances: compute HD95 and MSD (the slowest part on large images).
+        include_background: multi-class only: also score class 0 (when it is a real class, as
+            CamVid's sky, rather than background); the mean over classes then includes it.
 
     Returns:
         An `EvaluationResult` with the rows, the summary and the problems (files skipped).
@@ -166,7 +169,7 @@ def evaluate_folders(
     data_cfg = data_cfg or DataConfig()
     out.mkdir(parents=True, exist_ok=True)
     stems = list(names) if names is not None else sorted(p.stem for p in gt_dir.iterdir() if is_image_file(p))
-    classes = [1] if num_classes == 1 else list(range(1, num_classes))
+    classes = [1] if num_classes == 1 else list(range(0 if include_background else 1, num_classes))
     rows, problems, pictures = [], [], {}
     for stem in stems:
         gt_path, pred_path = _find(gt_dir, stem), _find(pred_dir, stem)
@@ -422,7 +425,8 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         roi_dir = data / "fov"
     result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
                               loaded.config.data, roi_dir, names=chosen, images_dir=data / "images",
-                              run_dir=loaded.run_dir, distances=distances)
+                              run_dir=loaded.run_dir, distances=distances,
+                              include_background=loaded.config.train.include_background)
     result.summary["split"] = split
     result.summary["prediction_failures"] = [{"image": p, "reason": r} for p, r in summary.failed]
     write_text_atomic(out / "summary.json", json.dumps(_finite(result.summary), indent=2) + "\n")

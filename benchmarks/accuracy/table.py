@@ -46,7 +46,9 @@ def main() -> None:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     variants = sorted({r["variant"] for r in records.values()} - {"default"})
     variants = [v for v in variants if not v.startswith("peer")]
-    header = ["dataset", "metric", "msunet", "msunet + TTA", *[f"msunet {v}" for v in variants], "PyTorch peer",
+    labels = {"nods": "msunet, no deep supervision", "imgnorm": "msunet, per-image normalisation"}
+    header = ["dataset", "metric", "msunet", "msunet + TTA", *[labels.get(v, f"msunet {v}") for v in variants],
+              "PyTorch peer",
               "published"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -21,7 +21,6 @@ import concurrent.futures
 import copy
 import datetime
 import json
-import math
 import os
 import pathlib
 import sys
@@ -97,6 +96,7 @@ def build_net(arch: str, cfg):
 def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
     from msunet.data import FixedPatchDataset, PatchDataset, compute_normalization, find_pairs, fixed_patches, \
         load_samples, split_pairs
+    from msunet.train import schedule_factor
 
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -127,8 +127,8 @@ def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
             if i + ahead < len(data):
                 futures[i + ahead] = pool.submit(data.__getitem__, i + ahead)
             progress = max((time.monotonic() - start) / budget_s, step / total_steps)
-            for group in opt.param_groups:
-                group["lr"] = cfg.learning_rate * (0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) + 0.01)
+            for group in opt.param_groups:  # msunet's own time-driven schedule
+                group["lr"] = cfg.learning_rate * schedule_factor(cfg.schedule, progress)
             xt, yt = to_torch(x, y["mask"])
             opt.zero_grad(set_to_none=True)
             loss = peer_loss(net(xt), yt)

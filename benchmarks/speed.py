@@ -231,13 +231,13 @@ def main() -> None:
         trainer = MultiScaleTrainer(model, cfg)
         trainer.compile(optimizer=_optimizer(cfg, 10_000))
         infer_model = select_outputs(model, ["mask"])
-        return model, (lambda: trainer.train_on_batch(x, y)), (lambda b: lambda: infer_model.predict_on_batch(x[:b]))
+        return (model, infer_model, (lambda: trainer.train_on_batch(x, y)),
+                (lambda b: lambda: infer_model.predict_on_batch(x[:b])))
 
-    model, msunet_train, msunet_infer = keras_contender(run)
-    infer_model = select_outputs(model, ["mask"])
+    model, infer_model, msunet_train, msunet_infer = keras_contender(run)
     keras_rows = {"msunet": (msunet_train, msunet_infer)}
     if precision != "float32":  # what the default precision buys: the same model in float32
-        _, train32, infer32 = keras_contender(run.override(["model.precision=float32"]))
+        _, _, train32, infer32 = keras_contender(run.override(["model.precision=float32"]))
         keras_rows["msunet_float32"] = (train32, infer32)
 
     contenders = {}

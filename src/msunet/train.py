@@ -379,6 +379,7 @@ def train(
                      *(callbacks or [])]
     if clock is not None and clock.spent_before >= clock.budget_s:
         log.info("%s: the time budget of %.1f min is already spent", run_dir, cfg.time_budget_min)
+        clock.exhausted = True
     elif epochs_done < cfg.epochs:
         trainer.fit(train_data, validation_data=val_data, epochs=cfg.epochs, initial_epoch=epochs_done,
                     callbacks=fit_callbacks, verbose=verbose)
@@ -397,8 +398,7 @@ def train(
     info.update(status="completed", finished=datetime.datetime.now().isoformat(timespec="seconds"),
                 epochs_done=epochs_done)
     if clock is not None:
-        info.update(time_spent_s=round(clock.spent, 1), stopped_by_time_budget=clock.exhausted or
-                    clock.spent_before >= clock.budget_s)
+        info.update(time_spent_s=round(clock.spent, 1), stopped_by_time_budget=clock.exhausted)
     write_json_atomic(run_dir / "run.json", info)
     return TrainResult(run_dir, epochs_done, checkpoint.best, metrics)
 

@@ -27,11 +27,8 @@ def random_image(height: int, width: int, channels: int = 3, batch: int = 1, see
 
 def expected_shapes(cfg: ModelConfig, height: int, width: int, batch: int = 1) -> dict[str, tuple]:
     """The output contract: "mask_s{s}" is ceil(H/s) x ceil(W/s); "mask" and "mask_fused" are H x W."""
-    shapes = {}
-    for name in cfg.head_names:
-        scale = int(name.split("_s")[1]) if name.startswith("mask_s") else 1
-        shapes[name] = (batch, math.ceil(height / scale), math.ceil(width / scale), cfg.num_classes)
-    return shapes
+    return {head.name: (batch, math.ceil(height / head.scale), math.ceil(width / head.scale), cfg.num_classes)
+            for head in cfg.heads}
 
 
 def shared_dataset(name: str):

@@ -11,7 +11,6 @@ import pytest
 from helpers import ROOT, expected_shapes, random_image, tiny_config
 from msunet.config import ConfigError, ModelConfig
 from msunet.models import (
-    ARCHITECTURES,
     build_model,
     logits_model,
     output_names,
@@ -114,9 +113,11 @@ def test_layer_names_are_hierarchical_and_unique():
 
 # --- Registry ---------------------------------------------------------------------------------------
 def test_registry_error_lists_valid_names():
-    assert "unet" in ARCHITECTURES
-    with pytest.raises(ConfigError, match=r"'unte' is not registered; valid: 'unet'.*Did you mean 'unet'"):
-        build_model(ModelConfig(architecture="unte"))
+    with pytest.raises(ConfigError, match=r"encoder='resconf' is not a valid choice; valid: 'conv', 'resconv'.*Did you mean 'resconv'"):
+        ModelConfig(encoder="resconf")
+    with pytest.raises(ConfigError, match=r"decoder='unet_pp' is not a valid choice.*'unetpp'.*Did you mean 'unetpp'"):
+        ModelConfig(decoder="unet_pp")
+    assert ModelConfig(decoder="UNet++").decoder == "unetpp" and ModelConfig(decoder="unet3+").decoder == "unet3p"
 
 
 # --- Seed snippets, fixed -----------------------------------------------------------------------------

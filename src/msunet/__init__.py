@@ -5,7 +5,7 @@
 
 Public API:
     ModelConfig, ConfigError            configuration (msunet.config)
-    build_model, build_unet             model builders (msunet.models)
+    build_model                         encoder -> decoder -> heads (msunet.models)
     logits_model, select_outputs        views of a built model sharing its weights
     output_names                        a model's outputs in canonical order
     seed_example                        the seed snippets' intended architectures, fixed
@@ -27,7 +27,6 @@ import_keras_quietly()
 from msunet.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from msunet.models import (  # noqa: E402
     build_model,
-    build_unet,
     load_model,
     logits_model,
     output_names,
@@ -49,7 +48,6 @@ __all__ = [
     "train",
     "__version__",
     "build_model",
-    "build_unet",
     "load_model",
     "logits_model",
     "output_names",

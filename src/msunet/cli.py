@@ -18,12 +18,16 @@ def _load_model_config(args: argparse.Namespace):
     from msunet.config import ModelConfig
 
     config = ModelConfig.from_json(args.config) if args.config else ModelConfig()
-    return config.override(args.set or [])
+    # The model section's keys, with or without their "model." prefix (as train's --set writes them).
+    return config.override([item.removeprefix("model.") for item in args.set or []])
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from msunet.models import build_model, parse_size, summarize
+    from msunet.models import build_model, describe_parts, parse_size, summarize
 
+    if args.list:
+        print(describe_parts())
+        return 0
     size = parse_size(args.size) if args.size else None
     config = _load_model_config(args)
     if args.save_config:
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, "model config JSON file (default: the built-in defaults)", "depth=3")
     p.add_argument("--size", help="input size HxW for which to print each output's shape, e.g. 256x256")
     p.add_argument("--save-config", metavar="FILE", help="also write the resolved config to FILE")
+    p.add_argument("--list", action="store_true",
+                   help="list the registered encoders and decoders (model.encoder=..., model.decoder=...) and exit")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train on a folder of images/ and masks/; writes a run folder")

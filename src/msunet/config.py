@@ -25,6 +25,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from msunet.heads import contract_heads, head_scale  # noqa: F401  (head_scale: kept importable from here)
+
 C = TypeVar("C", bound="BaseConfig")
 
 
@@ -224,11 +226,6 @@ class BaseConfig:
         return self.replace(**changes)
 
 
-def head_scale(name: str) -> int:
-    """Downsampling factor of an output name: "mask_s4" -> 4; "mask" and "mask_fused" -> 1."""
-    return int(name[6:]) if name.startswith("mask_s") and name[6:].isdigit() else 1
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
@@ -246,6 +243,11 @@ OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "softmax", "linear")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "tanh", "relu6")
 MAX_DEPTH = 7
+# The names registered in msunet.models.encoders / .decoders (a test keeps them equal); listed here
+# so that a config is validated without importing keras.
+ENCODERS = ("conv", "resconv")
+DECODERS = ("unet", "unetpp", "unet3p")
+DECODER_ALIASES = {"unet++": "unetpp", "unetplusplus": "unetpp", "unet3+": "unet3p", "unet3plus": "unet3p"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +258,19 @@ class ModelConfig(BaseConfig):
     one is the bottleneck at 1/2**depth) and the decoder produces features at the `depth` scales
     1/2**(depth-1), ..., 1/2, 1/1. Every decoder scale can carry a mask head.
 
+    A model is an encoder (a feature pyramid at scales 1, 2, ..., 2**depth), a decoder (features
+    at scales 1, ..., 2**(depth-1)) and a head on each decoder scale; see `msunet.models`.
+
     Args:
-        architecture: registered architecture name (see `msunet.models.ARCHITECTURES`).
+        encoder: "conv" (plain conv blocks, the classic U-Net) or "resconv" (a stem conv, then
+            residual blocks as nnU-Net's ResEnc).
+        decoder: "unet" (upsample, fuse the skip, conv block), "unetpp" (UNet++: nested dense
+            skips) or "unet3p" (UNet 3+: each decoder stage fuses every encoder scale and the
+            deeper decoder stages; needs depth >= 2).
+        attention: attention gates on the skips of the "unet" decoder (Attention U-Net).
+        res_blocks: residual blocks per encoder level ("resconv").
+        preactivation: "resconv" blocks in pre-activation order (norm -> act -> conv) instead of
+            conv -> norm -> act with the activation after the sum.
         in_channels: channels of the input image (1 grayscale, 3 RGB, ...).
         num_classes: 1 for binary (sigmoid) masks, >= 2 for multi-class (softmax) masks.
         depth: number of downsampling steps, 1..7.
@@ -286,7 +299,11 @@ class ModelConfig(BaseConfig):
         input_size: optional fixed (height, width); None accepts any size.
     """
 
-    architecture: str = "unet"
+    encoder: str = "conv"
+    decoder: str = "unet"
+    attention: bool = False
+    res_blocks: int = 1
+    preactivation: bool = False
     in_channels: int = 3
     num_classes: int = 1
     depth: int = 4
@@ -311,8 +328,14 @@ class ModelConfig(BaseConfig):
 
     def validate(self) -> None:
         owner = type(self).__name__
-        if not isinstance(self.architecture, str) or not self.architecture:
-            raise ConfigError(f"{owner}.architecture={self.architecture!r} must be a non-empty name such as 'unet'.")
+        check_choice(owner, "encoder", self.encoder, ENCODERS)
+        if isinstance(self.decoder, str) and self.decoder.lower() in DECODER_ALIASES:  # the papers' spellings
+            object.__setattr__(self, "decoder", DECODER_ALIASES[self.decoder.lower()])
+        check_choice(owner, "decoder", self.decoder, DECODERS)
+        for flag in ("attention", "preactivation"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{owner}.{flag}={getattr(self, flag)!r} must be true or false.")
+        check_int(owner, "res_blocks", self.res_blocks, 1, 16)
         check_int(owner, "in_channels", self.in_channels, 1)
         check_int(owner, "num_classes", self.num_classes, 1)
         check_int(owner, "depth", self.depth, 1, MAX_DEPTH)
@@ -356,6 +379,40 @@ class ModelConfig(BaseConfig):
                 raise ConfigError(f"{owner}.input_size={_jsonable(size)!r} must be [height, width] or null.")
             check_int(owner, "input_size[0]", size[0], 1)
             check_int(owner, "input_size[1]", size[1], 1)
+        self._validate_combination(owner)
+
+    def _validate_combination(self, owner: str) -> None:
+        """Options that are valid alone but not together: say why and what to change."""
+        if self.attention and self.decoder != "unet":
+            raise ConfigError(
+                f"{owner}.attention=true gates the skips of the 'unet' decoder; decoder={self.decoder!r} has "
+                "no single skip per stage to gate. Set model.decoder=unet or model.attention=false."
+            )
+        if self.decoder == "unet3p" and self.depth < 2:
+            raise ConfigError(
+                f"{owner}.decoder='unet3p' with depth={self.depth}: full-scale skips need at least two "
+                "downsamplings (with one, UNet 3+ is a plain U-Net). Set model.depth=2 or more, or model.decoder=unet."
+            )
+        if self.encoder != "resconv" and (self.res_blocks != 1 or self.preactivation):
+            raise ConfigError(
+                f"{owner}.res_blocks / preactivation configure the 'resconv' encoder; encoder={self.encoder!r} "
+                "has no residual blocks. Set model.encoder=resconv or leave them at their defaults (1, false)."
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """As `BaseConfig.from_dict`; also reads configs written before the encoder/decoder split,
+        whose `architecture` is always "unet" (= encoder "conv" + decoder "unet", the defaults)."""
+        if isinstance(data, Mapping) and "architecture" in data:
+            data = dict(data)
+            legacy = data.pop("architecture")
+            if legacy != "unet":
+                raise ConfigError(
+                    f"{cls.__name__}.architecture={legacy!r}: models are now chosen by model.encoder "
+                    f"({', '.join(ENCODERS)}) and model.decoder ({', '.join(DECODERS)}); 'architecture' only "
+                    "reads old configs, whose value is 'unet'."
+                )
+        return super().from_dict(data)
 
     # Derived values -----------------------------------------------------------------------------
     @property
@@ -376,8 +433,12 @@ class ModelConfig(BaseConfig):
     @property
     def head_names(self) -> tuple[str, ...]:
         """Output names: "mask", "mask_s2", ..., then "mask_fused" if enabled."""
-        names = tuple("mask" if s == 1 else f"mask_s{s}" for s in self.head_scales)
-        return names + (("mask_fused",) if self.fused_head else ())
+        return tuple(h.name for h in self.heads)
+
+    @property
+    def heads(self):
+        """The output contract of this config: a `msunet.heads.Head` per output, canonical order."""
+        return contract_heads(self.head_scales, self.fused_head)
 
     @property
     def resolved_output_activation(self) -> str:

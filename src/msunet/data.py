@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import DataConfig, ModelConfig, head_scale, write_text_atomic
+from msunet.config import DataConfig, ModelConfig, write_text_atomic
+from msunet.heads import head_scale
 from msunet.imageio import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image, read_mask
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from msunet.config import RunConfig, head_scale
+from msunet.config import RunConfig
+from msunet.heads import parse_head
 from msunet.evaluate import evaluate_folders
 from msunet.imageio import read_image
 from msunet.predict import load_run, predict_probabilities, write_prediction
@@ -82,11 +83,11 @@ def run_demo(out_dir: str | pathlib.Path = "demo_out", multiclass: bool = False,
                                   run_dir=out / "run", distances=False)
     per = evaluation.summary["per_class_and_scale"]
     dice = {}
-    for head in run.config.model.head_names:
-        if head == "mask_fused":  # stitched at full size like "mask"; scored through the report only
+    for head in run.config.model.heads:
+        if head.kind == "fused":  # stitched at full size like "mask"; scored through the report only
             continue
-        values = [e["dice_pooled"] for k, e in per.items() if k.startswith(f"scale{head_scale(head)}/")]
-        dice[head] = float(np.mean(values))
+        values = [e["dice_pooled"] for k, e in per.items() if k.startswith(f"scale{head.scale}/")]
+        dice[head.name] = float(np.mean(values))
     summary = DemoResult(out, out / "run", pred_dir, dice, test_count, seconds, result.epochs_done)
     (out / "demo.json").write_text(json.dumps(
         {"dice": dice, "test_images": test_count, "train_seconds": round(seconds, 1), "epochs": result.epochs_done,

@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from msunet.config import DataConfig, write_text_atomic
 from msunet.data import IGNORE, decode_mask, downsample_target, one_hot_target, read_split
+from msunet.heads import head_from_suffix
 from msunet.imageio import is_image_file, read_image, read_mask
 
 METRICS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "msd")
@@ -199,10 +200,10 @@ def evaluate_folders(
         # Coarse heads against the ground truth downsampled by the training rule.
         full = one_hot_target(np.where(valid, truth, IGNORE).astype(np.int16), num_classes)
         for coarse in sorted(pred_dir.glob(f"{stem}_s*.*")):
-            suffix = coarse.stem[len(stem) + 2 :]
-            if not suffix.isdigit() or not is_image_file(coarse):
+            head = head_from_suffix(coarse.stem[len(stem):])
+            if head is None or head.kind != "scale" or head.scale == 1 or not is_image_file(coarse):
                 continue
-            scale = int(suffix)
+            scale = head.scale
             target = downsample_target(full, scale, data_cfg.target_downsampling)
             cpred = _pred_to_classes(read_mask(coarse), num_classes)
             if cpred.shape != target.shape[:2]:
@@ -331,7 +332,7 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
              + "".join(f"<th>{m} mean</th>" for m in METRICS) + "<th>Dice pooled</th></tr>"]
     for key, entry in summary["per_class_and_scale"].items():
         scale, cls = key.split("/")
-        table.append(f"<tr><td>1/{scale[5:]}</td><td>{cls[5:]}</td><td>{entry['images']}</td>"
+        table.append(f"<tr><td>1/{scale.removeprefix('scale')}</td><td>{cls.removeprefix('class')}</td><td>{entry['images']}</td>"
                      + "".join(f"<td>{fmt(entry.get(f'{m}_mean'))}</td>" for m in METRICS)
                      + f"<td>{fmt(entry.get('dice_pooled'))}</td></tr>")
     table.append("</table>")

@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from msunet.config import TrainConfig
+from msunet.heads import head_name, parse_head
 
 SPATIAL = (0, 1, 2)  # batch Dice: sums over the batch and the pixels, per class
 
@@ -149,7 +150,7 @@ def deep_supervision_weights(head_names: Sequence[str], scheme) -> dict[str, flo
     - a list: one weight per scale head, finest first, normalised.
     "mask_fused" gets the weight of "mask".
     """
-    scales = [n for n in head_names if n != "mask_fused"]
+    scales = [n for n in head_names if parse_head(n).kind == "scale"]
     count = len(scales)
     if isinstance(scheme, str):
         if scheme == "equal":
@@ -166,8 +167,9 @@ def deep_supervision_weights(head_names: Sequence[str], scheme) -> dict[str, flo
             )
         raw = [float(w) for w in scheme]
     weights = dict(zip(scales, raw))
-    if "mask_fused" in head_names:
-        weights["mask_fused"] = weights["mask"]
+    for name in head_names:
+        if parse_head(name).kind == "fused":
+            weights[name] = weights[head_name(1)]
     total = sum(weights.values())
     return {name: w / total for name, w in weights.items()}
 

@@ -101,6 +101,4 @@ class SegmentationScore(keras.metrics.Metric):
                 "threshold": self.threshold, "include_background": self.include_background}
 
 
-def metric_name(kind: str, head: str) -> str:
-    """"dice" for "mask", "dice_s2" for "mask_s2", "dice_fused" for "mask_fused"."""
-    return kind if head == "mask" else f"{kind}_{head[5:]}"
+from msunet.heads import metric_name  # noqa: E402,F401  (the names live in the output contract)

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 
 import tifffile
 
-from msunet.config import RunConfig, head_scale
+from msunet.config import RunConfig
+from msunet.heads import file_suffix, head_scale
 from msunet.data import Normalization, compute_normalization, to_unit_float
 from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, read_image, write_png, write_tiff
 from msunet.models import load_model, output_names, select_outputs
@@ -141,7 +142,7 @@ def write_prediction(out_dir: pathlib.Path, stem: str, image: np.ndarray, probs:
     written = []
     palette = class_palette(num_classes) if num_classes > 1 else None
     for head, p in probs.items():
-        suffix = "" if head == "mask" else "_" + head[5:]
+        suffix = file_suffix(head)
         mask = probabilities_to_mask(p, threshold)
         path = out_dir / f"{stem}{suffix}.png"
         write_png(path, mask, palette=palette)
@@ -232,7 +233,7 @@ def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streame
     ext = ".tif" if streamed else ".png"
     paths = {}
     for head in heads:
-        suffix = "" if head == "mask" else "_" + head[5:]
+        suffix = file_suffix(head)
         paths[head] = out_dir / f"{stem}{suffix}{ext}"
         if probabilities:
             paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob.tif"

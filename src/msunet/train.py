@@ -43,7 +43,8 @@ from msunet.data import (
     split_pairs,
 )
 from msunet.losses import deep_supervision_weights, segmentation_loss
-from msunet.metrics import SegmentationScore, metric_name
+from msunet.heads import metric_name, parse_head
+from msunet.metrics import SegmentationScore
 from msunet.models import build_model, logits_model
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class MultiScaleTrainer(keras.Model):
         self.head_weights = deep_supervision_weights(run.model.head_names, run.train.ds_weights)
         for head, weight in self.head_weights.items():
             if weight == 0:  # e.g. the coarsest head under "nnunet" weights: say so instead of a gradient warning
-                self.net.get_layer(f"{head}_logits").trainable = False
+                self.net.get_layer(parse_head(head).logits_name).trainable = False
         self.scores = [
             SegmentationScore(run.model.num_classes, kind, run.train.threshold, name=metric_name(kind, head))
             for head in run.model.head_names

@@ -1,21 +1,45 @@
-"""Architectures: the `ARCHITECTURES` registry, `build_model`, and views of a built model."""
+"""Models composed of parts: encoder -> decoder -> heads, and views of a built model.
+
+`build_model(cfg)` looks up `cfg.encoder` in `ENCODERS` and `cfg.decoder` in `DECODERS` and joins
+them with the heads of `msunet.models.heads`:
+
+    image --encoder--> pyramid {1: f1, 2: f2, ..., 2**depth: f_bottleneck}
+          --decoder--> features {1, 2, ..., 2**(depth-1)}
+          --heads----> outputs {"mask", "mask_s2", ..., "mask_fused"}
+
+The output contract (what any registered architecture must expose; names from `msunet.heads`):
+
+- one input named `"image"`, channels-last `(H, W, in_channels)`, any H and W >= 1 unless
+  `input_size` fixes them;
+- a dict of outputs, one per `cfg.heads`: `"mask"` at H x W, `"mask_s{s}"` at exactly
+  ceil(H/s) x ceil(W/s) for each deep-supervision scale s, `"mask_fused"` at H x W when enabled;
+  each with `num_classes` channels, float32, after the output activation;
+- a float32 layer `"{name}_logits"` feeding each output's activation (training reads logits);
+- only registered serializable layers (no `Lambda`), so `keras.saving.load_model` reloads the
+  model in any process that has imported msunet.
+
+An encoder returns the pyramid at scales 1..2**depth, each of ceil(H/s) x ceil(W/s) pixels; a
+decoder returns features at scales 1..2**(depth-1) of the same sizes. `tests/models/harness.py`
+checks every registered encoder x decoder against this contract.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import sys
 import zipfile
-from collections.abc import Callable
 
 import keras
 
-from msunet.config import PRECISIONS, ConfigError, ModelConfig, close_matches, head_scale
+from msunet.config import PRECISIONS, ConfigError, ModelConfig, close_matches
+from msunet.heads import parse_head, sort_names
+from msunet.models.decoders import DECODERS, get_decoder
+from msunet.models.encoders import ENCODERS, get_encoder
+from msunet.models.heads import apply_heads
 from msunet.models.layers import BilinearUpsampling2D, CropToMatch
 from msunet.models.seeds import SEED_EXAMPLES, seed_example
-from msunet.models.unet import build_unet
-
-ARCHITECTURES: dict[str, Callable[[ModelConfig], keras.Model]] = {"unet": build_unet}
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,21 +83,68 @@ def precision_scope(precision: str = "auto"):
 
 
 def build_model(config: ModelConfig | None = None) -> keras.Model:
-    """Builds the architecture named by `config.architecture` (default: a U-Net).
+    """Builds `config.encoder` -> `config.decoder` -> a head at every decoder scale.
+
+    Example:
+    ```python
+    model = build_model(ModelConfig(depth=3, filters=16, encoder="resconv", decoder="unetpp"))
+    out = model.predict(np.zeros((1, 37, 101, 3), "float32"))
+    out["mask"].shape, out["mask_s2"].shape  # (1, 37, 101, 1), (1, 19, 51, 1)
+    ```
+
+    Args:
+        config: a `ModelConfig`; the defaults (a classic U-Net with deep supervision) when None.
+
+    Returns:
+        A functional `keras.Model` with the output contract of this module's docstring, built
+        under the dtype policy of `config.precision`.
 
     Raises:
-        ConfigError: the name is not registered; the message lists the valid names.
+        ConfigError: an encoder or decoder name that is not registered (the message lists the
+            valid names and the closest one).
     """
     cfg = config if config is not None else ModelConfig()
-    builder = ARCHITECTURES.get(cfg.architecture)
-    if builder is None:
-        names = sorted(ARCHITECTURES)
-        raise ConfigError(
-            f"ModelConfig.architecture={cfg.architecture!r} is not registered; valid: "
-            f"{', '.join(repr(n) for n in names)}.{close_matches(cfg.architecture, names)}"
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}.")
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "msunet models are channels-last; keras.config.image_data_format() is "
+            f"{keras.config.image_data_format()!r}. Call keras.config.set_image_data_format('channels_last')."
         )
+    build_encoder, build_decoder = get_encoder(cfg.encoder), get_decoder(cfg.decoder)
     with precision_scope(cfg.precision):
-        return builder(cfg)
+        height, width = cfg.input_size if cfg.input_size is not None else (None, None)
+        inputs = keras.Input(shape=(height, width, cfg.in_channels), name="image")
+        pyramid = build_encoder(inputs, cfg)
+        features = build_decoder(pyramid, cfg)
+        missing = [s for s in cfg.head_scales if s not in features]
+        if missing:  # a decoder that breaks the contract is a bug in that decoder, not in the config
+            raise RuntimeError(f"Decoder {cfg.decoder!r} returned no features at scale(s) {missing}.")
+        suffix = "_att" if cfg.attention else ""
+        return keras.Model(inputs, apply_heads(features, cfg), name=f"{cfg.encoder}_{cfg.decoder}{suffix}_d{cfg.depth}")
+
+
+def registered_parts() -> dict[str, list[str]]:
+    """The registered encoders and decoders by name."""
+    return {"encoders": sorted(ENCODERS), "decoders": sorted(DECODERS)}
+
+
+def describe_parts() -> str:
+    """What `msunet summary --list` prints: each registered part, its config key and what it is."""
+
+    def first_line(builder) -> str:
+        doc = (sys.modules[builder.__module__].__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    lines = ["encoders (model.encoder=NAME):"]
+    lines += [f"  {name:<10} {first_line(builder)}" for name, builder in sorted(ENCODERS.items())]
+    lines.append("decoders (model.decoder=NAME):")
+    lines += [f"  {name:<10} {first_line(builder)}" for name, builder in sorted(DECODERS.items())]
+    lines.append("options: model.attention=true (gates on the 'unet' decoder's skips); model.res_blocks=N and "
+                 "model.preactivation=true ('resconv').")
+    lines.append("heads: 'mask' and 'mask_s2', 'mask_s4', ... on every decoder scale (model.deep_supervision, "
+                 "model.ds_heads); 'mask_fused' (model.fused_head).")
+    return "\n".join(lines)
 
 
 def output_names(model: keras.Model) -> list[str]:
@@ -82,12 +153,7 @@ def output_names(model: keras.Model) -> list[str]:
     (Keras flattens dict outputs by sorted key, so `model.outputs` order is not this one.)
     """
 
-    def order(name: str) -> tuple[int, str]:
-        if name == "mask":
-            return (0, name)
-        return (head_scale(name) if head_scale(name) > 1 else 1 << 30, name)
-
-    return sorted((t._keras_history[0].name for t in model.outputs), key=order)
+    return sort_names(t._keras_history[0].name for t in model.outputs)
 
 
 def logits_model(model: keras.Model) -> keras.Model:
@@ -95,7 +161,7 @@ def logits_model(model: keras.Model) -> keras.Model:
 
     Use it with losses computed from logits, which are numerically stable.
     """
-    outputs = {name: model.get_layer(f"{name}_logits").output for name in output_names(model)}
+    outputs = {name: model.get_layer(parse_head(name).logits_name).output for name in output_names(model)}
     return keras.Model(model.input, outputs, name=f"{model.name}_logits")
 
 
@@ -116,12 +182,14 @@ def select_outputs(model: keras.Model, names: list[str] | tuple[str, ...] = ("ma
 
 
 __all__ = [
-    "ARCHITECTURES",
     "BilinearUpsampling2D",
     "CropToMatch",
+    "DECODERS",
+    "ENCODERS",
     "SEED_EXAMPLES",
     "build_model",
-    "build_unet",
+    "describe_parts",
+    "registered_parts",
     "load_model",
     "logits_model",
     "output_names",

@@ -1,7 +1,9 @@
-"""Functional building blocks of the U-Net: conv block, downsampling, upsampling + fusion.
+"""Functional building blocks shared by the encoders, decoders and heads.
 
-Each `apply_*` helper takes a tensor and returns a tensor, naming every layer it creates under
-`name` so that weights can be found and compared by name.
+Each `apply_*` helper takes a tensor and explicit settings (filters, kernel, norm, activation, ...)
+and returns a tensor, naming every layer it creates under `name` so that weights can be found
+and compared by name. None of them reads a config: `conv_settings(cfg)` turns a `ModelConfig`
+into the keyword arguments of `apply_conv_block` / `apply_res_block`, for the builders.
 """
 
 from __future__ import annotations
@@ -14,44 +16,91 @@ from msunet.config import ModelConfig
 from msunet.models.layers import BilinearUpsampling2D, CropToMatch
 
 
-def apply_norm_act(x, cfg: ModelConfig, name: str):
-    """Normalisation (batch / group / none) followed by the activation."""
-    channels = x.shape[-1]
-    if cfg.norm == "batch":
+def conv_settings(cfg: ModelConfig) -> dict:
+    """The block settings a `ModelConfig` fixes: keyword arguments of the conv / residual blocks."""
+    return dict(convs=cfg.convs_per_block, kernel_size=cfg.kernel_size, norm=cfg.norm, groups=cfg.groups,
+                activation=cfg.activation)
+
+
+def apply_norm(x, norm: str, groups: int, name: str):
+    """Normalisation: "batch", "group" (groups reduced to a divisor of the channels) or "none"."""
+    if norm == "batch":
         # momentum 0.9 (PyTorch's 0.1): Keras' 0.99 leaves the moving statistics near their initial
         # values for the first few hundred steps, so short runs predicted poorly in inference mode.
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    elif cfg.norm == "group":
-        x = layers.GroupNormalization(groups=math.gcd(cfg.groups, channels), name=f"{name}_gn")(x)
-    return layers.Activation(cfg.activation, name=f"{name}_act")(x)
+        return layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    if norm == "group":
+        return layers.GroupNormalization(groups=math.gcd(groups, x.shape[-1]), name=f"{name}_gn")(x)
+    return x
 
 
-def apply_conv_block(x, filters: int, cfg: ModelConfig, name: str, dropout: float = 0.0):
-    """`cfg.convs_per_block` x (conv -> norm -> activation), then optional dropout."""
-    for i in range(1, cfg.convs_per_block + 1):
-        x = layers.Conv2D(
-            filters,
-            cfg.kernel_size,
-            padding="same",
-            use_bias=cfg.norm == "none",  # a bias before a normalisation is cancelled by it
-            name=f"{name}_conv{i}",
-        )(x)
-        x = apply_norm_act(x, cfg, f"{name}_conv{i}")
+def apply_norm_act(x, norm: str, groups: int, activation: str, name: str):
+    """Normalisation (batch / group / none) followed by the activation."""
+    x = apply_norm(x, norm, groups, name)
+    return layers.Activation(activation, name=f"{name}_act")(x)
+
+
+def apply_conv(x, filters: int, kernel_size: int, norm: str, name: str, strides: int = 1):
+    """A "same"-padded convolution; no bias before a normalisation (it would be cancelled by it)."""
+    return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=norm == "none",
+                         name=name)(x)
+
+
+def apply_conv_block(x, filters: int, *, convs: int = 2, kernel_size: int = 3, norm: str = "batch",
+                     groups: int = 8, activation: str = "relu", dropout: float = 0.0, name: str):
+    """`convs` x (conv -> norm -> activation), then optional dropout."""
+    for i in range(1, convs + 1):
+        x = apply_conv(x, filters, kernel_size, norm, name=f"{name}_conv{i}")
+        x = apply_norm_act(x, norm, groups, activation, f"{name}_conv{i}")
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return x
 
 
-def apply_down(x, cfg: ModelConfig, name: str):
-    """Halves height and width, rounding up (ceil(H/2)) so no pixel of an odd size is lost."""
-    if cfg.downsample == "maxpool":
+def apply_res_block(x, filters: int, *, strides: int = 1, preactivation: bool = False, convs: int = 2,
+                    kernel_size: int = 3, norm: str = "batch", groups: int = 8, activation: str = "relu",
+                    name: str):
+    """A residual block (He et al.), in nnU-Net ResEnc's "D" form when it downsamples.
+
+    Post-activation (default): `convs` x (conv -> norm -> act) with the last activation moved after
+    the sum with the shortcut. Pre-activation: `convs` x (norm -> act -> conv), nothing after the sum.
+    The first conv carries `strides`; the shortcut is then average-pooled ("same" padding, so
+    ceil(H/2) like the main path) and projected by a 1x1 conv where the channels change.
+    """
+    shortcut = x
+    if strides > 1:
+        shortcut = layers.AveragePooling2D(strides, padding="same", name=f"{name}_shortcut_pool")(shortcut)
+    if shortcut.shape[-1] != filters:
+        shortcut = apply_conv(shortcut, filters, 1, "none" if preactivation else norm, name=f"{name}_shortcut_conv")
+        if not preactivation:
+            shortcut = apply_norm(shortcut, norm, groups, f"{name}_shortcut")
+    for i in range(1, convs + 1):
+        stride = strides if i == 1 else 1
+        if preactivation:
+            x = apply_norm_act(x, norm, groups, activation, f"{name}_pre{i}")
+            x = apply_conv(x, filters, kernel_size, "none" if i == convs else norm, name=f"{name}_conv{i}",
+                           strides=stride)
+        else:
+            x = apply_conv(x, filters, kernel_size, norm, name=f"{name}_conv{i}", strides=stride)
+            x = apply_norm(x, norm, groups, f"{name}_conv{i}")
+            if i < convs:
+                x = layers.Activation(activation, name=f"{name}_conv{i}_act")(x)
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    if not preactivation:
+        x = layers.Activation(activation, name=f"{name}_act")(x)
+    return x
+
+
+def apply_down(x, method: str, norm: str = "batch", groups: int = 8, activation: str = "relu", *, name: str):
+    """Halves height and width, rounding up (ceil(H/2)) so no pixel of an odd size is lost.
+
+    `method` is "maxpool", "avgpool" or "strided_conv" (3x3, stride 2, then norm and activation).
+    """
+    if method == "maxpool":
         return layers.MaxPooling2D(2, padding="same", name=f"{name}_maxpool")(x)
-    if cfg.downsample == "avgpool":
+    if method == "avgpool":
         return layers.AveragePooling2D(2, padding="same", name=f"{name}_avgpool")(x)
-    x = layers.Conv2D(
-        x.shape[-1], 3, strides=2, padding="same", use_bias=cfg.norm == "none", name=f"{name}_strided_conv"
-    )(x)
-    return apply_norm_act(x, cfg, f"{name}_strided_conv")
+    x = apply_conv(x, x.shape[-1], 3, norm, name=f"{name}_strided_conv", strides=2)
+    return apply_norm_act(x, norm, groups, activation, f"{name}_strided_conv")
 
 
 def match_size(x, reference, name: str):
@@ -61,20 +110,65 @@ def match_size(x, reference, name: str):
     return CropToMatch(name=name)([x, reference])
 
 
-def apply_up(x, skip, cfg: ModelConfig, name: str):
-    """Upsamples `x` by 2 to `skip`'s size and fuses the two (concat or add)."""
-    skip_channels = skip.shape[-1]
-    if cfg.upsample == "transpose":
-        x = layers.Conv2DTranspose(skip_channels, 2, strides=2, name=f"{name}_transpose")(x)
+def apply_upsample(x, reference, factor: int, method: str, channels: int | None, name: str):
+    """Upsamples `x` by `factor` and crops it to `reference`'s size.
+
+    "transpose": a factor x factor transposed conv with stride `factor` to `channels` (required);
+    "nearest" / "bilinear": when `channels` is given and differs, a 1x1 projection first (the
+    upsampling is linear with weights summing to 1, so projecting before is the same and
+    factor**2 times cheaper), then the parameter-free upsampling.
+    """
+    if method == "transpose":
+        x = layers.Conv2DTranspose(channels, factor, strides=factor, name=f"{name}_transpose")(x)
     else:
-        if cfg.fusion == "add" and x.shape[-1] != skip_channels:
-            # 1x1 projection before the (linear, weights summing to 1) upsampling: same result, 4x cheaper.
-            x = layers.Conv2D(skip_channels, 1, name=f"{name}_project")(x)
-        if cfg.upsample == "bilinear":
-            x = BilinearUpsampling2D(2, name=f"{name}_upsample")(x)
+        if channels is not None and x.shape[-1] != channels:
+            x = layers.Conv2D(channels, 1, name=f"{name}_project")(x)
+        if method == "bilinear":
+            x = BilinearUpsampling2D(factor, name=f"{name}_upsample")(x)
         else:
-            x = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_upsample")(x)
-    x = match_size(x, skip, name=f"{name}_crop")
-    if cfg.fusion == "concat":
+            x = layers.UpSampling2D(factor, interpolation="nearest", name=f"{name}_upsample")(x)
+    return match_size(x, reference, name=f"{name}_crop")
+
+
+def apply_fusion(parts: list, fusion: str, name: str):
+    """Concatenates `parts` ("concat") or sums them ("add"; 1x1 projections to the first's channels
+    where they differ)."""
+    if len(parts) == 1:
+        return parts[0]
+    if fusion == "concat":
+        return layers.Concatenate(name=f"{name}_concat")(parts)
+    width = parts[0].shape[-1]
+    parts = [p if p.shape[-1] == width else layers.Conv2D(width, 1, name=f"{name}_project{i}")(p)
+             for i, p in enumerate(parts)]
+    return layers.Add(name=f"{name}_add")(parts)
+
+
+def apply_attention_gate(skip, gate, name: str):
+    """Attention gate of Attention U-Net (Oktay et al. 2018) on a skip, at the skip's resolution.
+
+    `gate` is the upsampled coarser decoder feature, already cropped to `skip`'s size (computing
+    the gate there, rather than with a strided `theta` on the skip, keeps odd sizes exact):
+    alpha = sigmoid(psi(relu(theta(skip) + phi(gate)))), and the skip is scaled by alpha.
+    """
+    inter = max(1, skip.shape[-1] // 2)
+    theta = layers.Conv2D(inter, 1, use_bias=False, name=f"{name}_theta")(skip)
+    phi = layers.Conv2D(inter, 1, name=f"{name}_phi")(gate)
+    q = layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([theta, phi]))
+    alpha = layers.Conv2D(1, 1, activation="sigmoid", name=f"{name}_psi")(q)
+    return layers.Multiply(name=f"{name}_scale")([skip, alpha])
+
+
+def apply_up(x, skip, upsample: str, fusion: str, attention: bool = False, *, name: str):
+    """The U-Net decoder step: upsample `x` by 2 to `skip`'s size and fuse the two (concat or add).
+
+    With a transposed conv `x` gets the skip's channels; with "nearest"/"bilinear" it keeps its own
+    (concat) or is projected to the skip's (add). With `attention` the skip is gated by `x` first.
+    """
+    skip_channels = skip.shape[-1]
+    channels = skip_channels if upsample == "transpose" or fusion == "add" else None
+    x = apply_upsample(x, skip, 2, upsample, channels, name=name)
+    if attention:
+        skip = apply_attention_gate(skip, x, name=f"{name}_gate")
+    if fusion == "concat":
         return layers.Concatenate(name=f"{name}_concat")([x, skip])
     return layers.Add(name=f"{name}_add")([x, skip])

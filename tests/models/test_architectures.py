@@ -1,0 +1,66 @@
+"""Every registered encoder x decoder through the same harness (tests/models/harness.py)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import (
+    architectures,
+    check_fit_lowers_loss,
+    check_gradients,
+    check_mixed_precision,
+    check_output_sizes,
+    check_save_reload,
+    check_tiled_prediction,
+    combo_id,
+    small_config,
+)
+from msunet.config import DECODERS as CONFIG_DECODERS
+from msunet.config import ENCODERS as CONFIG_ENCODERS
+from msunet.models import DECODERS, ENCODERS
+
+COMBOS = architectures()
+
+
+def test_config_names_match_the_registries():
+    assert set(CONFIG_ENCODERS) == set(ENCODERS) and set(CONFIG_DECODERS) == set(DECODERS)
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_contract(combo, tmp_path):
+    cfg = small_config(combo)
+    model = check_output_sizes(cfg)
+    check_save_reload(model, tmp_path)
+    check_tiled_prediction(model, cfg)
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_training(combo):
+    cfg = small_config(combo, depth=2)  # heads at 1, 2 and fused: every kind of path, fewer eager ops
+    check_gradients(cfg)
+    check_fit_lowers_loss(cfg)
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_mixed_bfloat16(combo):
+    check_mixed_precision(small_config(combo))
+
+
+def test_reload_in_a_fresh_process_without_custom_objects(tmp_path):
+    """A process that only imports msunet (which registers its layers) reloads every architecture."""
+    files = [str(check_save_reload(check_output_sizes(small_config(c)), tmp_path)) for c in COMBOS]
+    script = (
+        "import json, sys, numpy as np, keras, msunet\n"
+        "for path in json.loads(sys.argv[1]):\n"
+        "    model = keras.saving.load_model(path)\n"
+        "    x = np.load(path[:-6] + '.x.npy'); want = np.load(path[:-6] + '.y.npz')\n"
+        "    out = model(x, training=False)\n"
+        "    for k in want.files: np.testing.assert_array_equal(keras.ops.convert_to_numpy(out[k]), want[k])\n"
+        "print('reloaded', len(json.loads(sys.argv[1])))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(files)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"reloaded {len(COMBOS)}" in result.stdout

@@ -45,7 +45,7 @@ def _value(record: dict | None, tag: str, key: str) -> str:
 def main() -> None:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     variants = sorted({r["variant"] for r in records.values()} - {"default"})
-    variants = [v for v in variants if not v.startswith("peer")]
+    variants = [v for v in variants if not v.startswith(("peer", "parts-"))]
     labels = {"nods": "msunet, no deep supervision", "imgnorm": "msunet, per-image normalisation"}
     header = ["dataset", "metric", "msunet", "msunet + TTA", *[labels.get(v, f"msunet {v}") for v in variants],
               "PyTorch peer",
@@ -59,6 +59,7 @@ def main() -> None:
                  *[_value(records.get(f"{dataset}-{v}"), "plain", key) for v in variants],
                  _value(peer, "plain", key), published]
         print("| " + " | ".join(cells) + " |")
+    parts_table(records)
     print()
     print("| run | budget (min) | steps | epochs | best val Dice | train s |")
     print("|---|---|---|---|---|---|")
@@ -67,6 +68,35 @@ def main() -> None:
             print(f"| {fold['fold']} | {record['budget_min_total'] / len(record['folds']):.1f} | "
                   f"{fold.get('steps_done')} | {fold.get('epochs_done')} | {fold.get('best_val_dice', 0):.4f} | "
                   f"{fold.get('train_s', 0):.0f} |")
+
+
+PART_METRICS = {  # dataset -> (key, label) columns of the model-parts table
+    "drive": [("f1_pooled", "F1 in FOV"), ("auc_pooled", "AUC")],
+    "dsb2018-nuclei": [("dice_mean", "Dice"), ("iou_mean", "IoU"), ("object_f1", "object F1")],
+    "camvid": [("miou_pooled", "mIoU"), ("global_accuracy", "global acc.")],
+}
+
+
+def parts_table(records: dict) -> None:
+    """The model-parts comparison (variants "parts-ENCODER-DECODER[-att]", benchmarks/accuracy/parts.sh):
+    scores without TTA, and the training throughput within the same budget (patches/s)."""
+    for dataset, metrics in PART_METRICS.items():
+        runs = {k: r for k, r in records.items() if k.startswith(f"{dataset}-parts-")}
+        if not runs:
+            continue
+        print()
+        print(f"Model parts on {dataset} (no TTA):")
+        print()
+        header = ["encoder + decoder", *[label for _, label in metrics], "steps in budget", "train patches/s"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for key, record in runs.items():
+            fold = record["folds"][0]
+            batch = record["config"]["train"]["batch_size"]
+            rate = fold["steps_done"] * batch / fold["time_spent_s"] if fold.get("time_spent_s") else 0.0
+            name = key.removeprefix(f"{dataset}-parts-").replace("-att", " + attention").replace("-", " + ", 1)
+            print("| " + " | ".join([name, *[_value(record, "plain", k) for k, _ in metrics],
+                                      str(fold["steps_done"]), f"{rate:.1f}"]) + " |")
 
 
 if __name__ == "__main__":

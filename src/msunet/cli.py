@@ -169,8 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_config_args(p: argparse.ArgumentParser, config_help: str, set_example: str) -> None:
     p.add_argument("--config", help=config_help)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=f"override a config field (repeatable), e.g. {set_example}")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help=f"override config fields: --set {set_example} [KEY=VALUE ...] (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

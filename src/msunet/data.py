@@ -335,8 +335,7 @@ def load_samples(
             if problems is None:
                 raise
             problems.append((str(pair.mask if "mask" in str(err).split(":")[0] else pair.image), str(err)))
-            log.warning("skipped: %s", err)
-            continue
+            continue  # the caller reports `problems` (once each)
         fg = np.argwhere(mask > 0)
         if len(fg) > 20000:
             fg = fg[rng.choice(len(fg), 20000, replace=False)]

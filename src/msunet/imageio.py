@@ -39,7 +39,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.height, img.width
     except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
-        raise ImageReadError(f"{path}: cannot read the image header ({_reason(err)}). Replace or remove the file.") from err
+        raise ImageReadError(f"{path}: cannot read the image header ({_reason(err, path)}). Replace or remove the file.") from err
 
 
 def _tiff_hw(shape: tuple, axes: str) -> tuple[int, int]:
@@ -48,9 +48,13 @@ def _tiff_hw(shape: tuple, axes: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _reason(err: Exception) -> str:
+def _reason(err: Exception, path: str | os.PathLike | None = None) -> str:
+    """The decoder's first line, without the path it repeats (our message starts with it already)."""
     text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:200]
+    if path is not None:
+        for quoted in (f"'{os.fspath(path)}'", f'"{os.fspath(path)}"', os.fspath(path)):
+            text = text.replace(f" {quoted}", "").replace(quoted, "")
+    return text.splitlines()[0][:200] if text.strip() else type(err).__name__
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -123,7 +127,7 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
                         return np.asarray(img)
                 except Exception as pil_err:  # noqa: BLE001
                     raise ImageReadError(
-                        f"{path}: this TIFF's compression needs the 'imagecodecs' package ({_reason(err)}); "
+                        f"{path}: this TIFF's compression needs the 'imagecodecs' package ({_reason(err, path)}); "
                         f"Pillow could not read it either ({_reason(pil_err)}). Run: pip install imagecodecs"
                     ) from err
             if axes.startswith(("S", "C")) and array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] > 4:
@@ -149,7 +153,7 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
         raise
     except Exception as err:  # noqa: BLE001
         raise ImageReadError(
-            f"{path}: cannot decode the image ({_reason(err)}); the file may be truncated or corrupt. "
+            f"{path}: cannot decode the image ({_reason(err, path)}); the file may be truncated or corrupt. "
             "Replace or remove it."
         ) from err
 
@@ -327,5 +331,5 @@ def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
                         else:
                             return RowBandReader(path, page.dataoffsets[0], shape, page.dtype)
         except Exception as err:  # noqa: BLE001
-            raise ImageReadError(f"{path}: cannot read the TIFF structure ({_reason(err)}). Replace or remove it.") from err
+            raise ImageReadError(f"{path}: cannot read the TIFF structure ({_reason(err, path)}). Replace or remove it.") from err
     return read_image(path, max_pixels)

@@ -228,6 +228,15 @@ def list_inputs(inputs: str | os.PathLike) -> list[pathlib.Path]:
     return [path]
 
 
+def output_stems(files: Sequence[pathlib.Path]) -> dict[pathlib.Path, str]:
+    """The name each input's outputs start with: its stem, or stem + "_" + extension for inputs that
+    share a stem (a.png and a.tif write a_png.png and a_tif.png, never over each other)."""
+    count: dict[str, int] = {}
+    for path in files:
+        count[path.stem] = count.get(path.stem, 0) + 1
+    return {p: p.stem if count[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files}
+
+
 def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streamed: bool,
                  probabilities: bool) -> dict[str, pathlib.Path]:
     ext = ".tif" if streamed else ".png"
@@ -277,7 +286,8 @@ def predict(
         scales: heads to write ("mask", "mask_s2", ..., "mask_fused"); default: all.
         probabilities: also write float32 probability TIFFs.
         overlay_images: write NAME_overlay.png.
-        overwrite: replace existing outputs (otherwise the image is left as it is).
+        overwrite: replace existing outputs (otherwise only the missing ones are written; an image whose
+            outputs all exist is kept as it is).
         progress: called as progress(file_name, tiles_done, tiles_total).
 
     Returns:
@@ -298,7 +308,9 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     start = time.perf_counter()
-    for path in list_inputs(inputs):
+    files = list_inputs(inputs)
+    stems = output_stems(files)
+    for path in files:
         if not is_image_file(path):
             summary.ignored.append(path)
             continue
@@ -306,10 +318,14 @@ def predict(
             source = open_image_lazy(path, max(run.config.data.max_pixels, 2**34))
             height, width, channels = source.shape
             streamed = height * width > STREAM_PIXELS
-            paths = output_paths(out, path.stem, heads, streamed, probabilities)
-            if not overwrite and any(p.exists() for p in paths.values()):
-                summary.existing.append(path)
-                continue
+            paths = output_paths(out, stems[path], heads, streamed, probabilities)
+            if not overlay_images:
+                paths.pop("overlay")
+            if not overwrite:  # write what is missing (a deleted mask, newly asked probabilities), keep the rest
+                paths = {k: p for k, p in paths.items() if not p.exists()}
+                if not paths:
+                    summary.existing.append(path)
+                    continue
             if channels != run.config.model.in_channels:
                 raise ValueError(f"{channels} channel(s), but the model takes {run.config.model.in_channels}; "
                                  "convert the image or use a model trained on such images")
@@ -336,17 +352,18 @@ def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_
         num_classes = run.config.model.num_classes
         palette = class_palette(num_classes) if num_classes > 1 else None
         written = []
-        for head in heads:
+        for head in heads:  # `paths` holds only the outputs still to write
             probs = results[head]
-            if streamed:
-                _stream_mask_tiff(paths[head], probs, threshold)
-            else:
-                write_png(paths[head], probabilities_to_mask(np.asarray(probs), threshold), palette=palette)
-            written.append(paths[head])
-            if probabilities:
+            if head in paths:
+                if streamed:
+                    _stream_mask_tiff(paths[head], probs, threshold)
+                else:
+                    write_png(paths[head], probabilities_to_mask(np.asarray(probs), threshold), palette=palette)
+                written.append(paths[head])
+            if f"{head}:prob" in paths:
                 _write_probabilities(paths[f"{head}:prob"], probs)
                 written.append(paths[f"{head}:prob"])
-        if overlay_images:
+        if "overlay" in paths:
             side = STREAMED_OVERLAY_MAX_SIDE if streamed else OVERLAY_MAX_SIDE
             step = max(1, -(-max(source.shape[:2]) // side))
             small = _subsample(source, step)

@@ -218,12 +218,30 @@ class TrainResult:
     metrics: dict
 
 
+def _failed_before_training(out: pathlib.Path) -> str | None:
+    """The error of a run that failed before completing an epoch (nothing to lose), else None."""
+    try:
+        info = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("status") == "failed" and read_state(out) is None:
+        return str(info.get("error", "unknown error"))
+    return None
+
+
 def _prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
     marker = out / "run.json"
     if resume:
         if not marker.is_file():
             raise RunError(f"{out}: not a msunet run folder (no run.json); nothing to resume. Start a run with --out.")
+        failed = _failed_before_training(out)
+        if failed is not None:
+            raise RunError(f"{out} failed before its first epoch ({failed}); there is nothing to resume. Fix the "
+                           f"cause and run `msunet train --data DATA --out {out} ...` again: it replaces this run.")
         return
+    if out.exists() and _failed_before_training(out) is not None:
+        log.info("%s: replacing a run that failed before its first epoch", out)
+        shutil.rmtree(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             what = "an existing run" if marker.is_file() else "a folder that is not empty"
@@ -325,7 +343,20 @@ def train(
             "backend": keras.backend.backend(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "status": "running",
         })
-    run = config
+    try:
+        return _train(config, data_dir, run_dir, resume, state, verbose, callbacks)
+    except BaseException as err:
+        if read_state(run_dir) is None and (run_dir / "run.json").is_file():
+            # Nothing trained yet: say so in the run, so a corrected re-run may replace it.
+            info = json.loads((run_dir / "run.json").read_text())
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            info.update(status=status, error=f"{type(err).__name__}: {err}"[:2000])
+            write_json_atomic(run_dir / "run.json", info)
+        raise
+
+
+def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state: dict | None, verbose,
+           callbacks) -> TrainResult:
     keras.utils.set_random_seed(run.train.seed)
 
     # Data: a corrupt or unpaired file is reported and skipped, not fatal.
@@ -336,8 +367,8 @@ def train(
     val_samples = load_samples(splits["val"], run.data, run.model, problems)
     if problems:
         (run_dir / "problems.txt").write_text("".join(f"{path}\t{msg}\n" for path, msg in problems))
-        for path, msg in problems:
-            log.warning("skipped %s: %s", path, msg)
+        for path, msg in problems:  # messages usually start with the path already
+            log.warning("skipped %s", msg if msg.startswith(path) else f"{path}: {msg}")
     if not train_samples:
         raise DataError(f"{data_dir}: no usable training pairs ({len(problems)} problems, see {run_dir / 'problems.txt'}).")
     norm_path = run_dir / "normalization.json"

@@ -8,35 +8,11 @@ one with `@register_decoder("name")`; its name must also be listed in `msunet.co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from msunet.config import ConfigError, ModelConfig, close_matches
+from msunet.models.registry import Registry
 
 Features = dict  # {scale: KerasTensor}
-DecoderBuilder = Callable[[dict, ModelConfig], Features]
-DECODERS: dict[str, DecoderBuilder] = {}
-
-
-def register_decoder(name: str):
-    """Decorator registering a decoder builder under `name`."""
-
-    def register(builder: DecoderBuilder) -> DecoderBuilder:
-        if name in DECODERS:
-            raise ValueError(f"Decoder {name!r} is registered already (by {DECODERS[name].__module__}).")
-        DECODERS[name] = builder
-        return builder
-
-    return register
-
-
-def get_decoder(name: str) -> DecoderBuilder:
-    """The builder registered as `name`; an unknown name lists the valid ones and the closest."""
-    if name not in DECODERS:
-        raise ConfigError(
-            f"model.decoder={name!r} is not registered; valid: {', '.join(repr(n) for n in sorted(DECODERS))}."
-            f"{close_matches(name, DECODERS)}"
-        )
-    return DECODERS[name]
-
+DECODERS = Registry("decoder")
+register_decoder = DECODERS.register
+get_decoder = DECODERS.lookup
 
 from msunet.models.decoders import unet, unet3p, unetpp  # noqa: E402,F401  (registers the built-in decoders)

@@ -86,3 +86,28 @@ def test_inputs_sharing_a_stem_do_not_overwrite_each_other(loaded_run, tmp_path)
     write_tiff(inputs / "a.tif", np.full((20, 18, 3), 255, np.uint8))
     summary = predict(loaded_run, inputs, tmp_path / "out", overlay_images=False)
     assert {p.name for p in summary.written} == {"a_png.png", "a_png_s2.png", "a_tif.png", "a_tif_s2.png"}
+
+
+def test_a_bare_keras_file_gives_its_own_channels_classes_and_heads(tmp_path):
+    from msunet.config import ModelConfig
+    from msunet.models import build_model
+    from msunet.predict import load_run
+
+    cfg = ModelConfig(depth=3, filters=4, in_channels=1, num_classes=3, ds_heads=1, fused_head=True)
+    build_model(cfg).save(tmp_path / "model.keras")  # no config.json beside it
+    run = load_run(tmp_path / "model.keras")
+    assert (run.config.model.in_channels, run.config.model.num_classes) == (1, 3)
+    assert run.config.model.head_names == ("mask", "mask_s2", "mask_fused")
+
+
+def test_progress_redirected_to_a_file_has_no_carriage_returns(monkeypatch, capsys):
+    from msunet import cli
+
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
+    progress = cli._Progress(0)  # evaluate does not know the count: no "[1/0]"
+    for done in range(4):
+        progress("a.png", done, 3)
+    err = capsys.readouterr().err
+    assert err == "[1] a.png: 3 tiles\n"
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: False, raising=False)
+    assert cli._fit_verbosity("auto") == 2 and cli._fit_verbosity(1) == 1

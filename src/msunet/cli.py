@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out, config = args.out, _load_run_config(args)
     try:
         result = train(config, args.data, out, resume=bool(args.resume), overwrite=args.overwrite,
-                       verbose=args.verbose)
+                       verbose=_fit_verbosity(args.verbose))
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
         return 130
@@ -66,6 +66,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
     print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
     return 0
+
+
+def _fit_verbosity(verbose):
+    """Keras' per-step bar rewrites its line with carriage returns and colour codes: on a terminal
+    only; redirected to a file, "auto" means one line per epoch (verbose=2)."""
+    if verbose == "auto" and not sys.stdout.isatty():
+        return 2
+    return verbose
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -82,7 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from msunet.demo import run_demo
 
     print(f"msunet demo: generating synthetic data, training a small U-Net, predicting held-out images -> {args.out}/")
-    result = run_demo(args.out, multiclass=args.multiclass, overrides=args.set or [], verbose=args.verbose)
+    result = run_demo(args.out, multiclass=args.multiclass, overrides=args.set or [],
+                      verbose=_fit_verbosity(args.verbose))
     print(f"\ntrained {result.epochs_done} epochs in {result.train_seconds:.0f} s")
     print(f"Dice on {result.test_images} held-out images, by scale: "
           + ", ".join(f"{head} {dice:.3f}" for head, dice in result.dice.items()))
@@ -98,14 +107,20 @@ class _Progress:
 
     def __init__(self, total_files: int):
         self.total, self.index, self.name = total_files, 0, None
+        self.live = sys.stderr.isatty()  # redirected to a file: one line per image, no carriage returns
 
     def __call__(self, name: str, done: int, total: int) -> None:
         if name != self.name:
             self.name, self.index = name, self.index + 1
+        counter = f"[{self.index}/{self.total}] " if self.total else f"[{self.index}] "
+        if not self.live:
+            if done == total:
+                sys.stderr.write(f"{counter}{name}: {total} tiles\n")
+                sys.stderr.flush()
+            return
         width = 30
         filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r[{self.index}/{self.total}] {name[:40]:40} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} tiles")
+        sys.stderr.write(f"\r{counter}{name[:40]:40} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tiles")
         if done == total:
             sys.stderr.write("\n")
         sys.stderr.flush()

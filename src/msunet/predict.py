@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 
 import tifffile
 
-from msunet.config import RunConfig
-from msunet.heads import file_suffix, head_scale
+from msunet.config import ModelConfig, RunConfig
+from msunet.heads import file_suffix, head_name, head_scale, parse_head
 from msunet.data import Normalization, compute_normalization, to_unit_float
 from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, read_image, write_png, write_tiff
 from msunet.models import load_model, output_names, select_outputs
@@ -56,6 +56,16 @@ class LoadedRun:
     run_dir: pathlib.Path | None
 
 
+def model_config_from(model: keras.Model) -> ModelConfig:
+    """What a bare .keras file tells of its config: channels, classes and heads (read off the graph)."""
+    heads = [parse_head(name) for name in output_names(model)]
+    scales = [h.scale for h in heads if h.kind == "scale"]
+    mask = model.get_layer(head_name(1)).output
+    return ModelConfig(in_channels=int(model.inputs[0].shape[-1]), num_classes=int(mask.shape[-1]),
+                       depth=max(2, max(scales).bit_length()), deep_supervision=len(scales) > 1,
+                       ds_heads=len(scales) - 1, fused_head=any(h.kind == "fused" for h in heads))
+
+
 def load_run(path: str | os.PathLike, which: str = "best") -> LoadedRun:
     """Loads a run folder (its best/last model, config.json, normalization.json) or a .keras file.
 
@@ -75,7 +85,7 @@ def load_run(path: str | os.PathLike, which: str = "best") -> LoadedRun:
     if config_path.is_file():
         config = RunConfig.from_json(config_path)
     else:
-        config = RunConfig()
+        config = RunConfig(model=model_config_from(model))
     normalization = Normalization.from_json(norm_path) if norm_path.is_file() else Normalization("image")
     return LoadedRun(model, config, normalization, run_dir if config_path.is_file() else None)
 

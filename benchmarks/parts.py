@@ -33,9 +33,7 @@ COMBOS = {
     "resconv + unet": ["model.encoder=resconv"],
     "conv + unet + attention": ["model.attention=true"],
     "conv + unetpp": ["model.decoder=unetpp"],
-    "conv + unet3p": ["model.decoder=unet3p", "model.upsample=bilinear"],
-    "resconv + unetpp": ["model.encoder=resconv", "model.decoder=unetpp"],
-    "resconv + unet3p": ["model.encoder=resconv", "model.decoder=unet3p", "model.upsample=bilinear"],
+    "conv + unet3p": ["model.decoder=unet3p", "model.upsample=bilinear"],  # bilinear: as the paper
 }
 
 

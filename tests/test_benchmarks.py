@@ -20,6 +20,17 @@ def test_speed_harness_smoke(tmp_path):
     assert data["conv_ceiling_gflops"] > 0
 
 
+def test_parts_harness_smoke(tmp_path):
+    out = tmp_path / "parts.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parts.py"), "--smoke", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data["combos"]) >= {"conv + unet", "conv + unetpp", "conv + unet3p"}
+    for row in data["combos"].values():
+        assert row["parameters"] > 0 and row["gflop_per_image"] > 0 and row["train_img_s"]["median"] > 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Accuracy harness: its metrics, and a tiny end-to-end run on DRIVE when ../shared is there
 # --------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import shared_dataset
-from msunet.check import check_dataset, format_report, plan
+from msunet.check import check_dataset, format_report
 from msunet.config import RunConfig
 from msunet.synthetic import make_dataset
 
@@ -12,7 +12,7 @@ def test_good_folder(tmp_path):
     report = check_dataset(tmp_path)
     text = format_report(report)
     assert report.ok and report.usable == 6 and not report.problems
-    assert "48x64 (6)" in text and "suggested: data.patch_size=" in text and "OK: ready to train" in text
+    assert "48x64 (6)" in text and "data.patch_size=32  [data]" in text and "OK: ready to train" in text
 
 
 def test_broken_folder_lists_every_problem(tmp_path):
@@ -32,15 +32,6 @@ def test_untrainable_folder(tmp_path):
     make_dataset(tmp_path, count=2, size=(16, 16), seed=0)
     report = check_dataset(tmp_path, RunConfig().override(["model.in_channels=1"]))
     assert not report.ok and "NOT TRAINABLE" in format_report(report)
-
-
-def test_plan_is_sane():
-    suggestion, _ = plan((584, 565), thickness_p95=14, filters=32, memory=24 * 1024**3)
-    assert suggestion["patch_size"] == 256 and suggestion["depth"] == 4 and 1 <= suggestion["batch_size"] <= 16
-    small, _ = plan((40, 30), thickness_p95=5, filters=32, memory=24 * 1024**3)
-    assert small["patch_size"] == 32 and small["depth"] == 1
-    gpu, _ = plan((1024, 1024), thickness_p95=300, filters=32, memory=64 * 1024**3, accelerator=True)
-    assert gpu["patch_size"] == 1024
 
 
 def test_drive_report():

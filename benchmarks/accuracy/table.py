@@ -82,12 +82,14 @@ def parts_table(records: dict) -> None:
     scores without TTA, and the training throughput within the same budget (patches/s)."""
     for dataset, metrics in PART_METRICS.items():
         runs = {k: r for k, r in records.items() if k.startswith(f"{dataset}-parts-")}
+        runs = dict(sorted(runs.items(), key=lambda item: (not item[0].endswith("-parts-conv-unet"), item[0])))
         if not runs:
             continue
         print()
-        print(f"Model parts on {dataset} (no TTA):")
+        print(f"Model parts on {dataset} (scores without TTA unless marked):")
         print()
-        header = ["encoder + decoder", *[label for _, label in metrics], "steps in budget", "train patches/s"]
+        header = ["encoder + decoder", *[label for _, label in metrics], f"{metrics[-1][1]} + TTA", "steps in budget",
+                  "train patches/s"]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for key, record in runs.items():
@@ -96,7 +98,8 @@ def parts_table(records: dict) -> None:
             rate = fold["steps_done"] * batch / fold["time_spent_s"] if fold.get("time_spent_s") else 0.0
             name = key.removeprefix(f"{dataset}-parts-").replace("-att", " + attention").replace("-", " + ", 1)
             print("| " + " | ".join([name, *[_value(record, "plain", k) for k, _ in metrics],
-                                      str(fold["steps_done"]), f"{rate:.1f}"]) + " |")
+                                      _value(record, "tta", metrics[-1][0]), str(fold["steps_done"]),
+                                      f"{rate:.1f}"]) + " |")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out, config = args.out, _load_run_config(args)
     try:
         result = train(config, args.data, out, resume=bool(args.resume), overwrite=args.overwrite,
-                       verbose=_fit_verbosity(args.verbose))
+                       verbose=_fit_verbosity(args.verbose), user_keys=_user_keys(args))
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
         return 130
@@ -76,10 +76,18 @@ def _fit_verbosity(verbose):
     return verbose
 
 
+def _user_keys(args: argparse.Namespace) -> set[str]:
+    """The keys the user set on the command line (--config file, --set): the planner fills the rest."""
+    from msunet.config import read_json_source
+    from msunet.plan import user_keys_of
+
+    return user_keys_of(read_json_source(args.config) if args.config else None, args.set or [])
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from msunet.check import check_dataset, format_report
 
-    report = check_dataset(args.data, _load_run_config(args))
+    report = check_dataset(args.data, _load_run_config(args), user_keys=_user_keys(args))
     print(format_report(report))
     if not report.ok:
         return 1

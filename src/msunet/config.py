@@ -649,6 +649,8 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"RunConfig expects a mapping with sections {', '.join(SECTIONS)}.")
+        # A run's config.json also records where each value came from (msunet.plan); not a setting.
+        data = {k: v for k, v in data.items() if k != "sources"}
         unknown = [k for k in data if k not in SECTIONS]
         if unknown:
             raise ConfigError(
@@ -666,7 +668,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> RunConfig:
         data = read_json_source(source)
-        if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS):
+        if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS) and "sources" not in data:
             data = {"model": data}  # a bare ModelConfig file (examples/seed1.json) is a run's model section
         return cls.from_dict(data)
 

@@ -24,6 +24,7 @@ import os
 import pathlib
 import shutil
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -43,6 +44,7 @@ from msunet.data import (
     split_pairs,
 )
 from msunet.losses import deep_supervision_weights, segmentation_loss
+from msunet.plan import plan_run, survey
 from msunet.heads import metric_name, parse_head
 from msunet.metrics import SegmentationScore
 from msunet.models import build_model, logits_model
@@ -296,6 +298,8 @@ def train(
     overwrite: bool = False,
     verbose: str | int = "auto",
     callbacks: list | None = None,
+    user_keys: Iterable[str] | None = None,
+    plan: bool = True,
 ) -> TrainResult:
     """Trains a multi-scale U-Net on a folder of images and masks and writes a run folder.
 
@@ -314,6 +318,10 @@ def train(
         overwrite: replace an existing run folder.
         verbose: Keras `fit` verbosity ("auto" shows a progress bar per epoch).
         callbacks: extra Keras callbacks.
+        user_keys: the "section.field" keys the user set (the CLI passes its --config/--set keys); the
+            others are planned from the data (`msunet.plan`). None: the keys whose value differs from
+            the default count as set (all are planned when `config` is None).
+        plan: False trains with `config` exactly as given.
 
     Returns:
         A `TrainResult` with the run folder, epochs done, best validation Dice and metrics.
@@ -337,7 +345,16 @@ def train(
             config = RunConfig()
         if data_dir is None:
             raise DataError("No dataset folder given (--data DIR).")
-        config.to_json(run_dir / "config.json")
+        sources = None
+        if plan:
+            from msunet.check import has_accelerator
+
+            planned = plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator())
+            config, sources = planned.config, planned.to_json_dict()
+            for line in planned.format().splitlines():
+                log.info("%s", line)
+        write_text_atomic(run_dir / "config.json",
+                          json.dumps({**config.to_dict(), **({"sources": sources} if sources else {})}, indent=2) + "\n")
         write_json_atomic(run_dir / "run.json", {
             "data_dir": str(pathlib.Path(data_dir).resolve()), "msunet_version": __version__,
             "backend": keras.backend.backend(), "started": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -1,0 +1,333 @@
+"""The planner: data statistics (+ the device) -> every config value the user did not set.
+
+nnU-Net's idea for folders of 2-D images. `survey(data_dir, data_cfg)` reads each pair once and
+records what the files say (channels, sizes, the kind of every mask and its values or colours);
+`plan_run(survey, config, user_keys, accelerator)` derives, for each key the user did not set,
+a value with its source and reason:
+
+| key                        | derived from                                                    |
+|----------------------------|-----------------------------------------------------------------|
+| model.in_channels          | the images' channel count (the most common one)                 |
+| data.mask_encoding         | the masks: two values -> binary, class ids -> index, RGB -> palette |
+| data.palette               | the colours found (black, else the most frequent, is class 0)   |
+| model.num_classes          | 1 (binary), the largest class id + 1 (index), the colours (palette) |
+| data.ignore_label          | 255 next to small class ids (the VOC "void" convention)         |
+| data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
+| model.depth                | a bottleneck of about 16 px on the patch                        |
+| train.batch_size           | memory for the activations (at most 8 on a CPU)                 |
+| train.val_batches          | about 15% of an epoch's steps                                   |
+
+`msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
+`config.json` under `"sources"`: `{"model.in_channels": {"value": 1, "source": "data", "why": ...}}`.
+Sources are "user" (a `--set` or a config file), "data" (planned) or "default". This module never
+imports keras.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from msunet.config import DataConfig, RunConfig, SECTIONS
+from msunet.data import find_pairs
+from msunet.imageio import ImageReadError, read_image, read_mask
+
+BINARY_SETS = ({0, 255}, {0, 1})
+CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
+
+
+@dataclasses.dataclass
+class MaskInfo:
+    """What one mask file holds: its kind ("binary", "index", "palette") and values or colours."""
+
+    path: str
+    kind: str
+    values: tuple[int, ...]  # class ids (binary/index) or colour codes (palette), sorted
+
+    def describe(self) -> str:
+        if self.kind == "palette":
+            return f"colour (RGB) mask with {len(self.values)} colours"
+        return f"{self.kind} mask, values {_preview(self.values)}"
+
+
+@dataclasses.dataclass
+class Survey:
+    """What a dataset folder's files say, read once, before any config is applied."""
+
+    data_dir: pathlib.Path
+    pairs: int
+    channels: collections.Counter
+    sizes: list[tuple[int, int]]
+    masks: list[MaskInfo]
+    colour_pixels: collections.Counter  # colour code -> pixels (palette masks)
+    problems: list[tuple[str, str]]
+
+
+def _preview(values, limit: int = 8) -> str:
+    values = list(values)
+    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
+
+
+def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None) -> tuple[MaskInfo, collections.Counter]:
+    colours: collections.Counter = collections.Counter()
+    if raw.ndim == 3:
+        rgb = raw[..., :3].astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        found, counts = np.unique(code, return_counts=True)
+        colours.update(dict(zip(found.tolist(), counts.tolist())))
+        return MaskInfo(path, "palette", tuple(found.tolist())), colours
+    values = np.unique(raw)
+    if ignore_label is not None:
+        values = values[values != ignore_label]
+    ints = values.tolist()
+    if not np.issubdtype(values.dtype, np.integer) and not np.all(np.equal(np.mod(values, 1), 0)):
+        return MaskInfo(path, "float", tuple(ints[:16])), colours
+    ints = [int(v) for v in ints]
+    kind = "binary" if any(set(ints) <= s for s in BINARY_SETS) or (len(ints) == 2 and 0 in ints) else "index"
+    return MaskInfo(path, kind, tuple(ints)), colours
+
+
+def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> Survey:
+    """Reads every pair of `data_dir` once: channels and size of each image, kind and values of
+    each mask. Unreadable files are listed in `problems` (as training would skip them)."""
+    data_cfg = data_cfg or DataConfig()
+    index = find_pairs(data_dir, data_cfg)
+    problems = list(index.problems)
+    channels: collections.Counter = collections.Counter()
+    colours: collections.Counter = collections.Counter()
+    sizes, masks = [], []
+    for pair in index.pairs:
+        try:
+            image = read_image(pair.image, data_cfg.max_pixels)
+            raw = read_mask(pair.mask, data_cfg.max_pixels)
+        except (ImageReadError, OSError) as err:
+            problems.append((str(pair.image), str(err)))
+            continue
+        channels[int(image.shape[-1])] += 1
+        sizes.append(tuple(image.shape[:2]))
+        info, found = _mask_info(str(pair.mask), raw, data_cfg.ignore_label)
+        masks.append(info)
+        colours.update(found)
+    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Plan:
+    """The resolved config and, per key ("section.field"), its value, source and reason."""
+
+    config: RunConfig
+    sources: dict[str, dict[str, Any]]
+    notes: list[str]
+    disagreeing: list[tuple[str, str]]  # (mask file, what it is against the plan)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {key: dict(entry) for key, entry in sorted(self.sources.items())}
+
+    def format(self) -> str:
+        """The plan as lines for the terminal (what `msunet check` and `msunet train` print)."""
+        lines = ["plan (source: data = derived from the files, user = --set / --config, default):"]
+        for key, entry in sorted(self.sources.items()):
+            if entry["source"] == "default":
+                continue
+            why = f"  ({entry['why']})" if entry.get("why") else ""
+            lines.append(f"  {key}={_short(entry['value'])}  [{entry['source']}]{why}")
+        for path, what in self.disagreeing[:50]:
+            lines.append(f"  disagrees with the plan: {path}: {what}")
+        if len(self.disagreeing) > 50:
+            lines.append(f"  ... and {len(self.disagreeing) - 50} more masks that disagree")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = str(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def user_keys_of(config_data: dict | None = None, overrides: Iterable[str] = ()) -> set[str]:
+    """The "section.field" keys a user set: in a config file's JSON and in `key=value` overrides."""
+    keys = set()
+    if config_data:
+        sections = config_data if set(config_data) & set(SECTIONS) else {"model": config_data}
+        for section, fields in sections.items():
+            if isinstance(fields, dict):
+                keys |= {f"{section}.{name}" for name in fields}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if "." not in key:
+            owners = [s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            key = f"{owners[0]}.{key}" if len(owners) == 1 else key
+        keys.add(key)
+    return keys
+
+
+def non_default_keys(config: RunConfig) -> set[str]:
+    """Keys whose value differs from the default: what a Python caller's RunConfig set."""
+    default = RunConfig()
+    return {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(SECTIONS[s])
+            if getattr(getattr(config, s), f.name) != getattr(getattr(default, s), f.name)}
+
+
+def _patch_and_depth(sizes: list[tuple[int, int]], accelerator: bool) -> tuple[int, int, str]:
+    short = int(np.median([min(h, w) for h, w in sizes]))
+    cap = GPU_PATCH_CAP if accelerator else CPU_PATCH_CAP
+    patch = 2 ** int(math.floor(math.log2(max(min(short, cap), 16))))
+    depth = int(min(7, max(1, round(math.log2(patch / 16)))))
+    why = (f"median short side {short} px" + (f", capped at {cap} on a {'GPU' if accelerator else 'CPU'}"
+                                              if short > cap else ""))
+    return patch, depth, why
+
+
+def _activation_bytes(patch: int, filters: int, depth: int, convs: int = 2) -> float:
+    """Rough float32 activation memory of one training sample (kept for the backward pass)."""
+    total = 0.0
+    for level in range(depth + 1):
+        pixels, channels = (patch / 2**level) ** 2, filters * 2**level
+        total += pixels * (convs * 3 * channels * (2 if level < depth else 1) + (2 * channels if level < depth else 0))
+    return total * 4.0
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
+
+
+def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable[str] | None = None,
+             accelerator: bool = False, memory: int | None = None) -> Plan:
+    """Fills every key of `config` that is not in `user_keys` from the survey of the data.
+
+    Args:
+        found: `survey(data_dir)`.
+        config: the user's config (its user-set keys are kept as they are); defaults when None.
+        user_keys: "section.field" keys the user set; None: those that differ from the defaults.
+        accelerator: plan for a GPU (larger patch cap) instead of a CPU.
+        memory: bytes available for activations (default: this machine's available memory).
+
+    Returns:
+        A `Plan`; `plan.config` validates (it is a `RunConfig`).
+    """
+    config = config or RunConfig()
+    user = set(non_default_keys(config) if user_keys is None else user_keys)
+    values: dict[str, Any] = {}
+    why: dict[str, str] = {}
+    notes: list[str] = []
+    disagreeing: list[tuple[str, str]] = []
+
+    def derive(key: str, value: Any, reason: str) -> None:
+        if key not in user:
+            values[key], why[key] = value, reason
+
+    if found.channels:
+        channels, count = found.channels.most_common(1)[0]
+        derive("model.in_channels", channels,
+               f"{count} of {sum(found.channels.values())} images have {channels} channel(s)")
+        if len(found.channels) > 1:
+            notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
+                         "are skipped in training; convert them")
+    _plan_masks(found, config, user, derive, notes, disagreeing)
+    if found.sizes:
+        patch, depth, reason = _patch_and_depth(found.sizes, accelerator)
+        derive("data.patch_size", patch, reason)
+        derive("model.depth", depth, f"a bottleneck of ~16 px on a {patch} px patch")
+        patch = values.get("data.patch_size", config.data.patch_size)
+        depth = values.get("model.depth", config.model.depth)
+        budget = min((memory or available_memory_bytes()) * 0.5, 16 * 1024**3)
+        batch = int(max(1, min(16, budget // max(_activation_bytes(patch, config.model.filters, depth), 1))))
+        if not accelerator:
+            batch = min(batch, CPU_BATCH_CAP)
+        derive("train.batch_size", batch, "activation memory" + ("" if accelerator else f", at most {CPU_BATCH_CAP} on a CPU"))
+        if min(min(s) for s in found.sizes) < patch:
+            notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
+    steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
+    derive("train.val_batches", max(1, math.ceil(0.15 * steps)), "validation at about 15% of an epoch's steps")
+
+    resolved = _apply(config, values)
+    sources = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            source = "user" if key in user else "data" if key in values else "default"
+            entry = {"value": _jsonable(getattr(getattr(resolved, section), f.name)), "source": source}
+            if key in why:
+                entry["why"] = why[key]
+            sources[key] = entry
+    return Plan(resolved, sources, notes, disagreeing)
+
+
+def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes: list[str],
+                disagreeing: list[tuple[str, str]]) -> None:
+    if not found.masks:
+        return
+    kinds = collections.Counter(m.kind for m in found.masks)
+    if "data.mask_encoding" in user and config.data.mask_encoding != "auto":
+        kind = config.data.mask_encoding
+    else:
+        # Index masks that only hold 0/1 are binary too: a folder of index masks stays index.
+        kind = "index" if kinds.get("index") and kinds.get("binary") and _binary_are_01(found) else kinds.most_common(1)[0][0]
+    if kind == "float":
+        notes.append("masks hold non-integer values: save them as integer class ids (or 0/255)")
+        return
+    compatible = {"binary": {"binary"}, "index": {"index", "binary"}, "palette": {"palette"}}[kind]
+    for m in found.masks:
+        if m.kind not in compatible or (kind == "index" and m.kind == "binary" and set(m.values) - {0, 1}):
+            disagreeing.append((m.path, f"{m.describe()}; the plan reads masks as {kind}"))
+    if disagreeing:
+        notes.append(f"{len(disagreeing)} of {len(found.masks)} masks disagree with the plan ({kind}, the majority): "
+                     "training skips them; convert them or set data.mask_encoding")
+    derive("data.mask_encoding", kind, f"{kinds[kind]} of {len(found.masks)} masks are {kind}")
+    if kind == "binary":
+        derive("model.num_classes", 1, "binary masks: one sigmoid channel")
+    elif kind == "index":
+        odd = {path for path, _ in disagreeing}
+        ids = sorted({v for m in found.masks if m.kind in compatible and m.path not in odd for v in m.values})
+        ignore = config.data.ignore_label
+        if "data.ignore_label" not in user and 255 in ids and len(ids) > 2 and max(v for v in ids if v != 255) < 64:
+            derive("data.ignore_label", 255, "255 next to class ids 0.."
+                   f"{max(v for v in ids if v != 255)}: the 'void' convention (VOC); set data.ignore_label to change")
+            ignore = 255
+        classes = max(v for v in ids if v != ignore) + 1 if ids else 2
+        derive("model.num_classes", classes, f"class ids {_preview([v for v in ids if v != ignore])} found")
+    else:
+        colours = [c for c, _ in found.colour_pixels.most_common()]
+        first = 0 if 0 in colours else colours[0]
+        ordered = [first] + sorted(c for c in colours if c != first)
+        if "data.palette" in user and config.data.palette:
+            ordered = [(r << 16) | (g << 8) | b for r, g, b in config.data.palette]
+        else:
+            derive("data.palette", tuple((c >> 16, (c >> 8) & 255, c & 255) for c in ordered),
+                   f"{len(ordered)} colours found; class 0 is {'black' if first == 0 else 'the most frequent colour'}")
+        derive("model.num_classes", max(len(ordered), 2), f"{len(ordered)} colours")
+
+
+def _binary_are_01(found: Survey) -> bool:
+    return all(set(m.values) <= {0, 1} for m in found.masks if m.kind == "binary")
+
+
+def _apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    changes: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        section, _, field = key.partition(".")
+        changes[section][field] = value
+    return RunConfig(**{name: getattr(config, name).replace(**changes[name]) for name in SECTIONS})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -10,6 +10,7 @@ from msunet.cli import main
 from msunet.config import RunConfig
 from msunet.imageio import write_png, write_tiff
 from msunet.synthetic import make_dataset
+from msunet.plan import user_keys_of
 from msunet.train import RunError, train
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",
@@ -27,13 +28,14 @@ def test_a_run_that_failed_before_training_is_replaced_by_the_corrected_run(tmp_
     for image in (data / "images").iterdir():  # grayscale images: in_channels=3 cannot use them
         write_png(image, np.full((40, 36), 128, np.uint8))
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="no usable training pairs"):
-        train(RunConfig().override(TINY), data, out, verbose=0)
+    with pytest.raises(ValueError, match="no usable training pairs"):  # a wrong setting the planner must not undo
+        wrong = TINY + ["model.in_channels=3"]
+        train(RunConfig().override(wrong), data, out, verbose=0, user_keys=user_keys_of(None, wrong))
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "no usable training pairs" in info["error"]
     with pytest.raises(RunError, match="failed before its first epoch.*run `msunet train --data DATA --out"):
         train(None, None, out, resume=True, verbose=0)
-    result = train(RunConfig().override(TINY + ["model.in_channels=1"]), data, out, verbose=0)
+    result = train(RunConfig().override(TINY), data, out, verbose=0)  # the planner reads 1 channel
     assert result.epochs_done == 1
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     with pytest.raises(RunError, match="existing run"):  # a run that trained is never replaced silently

@@ -65,7 +65,10 @@ def test_two_epochs_lower_the_loss_and_write_the_run(synth, tmp_path):
     assert {"dice", "dice_s2", "iou", "val_dice", "val_dice_s2"} <= set(rows[0])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["heads"]) == {"mask", "mask_s2"} and "dice_per_class" in metrics["heads"]["mask"]
-    assert RunConfig.from_json(tmp_path / "run" / "config.json") == run
+    saved = RunConfig.from_json(tmp_path / "run" / "config.json")  # what was set, plus what the planner filled
+    assert saved.model == run.model
+    assert saved.train.replace(val_batches=0) == run.train and saved.data.replace(mask_encoding="auto") == run.data
+    assert (saved.data.mask_encoding, saved.train.val_batches) == ("binary", 1)
     assert result.epochs_done == 2
     loaded = keras.saving.load_model(tmp_path / "run" / "best.keras")
     out = loaded(np.zeros((1, 33, 35, 3), np.float32))

@@ -9,23 +9,24 @@ import pytest
 from helpers import ROOT
 
 
-def test_speed_harness_smoke(tmp_path):
-    out = tmp_path / "speed.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--smoke", "--out", str(out)],
+def _smoke(script: str, tmp_path) -> dict:
+    """Runs benchmarks/SCRIPT --smoke and returns its JSON output."""
+    out = tmp_path / f"{script}.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_speed_harness_smoke(tmp_path):
+    data = _smoke("speed.py", tmp_path)
     assert data["smoke"] and data["throughput"]["train"]["msunet"]["median"] > 0
     assert data["throughput"]["tiled_mpx_per_s"]["msunet_predict_tiled"]["median"] > 0
     assert data["conv_ceiling_gflops"] > 0
 
 
 def test_parts_harness_smoke(tmp_path):
-    out = tmp_path / "parts.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parts.py"), "--smoke", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data = _smoke("parts.py", tmp_path)
     assert set(data["combos"]) >= {"conv + unet", "conv + unetpp", "conv + unet3p"}
     for row in data["combos"].values():
         assert row["parameters"] > 0 and row["gflop_per_image"] > 0 and row["train_img_s"]["median"] > 0

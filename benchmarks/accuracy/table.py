@@ -71,7 +71,7 @@ def main() -> None:
 
 
 PART_METRICS = {  # dataset -> (key, label) columns of the model-parts table
-    "drive": [("f1_pooled", "F1 in FOV"), ("auc_pooled", "AUC")],
+    "drive": [("auc_pooled", "AUC"), ("f1_pooled", "F1 in FOV")],
     "dsb2018-nuclei": [("dice_mean", "Dice"), ("iou_mean", "IoU"), ("object_f1", "object F1")],
     "camvid": [("miou_pooled", "mIoU"), ("global_accuracy", "global acc.")],
 }

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from msunet.config import DataConfig, RunConfig, SECTIONS
+from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable
 from msunet.data import find_pairs
 from msunet.imageio import ImageReadError, read_image, read_mask
 
@@ -254,8 +254,8 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("train.batch_size", batch, "activation memory" + ("" if accelerator else f", at most {CPU_BATCH_CAP} on a CPU"))
         if min(min(s) for s in found.sizes) < patch:
             notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
-    steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
-    derive("train.val_batches", max(1, math.ceil(0.15 * steps)), "validation at about 15% of an epoch's steps")
+    derive("train.val_batches", max(1, math.ceil(0.15 * config.train.steps_per_epoch)),
+           "validation at about 15% of an epoch's steps")
 
     resolved = _apply(config, values)
     sources = {}
@@ -325,9 +325,3 @@ def _apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
         section, _, field = key.partition(".")
         changes[section][field] = value
     return RunConfig(**{name: getattr(config, name).replace(**changes[name]) for name in SECTIONS})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    return value

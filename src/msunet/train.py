@@ -353,8 +353,7 @@ def train(
             config, sources = planned.config, planned.to_json_dict()
             for line in planned.format().splitlines():
                 log.info("%s", line)
-        write_text_atomic(run_dir / "config.json",
-                          json.dumps({**config.to_dict(), **({"sources": sources} if sources else {})}, indent=2) + "\n")
+        write_json_atomic(run_dir / "config.json", {**config.to_dict(), **({"sources": sources} if sources else {})})
         write_json_atomic(run_dir / "run.json", {
             "data_dir": str(pathlib.Path(data_dir).resolve()), "msunet_version": __version__,
             "backend": keras.backend.backend(), "started": datetime.datetime.now().isoformat(timespec="seconds"),

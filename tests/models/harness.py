@@ -8,12 +8,12 @@ of `msunet.models`; `ARCHITECTURES` lists the combinations `test_architectures.p
 from __future__ import annotations
 
 import itertools
-import math
 import pathlib
 
 import keras
 import numpy as np
 
+from helpers import expected_shapes
 from msunet.config import ModelConfig, RunConfig, TrainConfig
 from msunet.data import batch_targets
 from msunet.heads import parse_head
@@ -46,10 +46,6 @@ def small_config(combo: dict, **overrides) -> ModelConfig:
     base = dict(depth=3, filters=4, num_classes=2, fused_head=True, precision="float32", **combo)
     base.update(overrides)
     return ModelConfig(**base)
-
-
-def expected_shapes(cfg: ModelConfig, height: int, width: int, batch: int = 1) -> dict[str, tuple]:
-    return {h.name: (batch, math.ceil(height / h.scale), math.ceil(width / h.scale), cfg.num_classes) for h in cfg.heads}
 
 
 def _numpy(outputs) -> dict[str, np.ndarray]:

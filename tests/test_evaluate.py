@@ -80,7 +80,7 @@ def test_folders_multiclass_with_ignore_and_scales(tmp_path):
         write(tmp_path / "gt" / f"im{i}.png", truth)
         write(tmp_path / "pred" / f"im{i}.png", pred)
         write(tmp_path / "pred" / f"im{i}_s2.png", pred[::2, ::2])
-    (tmp_path / "pred" / "im3.png").write_bytes(b"x")  # no ground truth: not listed; unreadable anyway
+    (tmp_path / "pred" / "im3.png").write_bytes(b"x")  # no ground truth: listed, not scored
     result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "out", num_classes=3,
                               data_cfg=DataConfig(ignore_label=11))
     with open(tmp_path / "out" / "metrics.csv") as fh:
@@ -91,7 +91,7 @@ def test_folders_multiclass_with_ignore_and_scales(tmp_path):
     assert 0.6 < summary["overall"]["dice_mean"] < 1
     page = (tmp_path / "out" / "report.html").read_text()
     assert "id='summary'" in page and "id='bars'" in page and "id='cases'" in page and "data:image/png;base64" in page
-    assert result.problems == []
+    assert result.problems == [("im3", "a prediction with no ground truth (not scored)")]
     # Class 0 as a real class (CamVid's sky): scored and averaged when asked.
     with_bg = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "out0", num_classes=3,
                                data_cfg=DataConfig(ignore_label=11), include_background=True)

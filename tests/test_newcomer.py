@@ -10,7 +10,7 @@ from msunet.cli import main
 from msunet.config import RunConfig
 from msunet.imageio import write_png, write_tiff
 from msunet.synthetic import make_dataset
-from msunet.plan import user_keys_of
+from msunet.config import user_keys_of
 from msunet.train import RunError, train
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",
@@ -113,3 +113,69 @@ def test_progress_redirected_to_a_file_has_no_carriage_returns(monkeypatch, caps
     assert err == "[1] a.png: 3 tiles\n"
     monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: False, raising=False)
     assert cli._fit_verbosity("auto") == 2 and cli._fit_verbosity(1) == 1
+
+
+def test_evaluate_without_split_csv_scores_the_held_out_images_and_says_so(tmp_path, caplog):
+    """It used to score every image, training images included, and say so only in summary.json."""
+    from msunet.data import find_pairs, split_pairs
+    from msunet.evaluate import choose_split
+
+    data = make_dataset(tmp_path / "data", count=10, size=(24, 24), seed=2)
+    cfg = RunConfig().data
+    stems, split, note = choose_split(data, cfg, None)
+    index_val = sorted(p.name for p in split_pairs(find_pairs(data, cfg), cfg)["val"])
+    assert split == "val" and stems == index_val and 0 < len(stems) < 10  # the run's own held-out draw
+    assert "no split.csv" in note and "optimistic" in note
+    stems, split, note = choose_split(data, cfg, "all")
+    assert len(stems) == 10 and "trained on" in note
+    (data / "split.csv").write_text("name,split\nsynth_000,test\n")
+    assert choose_split(data, cfg, None) == (["synth_000"], "test", "")
+    with pytest.raises(ValueError, match="split must be one of"):
+        choose_split(data, cfg, "tset")
+
+
+def test_evaluate_folders_lists_predictions_without_ground_truth(tmp_path):
+    from msunet.evaluate import evaluate_folders
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    for name in ("a", "b"):
+        write_png(tmp_path / "gt" / f"{name}.png", mask)
+    for name in ("a", "a_s2", "b", "b_overlay", "stray", "stray_s2"):
+        write_png(tmp_path / "pred" / f"{name}.png", mask if "_" not in name else mask[::2, ::2])
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "out")
+    assert result.problems == [("stray", "a prediction with no ground truth (not scored)"),
+                               ("stray_s2", "a prediction with no ground truth (not scored)")]
+    assert result.summary["images"] == 2
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tile", "0", "tile size"), ("--overlap", "1.5", "overlap"), ("--batch", "0", "batch size"),
+    ("--threshold", "2", "threshold"),
+])
+def test_invalid_tiling_options_are_one_usage_error(tmp_path, capsys, option, value, message):
+    inputs = tmp_path / "in"
+    for i in range(3):
+        write_png(inputs / f"{i}.png", np.zeros((8, 8, 3), np.uint8))
+    argv = ["predict", "--model", str(tmp_path / "no-run"), "--input", str(inputs), "--out", str(tmp_path / "o"),
+            option, value]
+    assert main(argv) == 2  # before the model is even loaded: once, not once per image
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+def test_training_dice_counts_the_background_as_evaluate_does(include_background):
+    """Training-time Dice ignored train.include_background while evaluate honoured it."""
+    from msunet.models import build_model
+    from msunet.train import MultiScaleTrainer
+
+    run = RunConfig().override(["model.depth=1", "model.filters=2", "model.num_classes=3",
+                                f"train.include_background={str(include_background).lower()}"])
+    trainer = MultiScaleTrainer(build_model(run.model), run)
+    assert {s.include_background for s in trainer.scores} == {include_background}
+    score = trainer.scores[0]
+    score.tp.assign([10.0, 0.0, 5.0])  # class 0 perfect, class 1 all wrong, class 2 perfect
+    score.fp.assign([0.0, 5.0, 0.0])
+    score.fn.assign([0.0, 5.0, 0.0])
+    assert float(score.result()) == pytest.approx(2 / 3 if include_background else 0.5)

@@ -90,7 +90,9 @@ def test_predict_cli_exit_codes(tmp_path, capsys):
 def test_streamed_output_for_huge_images(loaded_run, tmp_path, monkeypatch):
     import tifffile
 
-    from msunet import predict as predict_module
+    import importlib
+
+    predict_module = importlib.import_module("msunet.predict")  # `msunet.predict` is the function
 
     monkeypatch.setattr(predict_module, "STREAM_PIXELS", 1000)  # pretend 64x80 is huge
     image = (np.random.default_rng(2).random((64, 80, 3)) * 255).astype(np.uint8)

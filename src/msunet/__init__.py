@@ -1,56 +1,92 @@
 """msunet: multi-scale U-Net segmentation for Keras 3.
 
-`import msunet` registers msunet's Keras layers, so saved models reload with plain
-`keras.saving.load_model(path)` (no `custom_objects`), as with keras-hub.
+Public API, as functions (each also a command of the `msunet` CLI, with the same arguments):
 
-Public API:
-    ModelConfig, ConfigError            configuration (msunet.config)
-    build_model                         encoder -> decoder -> heads (msunet.models)
-    logits_model, select_outputs        views of a built model sharing its weights
-    output_names                        a model's outputs in canonical order
-    seed_example                        the seed snippets' intended architectures, fixed
-    load_model                          `keras.saving.load_model` with clear errors
-    train                               train(config, data_dir, out_dir) -> run folder (msunet.train)
-    check_dataset                       validate and plan a dataset folder (msunet.check)
-    run_demo                            the demo (msunet.demo)
-    RunConfig, DataConfig, TrainConfig  the other config sections
+    train(config, data_dir, out_dir, ...)     -> TrainResult      msunet train --data --out
+    check(data_dir, config=None, ...)          -> CheckReport      msunet check DATA
+    predict(model, inputs, out_dir, ...)       -> PredictSummary   msunet predict --model --input --out
+    evaluate(model, data_dir, out_dir, ...)    -> EvaluationResult msunet evaluate --model --data --out
+    evaluate(pred_dir=, gt_dir=, out_dir=)     (scores mask folders: msunet evaluate --pred --gt)
+    run_demo(out_dir, ...)                                         msunet demo
+
+`config` is a `RunConfig`, a dict, a JSON file or None, and `overrides=["train.epochs=5", ...]`
+are `--set`; whatever is left unset is planned from the data (`msunet.plan`).
+
+Models: build_model, load_model, logits_model, select_outputs, output_names, seed_example; and
+the configuration classes ModelConfig, RunConfig, DataConfig, TrainConfig, ConfigError.
+
+`import msunet` is cheap: it imports no keras (names are loaded on first use) and `msunet --help`
+starts no TensorFlow. It does arrange for msunet's layers to be registered the moment keras is
+imported, so saved models reload with plain `keras.saving.load_model(path)` and no
+`custom_objects` (as with keras-hub).
+
+`msunet.train`, `msunet.predict`, `msunet.evaluate` and `msunet.check` are always these functions;
+their modules stay importable by name: `from msunet.predict import load_run`, or
+`importlib.import_module("msunet.predict")` for the module itself (`from msunet import predict`
+gives the function).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"
 
-from msunet._backend import import_keras_quietly
+# name -> (module, attribute): loaded on first use, so that `import msunet` imports no keras.
+_LAZY = {
+    "train": ("msunet.train", "train"),
+    "check": ("msunet.check", "check_dataset"),
+    "predict": ("msunet.predict", "predict"),
+    "evaluate": ("msunet.evaluate", "evaluate"),
+    "run_demo": ("msunet.demo", "run_demo"),
+    "check_dataset": ("msunet.check", "check_dataset"),
+    "ConfigError": ("msunet.config", "ConfigError"),
+    "DataConfig": ("msunet.config", "DataConfig"),
+    "ModelConfig": ("msunet.config", "ModelConfig"),
+    "RunConfig": ("msunet.config", "RunConfig"),
+    "TrainConfig": ("msunet.config", "TrainConfig"),
+    "build_model": ("msunet.models", "build_model"),
+    "load_model": ("msunet.models", "load_model"),
+    "logits_model": ("msunet.models", "logits_model"),
+    "output_names": ("msunet.models", "output_names"),
+    "seed_example": ("msunet.models", "seed_example"),
+    "select_outputs": ("msunet.models", "select_outputs"),
+}
+# Public functions that share their name with a module of the package.
+_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"train", "check", "predict", "evaluate"})
 
-import_keras_quietly()
+__all__ = sorted(_LAZY) + ["__version__"]
 
-from msunet.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from msunet.models import (  # noqa: E402
-    build_model,
-    load_model,
-    logits_model,
-    output_names,
-    seed_example,
-    select_outputs,
-)
-from msunet.check import check_dataset  # noqa: E402
-from msunet.demo import run_demo  # noqa: E402
-from msunet.train import train  # noqa: E402  (binds msunet.train to the function; the module stays importable)
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "RunConfig",
-    "TrainConfig",
-    "check_dataset",
-    "run_demo",
-    "train",
-    "__version__",
-    "build_model",
-    "load_model",
-    "logits_model",
-    "output_names",
-    "seed_example",
-    "select_outputs",
-]
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'msunet' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module_name), attribute)
+    if name not in _FUNCTIONS_NAMED_LIKE_MODULES:
+        globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps `msunet.train`, `msunet.predict`, ... the public functions: Python's import system binds
+    a submodule to its package's attribute of the same name after importing it (`msunet.predict`
+    would become the module the first time anything imports it)."""
+
+    def __setattr__(self, name, value):
+        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+from msunet._backend import install_keras_hook  # noqa: E402
+
+install_keras_hook()

@@ -11,12 +11,12 @@ import collections
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import RunConfig
+from msunet.config import RunConfig, resolve_run_config
 from msunet.data import IGNORE, DataError, find_pairs, load_samples, split_pairs
 from msunet.plan import Plan, plan_run, survey
 
@@ -53,19 +53,26 @@ def has_accelerator() -> bool:
         return False
 
 
-def check_dataset(data_dir: str | os.PathLike, config: RunConfig | None = None,
-                  user_keys: Iterable[str] | None = None) -> CheckReport:
+def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str | os.PathLike | None = None,
+                  overrides: Iterable[str] = (), user_keys: Iterable[str] | None = None) -> CheckReport:
     """Validates, describes and plans a dataset folder; never raises for per-file problems (they are listed).
+
+    `msunet.check(data_dir, config=None, overrides=())` is this function (the CLI's `msunet check`).
 
     Args:
         data_dir: the dataset folder.
-        config: the user's config; keys the user did not set are planned from the data (`msunet.plan`).
-        user_keys: the "section.field" keys the user set; None: those that differ from the defaults.
+        config: the user's config (a `RunConfig`, a dict, a JSON file or None); keys the user did not
+            set are planned from the data (`msunet.plan`), as `msunet.train` plans them.
+        overrides: `key=value` strings, as `--set`.
+        user_keys: the "section.field" keys the user set; None: those written in `config` and
+            `overrides` (for a `RunConfig`, the ones that differ from the defaults).
 
     Raises:
         DataError: the folder itself is unusable (missing, no images/, no masks/).
     """
-    the_plan = plan_run(survey(data_dir, (config or RunConfig()).data), config, user_keys, has_accelerator())
+    config, written = resolve_run_config(config, overrides)
+    user_keys = written if user_keys is None else user_keys
+    the_plan = plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator())
     config = the_plan.config
     index = find_pairs(data_dir, config.data)
     problems = list(index.problems)

@@ -38,13 +38,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_config(args: argparse.Namespace):
-    from msunet.config import RunConfig
-
-    config = RunConfig.from_json(args.config) if args.config else RunConfig()
-    return config.override(args.set or [])
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from msunet.train import train
 
@@ -55,10 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.data or not args.out:
             raise ValueError("train needs --data DIR and --out RUN (or --resume RUN to continue a run).")
-        out, config = args.out, _load_run_config(args)
+        out, config = args.out, args.config
     try:
-        result = train(config, args.data, out, resume=bool(args.resume), overwrite=args.overwrite,
-                       verbose=_fit_verbosity(args.verbose), user_keys=_user_keys(args))
+        result = train(config, args.data, out, overrides=args.set or [], resume=bool(args.resume),
+                       overwrite=args.overwrite, verbose=_fit_verbosity(args.verbose))
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
         return 130
@@ -76,18 +69,10 @@ def _fit_verbosity(verbose):
     return verbose
 
 
-def _user_keys(args: argparse.Namespace) -> set[str]:
-    """The keys the user set on the command line (--config file, --set): the planner fills the rest."""
-    from msunet.config import read_json_source
-    from msunet.plan import user_keys_of
-
-    return user_keys_of(read_json_source(args.config) if args.config else None, args.set or [])
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from msunet.check import check_dataset, format_report
 
-    report = check_dataset(args.data, _load_run_config(args), user_keys=_user_keys(args))
+    report = check_dataset(args.data, args.config, overrides=args.set or [])
     print(format_report(report))
     if not report.ok:
         return 1
@@ -166,9 +151,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model:
         if not args.data or args.pred or args.gt:
             raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")
+        progress = None if args.quiet else _Progress(0)  # counts images as they come (the split is chosen inside)
         result = evaluate_run(args.model, args.data, args.out, split=args.split, tta=args.tta, roi_dir=args.roi,
-                              distances=not args.no_distances,
-                              progress=None if args.quiet else _Progress(0))
+                              distances=not args.no_distances, progress=progress)
+        print(f"split: {result.summary['split']}" + (f" ({result.summary['split_note']})"
+                                                       if result.summary.get("split_note") else ""))
     else:
         if not (args.pred and args.gt):
             raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")
@@ -247,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ... per image, class and scale, and an HTML report")
     p.add_argument("--model", help="run folder: predict --data's test split, then score it")
     p.add_argument("--data", help="dataset folder (with --model)")
-    p.add_argument("--split", help="split to evaluate with --model (default: test, else val, else all)")
+    p.add_argument("--split", choices=("test", "val", "train", "all"),
+                   help="split to evaluate with --model (default: test, else the held-out val, else all)")
     p.add_argument("--pred", help="folder of predicted masks (NAME.png, NAME_s2.png, ...)")
     p.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
     p.add_argument("--images", help="folder of the images, for the report's overlays (with --pred)")

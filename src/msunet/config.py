@@ -701,3 +701,56 @@ class RunConfig:
                 section, field = owners[0], key
             grouped[section].append(f"{field}={value}")
         return RunConfig(**{name: getattr(self, name).override(grouped[name]) for name in SECTIONS})
+
+
+def user_keys_of(config_data: dict | None = None, overrides: Iterable[str] = ()) -> set[str]:
+    """The "section.field" keys a user set: in a config file's JSON and in `key=value` overrides."""
+    keys = set()
+    if config_data and isinstance(config_data.get("sources"), Mapping):
+        # A run's config.json: what that run's user set stays set; what was planned is planned anew.
+        keys = {k for k, entry in config_data["sources"].items()
+                if isinstance(entry, Mapping) and entry.get("source") == "user"}
+    elif config_data:
+        sections = config_data if set(config_data) & set(SECTIONS) else {"model": config_data}
+        for section, fields in sections.items():
+            if isinstance(fields, dict):
+                keys |= {f"{section}.{name}" for name in fields}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if "." not in key:
+            owners = [s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            key = f"{owners[0]}.{key}" if len(owners) == 1 else key
+        keys.add(key)
+    return keys
+
+
+def non_default_keys(config: RunConfig) -> set[str]:
+    """Keys whose value differs from the default: what a Python caller's RunConfig set."""
+    default = RunConfig()
+    return {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(SECTIONS[s])
+            if getattr(getattr(config, s), f.name) != getattr(getattr(default, s), f.name)}
+
+
+def resolve_run_config(config: RunConfig | Mapping | str | os.PathLike | None = None,
+                       overrides: Iterable[str] = ()) -> tuple[RunConfig, set[str]]:
+    """A run config from any of the forms the public functions take, and the keys the user set.
+
+    `config`: a `RunConfig` (its non-default values count as set), a dict or a JSON file (run
+    sections, or a bare model section; the keys written there count as set), or None (defaults).
+    `overrides`: `key=value` strings, as `--set` (they count as set and win).
+    """
+    overrides = list(overrides or [])
+    if isinstance(config, RunConfig):
+        return config.override(overrides), non_default_keys(config) | user_keys_of(None, overrides)
+    if config is None:
+        data = None
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        data = read_json_source(config)
+    else:
+        raise ConfigError(f"config must be a RunConfig, a dict, a JSON file or None, not {type(config).__name__}.")
+    if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS) and "sources" not in data:
+        data = {"model": data}  # a bare model section (examples/seed1.json)
+    base = RunConfig() if data is None else RunConfig.from_dict(data)
+    return base.override(overrides), user_keys_of(data, overrides)

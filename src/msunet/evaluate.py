@@ -27,6 +27,7 @@ import dataclasses
 import html
 import io
 import json
+import logging
 import math
 import os
 import pathlib
@@ -36,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from msunet.config import DataConfig, write_text_atomic
-from msunet.data import IGNORE, decode_mask, downsample_target, one_hot_target, read_split
+from msunet.data import IGNORE, decode_mask, downsample_target, find_pairs, one_hot_target, split_pairs
 from msunet.heads import head_from_suffix
 from msunet.imageio import is_image_file, read_image, read_mask
 
@@ -48,6 +49,7 @@ CONVENTIONS = {
                  "MSD = mean of all boundary-to-boundary distances in both directions",
     "pooled": "scores from counts summed over all images (dataset-level), as vessel papers report",
 }
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,6 +132,19 @@ def _pred_to_classes(raw: np.ndarray, num_classes: int) -> np.ndarray:
     if raw.ndim == 3:
         raw = raw[..., 0]
     return (raw > 0).astype(np.int16) if num_classes == 1 else raw.astype(np.int16)
+
+
+def _predictions_without_truth(pred_dir: pathlib.Path, truth_stems: set[str]) -> list[str]:
+    """Stems of predicted masks that neither are a ground-truth stem nor extend one (`NAME_s2`, ...)."""
+    lonely = []
+    for path in sorted(pred_dir.iterdir()):
+        if not is_image_file(path) or path.stem in truth_stems:
+            continue
+        stem = path.stem
+        prefixes = (stem[:i] for i, char in enumerate(stem) if char == "_")
+        if not any(prefix in truth_stems for prefix in prefixes):
+            lonely.append(stem)
+    return lonely
 
 
 def evaluate_folders(
@@ -216,6 +231,9 @@ def evaluate_folders(
                                target[..., [channel, -1]])
                 rows.append({"image": stem, "class": cls, "scale": scale, **sd})
         pictures[stem] = (pred_path, gt_path)
+    if names is None:
+        problems += [(stem, "a prediction with no ground truth (not scored)")
+                     for stem in _predictions_without_truth(pred_dir, set(stems))]
     if not rows:
         raise ValueError(f"No image could be scored: {len(problems)} problem(s), e.g. {problems[:3]}.")
     summary = summarize(rows, classes, num_classes)
@@ -394,6 +412,59 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
 # --------------------------------------------------------------------------------------------------
 # Run + data
 # --------------------------------------------------------------------------------------------------
+SPLITS = ("test", "val", "train", "all")
+
+
+def choose_split(data: pathlib.Path, data_cfg: DataConfig, split: str | None) -> tuple[list[str], str, str]:
+    """The image stems to score: (stems, split, a note to show the user or "").
+
+    The split is the one training used (`split.csv`, else the seeded `data.val_fraction` of the
+    pairs, as `split_pairs` draws it). Default: test, else val (held out from training, though it
+    chose the best epoch), else all, which includes the training images: the note says so.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, received {split!r}.")
+    index = find_pairs(data, data_cfg)
+    splits = {name: sorted(p.name for p in pairs) for name, pairs in split_pairs(index, data_cfg).items()}
+    splits["all"] = sorted(p.name for p in index.pairs)
+    has_csv = (data / "split.csv").is_file()
+    note = ""
+    if split is None:
+        split = next((s for s in ("test", "val") if splits[s]), "all")
+        if split == "val" and not has_csv:
+            note = (f"{data}: no split.csv; scoring the {len(splits['val'])} validation images the run held out "
+                    f"(seeded data.val_fraction={data_cfg.val_fraction}); they chose its best epoch, so scores lean "
+                    "optimistic. Give held-out images the label test in split.csv for an unbiased score.")
+    if split in ("all", "train"):
+        note = (f"{data}: scoring split {split!r} ({len(splits[split])} images), which includes images the model "
+                "was trained on: the scores are optimistic. Label held-out images test in split.csv "
+                "(name,split) and evaluate those.")
+    if not splits[split]:
+        raise ValueError(f"{data}: no images in split {split!r}"
+                         + (" (split.csv)." if has_csv else "; without split.csv only val and all exist."))
+    return splits[split], split, note
+
+
+def evaluate(model=None, data_dir=None, out_dir=None, *, pred_dir=None, gt_dir=None, **options) -> EvaluationResult:
+    """`msunet.evaluate`: scores a run on a dataset, or a folder of predicted masks.
+
+    - `evaluate(model, data_dir, out_dir, split=None, tta=False, ...)`: predicts the dataset's test
+      split (else the held-out val, else all, with a warning) with the run, then scores it
+      (`evaluate_run`; the CLI's `msunet evaluate --model RUN --data DIR --out OUT`).
+    - `evaluate(pred_dir=..., gt_dir=..., out_dir=..., num_classes=1, ...)`: scores existing masks
+      (`evaluate_folders`; `msunet evaluate --pred P --gt G --out OUT`).
+    """
+    if out_dir is None:
+        raise ValueError("evaluate needs out_dir, the folder for metrics.csv, summary.json and report.html.")
+    if pred_dir is not None or gt_dir is not None:
+        if model is not None or data_dir is not None or pred_dir is None or gt_dir is None:
+            raise ValueError("evaluate takes model and data_dir, or pred_dir and gt_dir (not a mix).")
+        return evaluate_folders(pred_dir, gt_dir, out_dir, **options)
+    if model is None or data_dir is None:
+        raise ValueError("evaluate takes model and data_dir, or pred_dir and gt_dir.")
+    return evaluate_run(model, data_dir, out_dir, **options)
+
+
 def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str | None = None,
                  tta: bool = False, tile_size: int | None = None, roi_dir: str | os.PathLike | None = None,
                  distances: bool = True, progress=None) -> EvaluationResult:
@@ -405,13 +476,9 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     data = pathlib.Path(data_dir)
-    labels = read_split(data)
-    stems = sorted(p.stem for p in (data / "images").iterdir() if is_image_file(p))
-    if split is None:
-        split = next((s for s in ("test", "val") if any(labels.get(n) == s for n in stems)), "all")
-    chosen = stems if split == "all" else [n for n in stems if labels.get(n) == split]
-    if not chosen:
-        raise ValueError(f"{data}: no images in split {split!r} (split.csv).")
+    chosen, split, split_note = choose_split(data, loaded.config.data, split)
+    if split_note:
+        log.warning("%s", split_note)
     out = pathlib.Path(out_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -429,6 +496,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
                               run_dir=loaded.run_dir, distances=distances,
                               include_background=loaded.config.train.include_background)
     result.summary["split"] = split
+    result.summary["split_note"] = split_note
     result.summary["prediction_failures"] = [{"image": p, "reason": r} for p, r in summary.failed]
     write_text_atomic(out / "summary.json", json.dumps(_finite(result.summary), indent=2) + "\n")
     return result

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable
+from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
 from msunet.data import find_pairs
 from msunet.imageio import ImageReadError, read_image, read_mask
 
@@ -152,30 +152,6 @@ class Plan:
 def _short(value: Any) -> str:
     text = str(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def user_keys_of(config_data: dict | None = None, overrides: Iterable[str] = ()) -> set[str]:
-    """The "section.field" keys a user set: in a config file's JSON and in `key=value` overrides."""
-    keys = set()
-    if config_data:
-        sections = config_data if set(config_data) & set(SECTIONS) else {"model": config_data}
-        for section, fields in sections.items():
-            if isinstance(fields, dict):
-                keys |= {f"{section}.{name}" for name in fields}
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if "." not in key:
-            owners = [s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
-            key = f"{owners[0]}.{key}" if len(owners) == 1 else key
-        keys.add(key)
-    return keys
-
-
-def non_default_keys(config: RunConfig) -> set[str]:
-    """Keys whose value differs from the default: what a Python caller's RunConfig set."""
-    default = RunConfig()
-    return {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(SECTIONS[s])
-            if getattr(getattr(config, s), f.name) != getattr(getattr(default, s), f.name)}
 
 
 def _patch_and_depth(sizes: list[tuple[int, int]], accelerator: bool) -> tuple[int, int, str]:

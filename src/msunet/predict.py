@@ -260,6 +260,19 @@ def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streame
     return paths
 
 
+def check_tiling_args(tile_size, overlap, batch_size, threshold=0.5) -> None:
+    """Raises one ValueError naming the option and the valid range (once, not once per image)."""
+    if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer))
+                                  or tile_size < 1):
+        raise ValueError(f"tile size (--tile) must be a positive number of pixels, e.g. 256; received {tile_size!r}.")
+    if not isinstance(overlap, (int, float, np.floating)) or not 0 <= overlap < 1:
+        raise ValueError(f"overlap (--overlap) must be in [0, 1), e.g. 0.25; received {overlap!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size (--batch) must be a positive number of tiles, e.g. 4; received {batch_size!r}.")
+    if not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold (--threshold) must be in [0, 1], e.g. 0.5; received {threshold!r}.")
+
+
 def predict(
     model: str | os.PathLike | LoadedRun,
     inputs: str | os.PathLike,
@@ -303,6 +316,7 @@ def predict(
     Returns:
         A `PredictSummary` (written files, images kept because outputs existed, failures with reasons).
     """
+    check_tiling_args(tile_size, overlap, batch_size, threshold)
     run = model if isinstance(model, LoadedRun) else load_run(model)
     heads = list(scales) if scales else output_names(run.model)
     available = output_names(run.model)

@@ -24,14 +24,14 @@ import os
 import pathlib
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import keras
 import numpy as np
 
 from msunet import __version__
-from msunet.config import RunConfig, write_text_atomic
+from msunet.config import RunConfig, resolve_run_config, write_text_atomic
 from msunet.data import (
     DataError,
     Normalization,
@@ -76,7 +76,8 @@ class MultiScaleTrainer(keras.Model):
             if weight == 0:  # e.g. the coarsest head under "nnunet" weights: say so instead of a gradient warning
                 self.net.get_layer(parse_head(head).logits_name).trainable = False
         self.scores = [
-            SegmentationScore(run.model.num_classes, kind, run.train.threshold, name=metric_name(kind, head))
+            SegmentationScore(run.model.num_classes, kind, run.train.threshold,
+                              include_background=run.train.include_background, name=metric_name(kind, head))
             for head in run.model.head_names
             for kind in ("dice", "iou")
         ]
@@ -291,9 +292,10 @@ def _trim_history(path: pathlib.Path, epochs_done: int) -> None:
 
 
 def train(
-    config: RunConfig | None,
+    config: RunConfig | Mapping | str | os.PathLike | None,
     data_dir: str | os.PathLike | None,
     out_dir: str | os.PathLike,
+    overrides: Iterable[str] = (),
     resume: bool = False,
     overwrite: bool = False,
     verbose: str | int = "auto",
@@ -311,16 +313,18 @@ def train(
     ```
 
     Args:
-        config: the run's configuration (ignored with `resume`: the run's own is used).
+        config: the run's configuration: a `RunConfig`, a dict, a JSON file or None (ignored with
+            `resume`: the run's own is used). Values it leaves unset are planned from the data.
+        overrides: `key=value` strings, as the CLI's `--set` (`["train.epochs=5"]`).
         data_dir: dataset folder with images/ and masks/ (ignored with `resume`).
         out_dir: the run folder to create (or to continue with `resume`).
         resume: continue an interrupted run from its last completed epoch, optimizer state included.
         overwrite: replace an existing run folder.
         verbose: Keras `fit` verbosity ("auto" shows a progress bar per epoch).
         callbacks: extra Keras callbacks.
-        user_keys: the "section.field" keys the user set (the CLI passes its --config/--set keys); the
-            others are planned from the data (`msunet.plan`). None: the keys whose value differs from
-            the default count as set (all are planned when `config` is None).
+        user_keys: the "section.field" keys the user set; the others are planned from the data
+            (`msunet.plan`). None: those written in `config` and `overrides` (for a `RunConfig`, the
+            ones whose value differs from the default).
         plan: False trains with `config` exactly as given.
 
     Returns:
@@ -341,8 +345,8 @@ def train(
             raise RunError(f"{run_dir}: this run already completed {state['epochs_done'] if state else '?'} epochs; "
                            "raise train.epochs in a new run to train longer.")
     else:
-        if config is None:
-            config = RunConfig()
+        config, written = resolve_run_config(config, overrides)
+        user_keys = written if user_keys is None else user_keys
         if data_dir is None:
             raise DataError("No dataset folder given (--data DIR).")
         sources = None

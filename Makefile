@@ -11,7 +11,7 @@ MSUNET_INSTALL_CHROMIUM ?= 1
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed bench-accuracy bench-accuracy-peer clean
+.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-accuracy: venv
 
 bench-accuracy-peer: bench-env
 	$(BENCH_VENV)/bin/python benchmarks/accuracy/peer.py $(DATASET)
+
+# What a new user gets with no settings: the 64x64 grayscale folder (wall clock, cold start), and
+# the shared datasets with only a 15-minute budget (benchmarks/accuracy/run.py --newcomer).
+bench-newcomer: venv
+	$(PY) benchmarks/newcomer.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info .pytest_cache

@@ -4,6 +4,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests compare numbers exactly (any-size vs fixed graphs, tiled vs whole): run them in float32.
 # "auto" picks mixed_bfloat16 on CPUs with bfloat16 instructions; tests/test_precision.py covers it.
 os.environ.setdefault("MSUNET_PRECISION", "float32")
+# The planner's device probe (a few timed training steps per precision) is tested on its own
+# (tests/test_probe.py); elsewhere the plan keeps its estimates, and no test writes ~/.cache.
+os.environ.setdefault("MSUNET_PROBE", "0")
 
 import pytest  # noqa: E402
 

@@ -58,8 +58,22 @@ def loaded_run():
     from msunet.models import build_model
     from msunet.predict import LoadedRun
 
-    cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32"])
+    cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.ds_weights=halving"])
     return LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None)
+
+
+def test_a_deliberately_untrained_head_is_not_written(loaded_run, tmp_path):
+    """Under nnU-Net's weights the coarsest head has weight 0: its mask (Dice ~0.02) was written anyway."""
+    import dataclasses
+
+    from msunet.predict import predict
+
+    untrained = dataclasses.replace(loaded_run, config=loaded_run.config.override(["train.ds_weights=nnunet"]))
+    write_png(tmp_path / "in" / "a.png", np.zeros((20, 18, 3), np.uint8))
+    summary = predict(untrained, tmp_path / "in", tmp_path / "out", overlay_images=False)
+    assert [p.name for p in summary.written] == ["a.png"]
+    asked = predict(untrained, tmp_path / "in", tmp_path / "asked", overlay_images=False, scales=["mask_s2"])
+    assert [p.name for p in asked.written] == ["a_s2.png"]  # asked for by name: written
 
 
 def test_predict_rewrites_only_missing_outputs_and_adds_probabilities_on_a_rerun(loaded_run, tmp_path):

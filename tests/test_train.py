@@ -46,7 +46,7 @@ def test_each_head_gets_its_own_target_and_weight():
 
 
 def test_zero_weight_heads_are_frozen():
-    run = RunConfig().override(["model.depth=3", "model.filters=4"])  # nnunet: coarsest head weight 0
+    run = RunConfig().override(["model.depth=3", "model.filters=4", "train.ds_weights=nnunet"])  # coarsest at 0
     trainer = MultiScaleTrainer(build_model(run.model), run)
     assert not trainer.net.get_layer("mask_s4_logits").trainable
     assert trainer.net.get_layer("mask_s2_logits").trainable

@@ -18,7 +18,10 @@ under benchmarks/accuracy/work/ (nothing is copied):
   mean IoU over the 11 classes with void ignored, and per-class IoU.
 
 The config is benchmarks/accuracy/configs/DATASET.json; `--set` overrides it (a variant, e.g.
-`--variant nods --set model.deep_supervision=false`). Evaluation runs with and without flip TTA.
+`--variant nods --set model.deep_supervision=false`). `--newcomer` trains what a new user gets:
+no config, only the budget (and any `--set`), everything else planned from the data and the
+device (`msunet.plan`, `msunet.probe`); results DATASET-newcomer.json, scored by the same protocol.
+Evaluation runs with and without flip TTA.
 Writes benchmarks/results/accuracy/DATASET[-VARIANT].json and keeps the run folder and the HTML
 report under benchmarks/accuracy/work/.
 """
@@ -187,19 +190,26 @@ def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pa
 
 
 # --------------------------------------------------------------------------------------------------
-def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool) -> dict:
+def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool,
+             newcomer: list[str] | None = None) -> dict:
     import msunet
     from msunet.check import check_dataset
     from msunet.predict import load_run, predict
 
     view = make_view(dataset, labels, name)
-    report = check_dataset(view, config)
     run_dir = WORK / name / "run"
-    config = config.override([f"train.time_budget_min={budget_min}"])
     start = time.perf_counter()
-    # plan=False: the committed configs are the tuned ones, trained exactly as written (the planner
-    # would fill what they leave out; that is the newcomer measurement, not this table).
-    result = msunet.train(config, view, run_dir, overwrite=True, verbose=0 if quiet else 2, plan=False)
+    if newcomer is not None:
+        # What a new user gets: no config, only the budget (and --set); the planner fills the rest.
+        overrides = [f"train.time_budget_min={budget_min}", *newcomer]
+        report = check_dataset(view, None, overrides=overrides)
+        result = msunet.train(None, view, run_dir, overrides=overrides, overwrite=True, verbose=0 if quiet else 2)
+    else:
+        report = check_dataset(view, config)
+        config = config.override([f"train.time_budget_min={budget_min}"])
+        # plan=False: the committed configs are the tuned ones, trained exactly as written (the planner
+        # would fill what they leave out; that is the newcomer measurement, not this table).
+        result = msunet.train(config, view, run_dir, overwrite=True, verbose=0 if quiet else 2, plan=False)
     train_s = time.perf_counter() - start
     info = json.loads((run_dir / "run.json").read_text())
     test = sorted(s for s, split in labels.items() if split == "test")
@@ -210,6 +220,7 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
         src = next((view / "images").glob(f"{stem}.*"))
         (inputs / src.name).symlink_to(src.resolve())
     loaded = load_run(run_dir)
+    config = loaded.config  # the newcomer's is the planned one
     binary = config.model.num_classes == 1
     scores = {}
     for tta in (False, True):
@@ -223,7 +234,8 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
                             config.data, config.train.include_background)
         scores[tag]["predict_s_per_image"] = predict_s / len(test)
     check = {"pairs": report.pairs_found, "usable": report.usable, "splits": report.splits,
-             "suggestion": report.suggestion, "notes": report.notes}
+             "suggestion": report.suggestion, "notes": report.notes,
+             "plan": report.plan.to_json_dict() if newcomer is not None and report.plan else None}
     return {"fold": name, "check": check,
             "train_s": train_s, "epochs_done": result.epochs_done, "time_spent_s": info.get("time_spent_s"),
             "stopped_by_time_budget": info.get("stopped_by_time_budget"),
@@ -251,6 +263,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--folds", type=int, help="run only the first N folds (isbi2012-membrane)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--newcomer", action="store_true",
+                        help="no config: only the budget and --set, the rest planned from the data (results "
+                             "DATASET-newcomer.json)")
     parser.add_argument("--work", help="folder for views, runs and reports (default benchmarks/accuracy/work)")
     parser.add_argument("--results", help="folder for the results JSON (default benchmarks/results/accuracy)")
     args = parser.parse_args(argv)
@@ -266,17 +281,20 @@ def main(argv=None) -> int:
         config = RunConfig.from_json(HERE / "configs" / f"{dataset}.json").override(args.set)
         folds = protocol(dataset)[: args.folds] if args.folds else protocol(dataset)
         budget = args.budget if args.budget is not None else config.train.time_budget_min * len(folds)
-        tag = dataset + (f"-{args.variant}" if args.variant else "")
+        variant = args.variant or ("newcomer" if args.newcomer else "")
+        tag = dataset + (f"-{variant}" if variant else "")
         results = []
         for fold, labels in folds:
             name = tag + (f"-{fold}" if fold else "")
             print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: training {budget / len(folds):.1f} min", flush=True)
-            results.append(run_fold(dataset, name, labels, config, budget / len(folds), args.quiet))
+            results.append(run_fold(dataset, name, labels, config, budget / len(folds), args.quiet,
+                                    newcomer=args.set if args.newcomer else None))
             print(json.dumps(results[-1]["scores"], indent=1), flush=True)
         record = {
-            "dataset": dataset, "variant": args.variant or "default", "date": datetime.date.today().isoformat(),
+            "dataset": dataset, "variant": variant or "default", "date": datetime.date.today().isoformat(),
             "machine": f"{os.cpu_count()} CPU cores", "budget_min_total": budget, "overrides": args.set,
-            "config": config.override([f"train.time_budget_min={budget / len(folds)}"]).to_dict(),
+            "config": (json.loads((pathlib.Path(results[0]["run_dir"]) / "config.json").read_text()) if args.newcomer
+                       else config.override([f"train.time_budget_min={budget / len(folds)}"]).to_dict()),
             "folds": results, "summary": aggregate(results) if len(results) > 1 else results[0]["scores"],
         }
         RESULTS.mkdir(parents=True, exist_ok=True)

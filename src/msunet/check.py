@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import pathlib
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from scipy import ndimage
 from msunet.config import RunConfig, resolve_run_config
 from msunet.data import IGNORE, DataError, find_pairs, load_samples, split_pairs
 from msunet.plan import Plan, plan_run, survey
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -53,6 +56,21 @@ def has_accelerator() -> bool:
         return False
 
 
+def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iterable[str] | None) -> Plan:
+    """The plan for a dataset on this machine: `msunet.plan` over the files, with the device probe
+    (`msunet.probe`: seconds per training step, cached) unless MSUNET_PROBE=0."""
+    from msunet import probe
+
+    measure = None
+    if probe.probing_enabled():
+        def measure(run: RunConfig, precisions):
+            log.info("measuring a few training steps (%s, batch %d, %d px; cached in %s)", " and ".join(precisions),
+                     run.train.batch_size, run.data.patch_size, probe.cache_path())
+            return probe.measure_steps(run, precisions)
+    return plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator(), measure=measure,
+                    precisions=probe.precision_candidates() if measure else ("float32",))
+
+
 def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str | os.PathLike | None = None,
                   overrides: Iterable[str] = (), user_keys: Iterable[str] | None = None) -> CheckReport:
     """Validates, describes and plans a dataset folder; never raises for per-file problems (they are listed).
@@ -72,7 +90,7 @@ def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str
     """
     config, written = resolve_run_config(config, overrides)
     user_keys = written if user_keys is None else user_keys
-    the_plan = plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator())
+    the_plan = plan_dataset(data_dir, config, user_keys)
     config = the_plan.config
     index = find_pairs(data_dir, config.data)
     problems = list(index.problems)

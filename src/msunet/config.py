@@ -549,8 +549,9 @@ class TrainConfig(BaseConfig):
         class_weights: per-class weights of the Dice/CE terms (None: equal).
         tversky_alpha, tversky_beta: false-positive / false-negative weights of the Tversky loss.
         focal_gamma: focusing parameter of the focal loss.
-        ds_weights: weights of the heads, finest first: "nnunet" (1/2^i normalised, coarsest 0),
-            "halving" (1/2^i normalised, every head trained), "equal", or an explicit list.
+        ds_weights: weights of the heads, finest first: "halving" (default: 1/2^i normalised, every
+            head trained), "nnunet" (the same with the coarsest at 0: that head is then not
+            written by predict), "equal", or an explicit list.
         optimizer, learning_rate, weight_decay, schedule: optimiser and learning-rate schedule
             ("cosine" decay, "poly" (nnU-Net's 0.9 power) or "constant").
         early_stopping: stop after this many epochs without a better validation Dice (0: never).
@@ -575,7 +576,7 @@ class TrainConfig(BaseConfig):
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
     focal_gamma: float = 2.0
-    ds_weights: str | tuple[float, ...] = "nnunet"
+    ds_weights: str | tuple[float, ...] = "halving"
     optimizer: str = "adamw"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

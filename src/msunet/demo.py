@@ -27,7 +27,6 @@ DEMO_OVERRIDES = [
     "train.epochs=12",
     "train.steps_per_epoch=30",
     "train.learning_rate=0.003",
-    "train.ds_weights=halving",  # every written scale is trained (nnunet's default leaves the coarsest at 0)
 ]
 
 

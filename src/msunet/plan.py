@@ -14,12 +14,17 @@ a value with its source and reason:
 | data.ignore_label          | 255 next to small class ids (the VOC "void" convention)         |
 | data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
 | model.depth                | a bottleneck of about 16 px on the patch                        |
-| train.batch_size           | memory for the activations (at most 8 on a CPU)                 |
+| train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, a measured step of ~1-2 s |
+| model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
+| model.filters              | measured (device): halved when a CPU step stays above 2 s at batch 2 |
+| train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, at most ~2 min where measured |
 | train.val_batches          | about 15% of an epoch's steps                                   |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
 `config.json` under `"sources"`: `{"model.in_channels": {"value": 1, "source": "data", "why": ...}}`.
-Sources are "user" (a `--set` or a config file), "data" (planned) or "default". This module never
+Sources are "user" (a `--set` or a config file), "data" (planned from the files), "device"
+(measured on this machine: `msunet.probe`, cached; the precision entry keeps the seconds per step
+of each precision tried) or "default". This module never
 imports keras.
 """
 
@@ -30,17 +35,23 @@ import dataclasses
 import math
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
-from msunet.data import find_pairs
+from msunet.data import find_pairs, split_pairs
 from msunet.imageio import ImageReadError, read_image, read_mask
 
 BINARY_SETS = ({0, 255}, {0, 1})
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
+CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
+STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
+EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, curves and resume stay frequent
+VAL_FRACTION_OF_EPOCH = 0.15
+DEVICE_KEYS = {"model.precision", "model.filters"}  # derived from measurements, not from the files
+Measure = Callable[[RunConfig, Sequence[str]], dict]
 
 
 @dataclasses.dataclass
@@ -68,6 +79,7 @@ class Survey:
     masks: list[MaskInfo]
     colour_pixels: collections.Counter  # colour code -> pixels (palette masks)
     problems: list[tuple[str, str]]
+    train_pixels: int = 0  # pixels of the images training will sample from (split.csv / val_fraction)
 
 
 def _preview(values, limit: int = 8) -> str:
@@ -103,6 +115,8 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> S
     channels: collections.Counter = collections.Counter()
     colours: collections.Counter = collections.Counter()
     sizes, masks = [], []
+    train_names = {pair.name for pair in split_pairs(index, data_cfg)["train"]}
+    train_pixels = 0
     for pair in index.pairs:
         try:
             image = read_image(pair.image, data_cfg.max_pixels)
@@ -112,10 +126,11 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> S
             continue
         channels[int(image.shape[-1])] += 1
         sizes.append(tuple(image.shape[:2]))
+        train_pixels += image.shape[0] * image.shape[1] if pair.name in train_names else 0
         info, found = _mask_info(str(pair.mask), raw, data_cfg.ignore_label)
         masks.append(info)
         colours.update(found)
-    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems)
+    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems, train_pixels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +200,8 @@ def available_memory_bytes() -> int:
 
 
 def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable[str] | None = None,
-             accelerator: bool = False, memory: int | None = None) -> Plan:
+             accelerator: bool = False, memory: int | None = None, measure: Measure | None = None,
+             precisions: Sequence[str] = ("float32",)) -> Plan:
     """Fills every key of `config` that is not in `user_keys` from the survey of the data.
 
     Args:
@@ -194,6 +210,9 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         user_keys: "section.field" keys the user set; None: those that differ from the defaults.
         accelerator: plan for a GPU (larger patch cap) instead of a CPU.
         memory: bytes available for activations (default: this machine's available memory).
+        measure: `measure(run_config, precisions) -> {precision: seconds per training step}` (the
+            device probe, `msunet.probe.measure_steps`); None: no measurement, the estimates stay.
+        precisions: the precisions worth measuring on this device (`model.precision=auto`).
 
     Returns:
         A `Plan`; `plan.config` validates (it is a `RunConfig`).
@@ -230,20 +249,91 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("train.batch_size", batch, "activation memory" + ("" if accelerator else f", at most {CPU_BATCH_CAP} on a CPU"))
         if min(min(s) for s in found.sizes) < patch:
             notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
-    derive("train.val_batches", max(1, math.ceil(0.15 * config.train.steps_per_epoch)),
-           "validation at about 15% of an epoch's steps")
+    measured, step = _plan_device(config, user, values, why, derive, notes, measure, precisions, accelerator)
+    _plan_epoch(found, config, values, derive, step)
 
     resolved = _apply(config, values)
     sources = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
-            source = "user" if key in user else "data" if key in values else "default"
+            source = ("user" if key in user and not (key == "model.precision" and measured)
+                      else ("device" if key in DEVICE_KEYS else "data") if key in values else "default")
             entry = {"value": _jsonable(getattr(getattr(resolved, section), f.name)), "source": source}
             if key in why:
                 entry["why"] = why[key]
+            if key == "model.precision" and measured:
+                entry["seconds_per_step"] = {p: round(t, 4) for p, t in measured.items()}
             sources[key] = entry
     return Plan(resolved, sources, notes, disagreeing)
+
+
+def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],
+                 measure: Measure | None, precisions: Sequence[str], accelerator: bool
+                 ) -> tuple[dict[str, float], float | None]:
+    """Precision by measurement, then (on a CPU) the batch and width that keep a step at ~1-2 s.
+
+    Returns the measured seconds per step at the planned batch, per precision ({} unmeasured), and
+    the expected seconds per step of the plan (None unmeasured).
+    """
+    env = os.environ.get("MSUNET_PRECISION")
+    if "model.precision" not in user and env and env != "auto":
+        values["model.precision"], why["model.precision"] = env, "MSUNET_PRECISION in the environment"
+        user.add("model.precision")  # the user's choice, through the environment
+    if measure is None:
+        return {}, None
+    chosen = values.get("model.precision", config.model.precision)
+    fixed = None if chosen == "auto" else chosen  # "auto", planned or set: measure and keep the faster
+    candidates = [fixed] if fixed else list(precisions)
+    planned = _apply(config, values)
+    seconds = measure(planned, candidates)
+    precision = min(seconds, key=seconds.get)
+    batch, patch = planned.train.batch_size, planned.data.patch_size
+    timing = ", ".join(f"{t:.3f} s in {p}" for p, t in sorted(seconds.items(), key=lambda kv: kv[1]))
+    if not fixed:
+        values["model.precision"] = precision
+        why["model.precision"] = (f"measured a training step (batch {batch}, {patch} px): {timing}"
+                                  + ("; the faster" if len(seconds) > 1 else ""))
+    step = seconds[precision]
+    if accelerator:
+        return seconds, step
+    low, high = CPU_STEP_S
+    if step > high and "train.batch_size" not in user and batch > 2:
+        smaller = max(2, int(batch * (low + high) / 2 / step))
+        step = step * smaller / batch
+        derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
+               f"(measured {seconds[precision]:.2f} s at batch {batch})")
+        batch = smaller
+    if step > high and "model.filters" not in user and config.model.filters > 8:
+        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": config.model.filters // 2})
+        slow = measure(narrower, [precision])[precision]
+        derive("model.filters", config.model.filters // 2, f"a step at {config.model.filters} filters took "
+               f"{step:.1f} s on this CPU, {slow:.1f} s at {config.model.filters // 2}")
+        step = slow
+    if step > high:
+        notes.append(f"a training step takes ~{step:.1f} s on this CPU; a GPU, a smaller data.patch_size or "
+                     "train.time_budget_min keeps training short")
+    return seconds, step
+
+
+def _plan_epoch(found: Survey, config: RunConfig, values: dict, derive, step: float | None) -> None:
+    """Steps per epoch (one pass over the training pixels) and the validation batches (~15% of them)."""
+    batch = values.get("train.batch_size", config.train.batch_size)
+    patch = values.get("data.patch_size", config.data.patch_size)
+    if found.train_pixels:
+        low, high = STEPS_PER_EPOCH
+        one_pass = math.ceil(found.train_pixels / (patch * patch * batch))
+        steps = min(max(one_pass, low), high)
+        reason = f"one pass over the training pixels ({one_pass} steps of {batch} x {patch} px patches)"
+        if one_pass < low or one_pass > high:
+            reason += f", within {low}..{high}"
+        if step and steps * step > EPOCH_S and steps > low:
+            steps = max(low, int(EPOCH_S / step))
+            reason += f", at most ~{EPOCH_S / 60:.0f} min per epoch at {step:.2f} s per step"
+        derive("train.steps_per_epoch", steps, reason)
+    steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
+    derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),
+           f"validation at about {VAL_FRACTION_OF_EPOCH:.0%} of an epoch's {steps} steps")
 
 
 def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes: list[str],

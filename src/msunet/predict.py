@@ -29,6 +29,7 @@ import tifffile
 from msunet.config import ModelConfig, RunConfig
 from msunet.heads import file_suffix, head_name, head_scale, parse_head
 from msunet.data import Normalization, compute_normalization, to_unit_float
+from msunet.losses import deep_supervision_weights
 from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, read_image, write_png, write_tiff
 from msunet.models import load_model, output_names, select_outputs
 from msunet.tiling import predict_tiled
@@ -260,6 +261,17 @@ def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streame
     return paths
 
 
+def trained_heads(run: LoadedRun) -> list[str]:
+    """The model's outputs that training gave a loss weight: a deliberately untrained head (weight 0,
+    e.g. the coarsest under `train.ds_weights=nnunet`) is not written unless asked for by name."""
+    names = output_names(run.model)
+    try:
+        weights = deep_supervision_weights(names, run.config.train.ds_weights)
+    except ValueError:  # weights that do not fit this model (a hand-made config): every head
+        return names
+    return [name for name in names if weights.get(name, 1.0) > 0]
+
+
 def check_tiling_args(tile_size, overlap, batch_size, threshold=0.5) -> None:
     """Raises one ValueError naming the option and the valid range (once, not once per image)."""
     if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer))
@@ -318,8 +330,8 @@ def predict(
     """
     check_tiling_args(tile_size, overlap, batch_size, threshold)
     run = model if isinstance(model, LoadedRun) else load_run(model)
-    heads = list(scales) if scales else output_names(run.model)
     available = output_names(run.model)
+    heads = list(scales) if scales else trained_heads(run)
     for head in heads:
         if head not in available:
             raise ValueError(f"The model has no output {head!r}; valid: {', '.join(available)}.")

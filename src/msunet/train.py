@@ -44,7 +44,6 @@ from msunet.data import (
     split_pairs,
 )
 from msunet.losses import deep_supervision_weights, segmentation_loss
-from msunet.plan import plan_run, survey
 from msunet.heads import metric_name, parse_head
 from msunet.metrics import SegmentationScore
 from msunet.models import build_model, logits_model
@@ -351,9 +350,9 @@ def train(
             raise DataError("No dataset folder given (--data DIR).")
         sources = None
         if plan:
-            from msunet.check import has_accelerator
+            from msunet.check import plan_dataset
 
-            planned = plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator())
+            planned = plan_dataset(data_dir, config, user_keys)
             config, sources = planned.config, planned.to_json_dict()
             for line in planned.format().splitlines():
                 log.info("%s", line)

@@ -1,0 +1,153 @@
+"""Measuring the device: seconds per training step of the actual model, per precision, cached.
+
+The planner (`msunet.plan`, keras-free) asks `measure_steps(run, precisions)` how long one training
+step of the planned model takes on this machine (`msunet.train`'s trainer and optimizer, the
+planned patch and batch, synthetic data): the median of a few steps after the first (tracing),
+the precisions alternating so that a change in the machine's load hits both. It keeps the faster
+precision ("auto": a CPU flag is not a measurement; on a 2-core Xeon that reports AVX512-BF16,
+bfloat16 ran at 0.6x of float32) and sizes the batch to the step time it aims for.
+
+Results are cached per machine (CPU model and count, accelerators), backend, Keras version and
+model shape in `$MSUNET_CACHE_DIR` (default `~/.cache/msunet`)/probe.json, so `msunet check` pays for
+the probe once and `msunet train` on the same data reuses it. `MSUNET_PROBE=0` turns measuring
+off (the planner then keeps its estimates; the tests run that way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from msunet.config import RunConfig, write_text_atomic
+
+log = logging.getLogger(__name__)
+ROUNDS = 3
+
+
+def probing_enabled() -> bool:
+    return os.environ.get("MSUNET_PROBE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def cache_path() -> pathlib.Path:
+    root = os.environ.get("MSUNET_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "msunet")
+    return pathlib.Path(root) / "probe.json"
+
+
+def machine_id() -> str:
+    """CPU model and usable cores, accelerators, backend and Keras version: what step times depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        devices = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
+    except Exception:  # noqa: BLE001 - backends without keras.distribution: CPU only as far as we know
+        devices = []
+    return f"{cpu} x{cores} | {','.join(devices) or 'no accelerator'} | {keras.backend.backend()} | keras {keras.__version__}"
+
+
+def _key(run: RunConfig, precision: str) -> str:
+    model = {k: v for k, v in run.model.to_dict().items() if k != "precision"}
+    shape = {"model": model, "patch": run.data.patch_size, "batch": run.train.batch_size,
+             "loss": run.train.loss, "optimizer": run.train.optimizer, "precision": precision}
+    text = machine_id() + "|" + json.dumps(shape, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _synthetic_batch(run: RunConfig, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    patch, batch, classes = run.data.patch_size, run.train.batch_size, run.model.num_classes
+    x = rng.standard_normal((batch, patch, patch, run.model.in_channels)).astype(np.float32)
+    y = {}
+    for head in run.model.heads:
+        side = -(-patch // head.scale)
+        if classes == 1:
+            target = (rng.random((batch, side, side, 1)) > 0.5).astype(np.float32)
+        else:
+            target = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, (batch, side, side))]
+        y[head.name] = np.concatenate([target, np.ones((batch, side, side, 1), np.float32)], axis=-1)
+    return x, y
+
+
+def _trainer(run: RunConfig, precision: str):
+    from msunet.models import build_model
+    from msunet.train import MultiScaleTrainer
+
+    run = RunConfig(run.model.replace(precision=precision), run.data, run.train)
+    trainer = MultiScaleTrainer(build_model(run.model), run)
+    trainer.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
+    return trainer
+
+
+def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUNDS) -> dict[str, float]:
+    """Seconds per training step of `run`'s model at its patch and batch, for each precision.
+
+    Cached results are returned without measuring; the others are measured together (one traced
+    step each, then `rounds` timed steps, alternating) and added to the cache.
+    """
+    cache = _read_cache()
+    keys = {p: _key(run, p) for p in precisions}
+    found = {p: cache[k]["seconds"] for p, k in keys.items() if k in cache}
+    todo = [p for p in precisions if p not in found]
+    if not todo:
+        return found
+    x, y = _synthetic_batch(run)
+    trainers = {}
+    for precision in todo:
+        trainers[precision] = _trainer(run, precision)
+        trainers[precision].train_on_batch(x, y)  # traces; not timed
+    times: dict[str, list[float]] = {p: [] for p in todo}
+    for _ in range(rounds):
+        for precision in todo:
+            start = time.perf_counter()
+            trainers[precision].train_on_batch(x, y)
+            times[precision].append(time.perf_counter() - start)
+    measured = {p: statistics.median(t) for p, t in times.items()}
+    keras.backend.clear_session()
+    cache = _read_cache()  # another process may have written meanwhile
+    for precision, seconds in measured.items():
+        cache[keys[precision]] = {"seconds": round(seconds, 4), "machine": machine_id(),
+                                  "patch": run.data.patch_size, "batch": run.train.batch_size,
+                                  "model": f"{run.model.encoder}+{run.model.decoder} d{run.model.depth} "
+                                           f"f{run.model.filters}", "precision": precision,
+                                  "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache_path(), json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except OSError as err:  # a read-only home: measure again next time, never fail a run for it
+        log.info("could not write the probe cache %s: %s", cache_path(), err)
+    return {**found, **measured}
+
+
+def precision_candidates() -> list[str]:
+    """The precisions worth measuring here: bfloat16 where the device has it, else float32 alone."""
+    from msunet.models import _cpu_has_bf16
+
+    try:
+        accelerators = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
+    except Exception:  # noqa: BLE001
+        accelerators = []
+    if accelerators or _cpu_has_bf16():
+        return ["float32", "mixed_bfloat16"]
+    return ["float32"]

@@ -1,0 +1,114 @@
+"""The device side of the plan: precision by measurement, CPU step time, epoch length (msunet.probe)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from msunet.config import RunConfig
+from msunet.plan import plan_run, survey
+from test_plan import make_folder
+
+
+class FakeDevice:
+    """Seconds per step proportional to batch x patch^2 x filters^2, per precision."""
+
+    def __init__(self, per_precision):
+        self.per_precision, self.calls = per_precision, []
+
+    def __call__(self, run, precisions):
+        self.calls.append((run.train.batch_size, run.model.filters, tuple(precisions)))
+        work = run.train.batch_size * (run.data.patch_size / 256) ** 2 * (run.model.filters / 32) ** 2
+        return {p: self.per_precision[p] * work for p in precisions}
+
+
+@pytest.fixture
+def no_env_precision(monkeypatch):
+    monkeypatch.delenv("MSUNET_PRECISION", raising=False)
+
+
+def test_auto_precision_keeps_the_measured_faster_one_and_records_both(tmp_path, no_env_precision):
+    found = survey(make_folder(tmp_path, count=4, size=(256, 256), channels=3))
+    for faster, slower in (("float32", "mixed_bfloat16"), ("mixed_bfloat16", "float32")):
+        device = FakeDevice({faster: 0.1, slower: 0.16})  # 0.8 s vs 1.28 s at batch 8
+        plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=device,
+                        precisions=["float32", "mixed_bfloat16"])
+        entry = plan.sources["model.precision"]
+        assert plan.config.model.precision == faster and entry["source"] == "device"
+        assert entry["seconds_per_step"] == {faster: 0.8, slower: 1.28}
+        assert "measured a training step" in entry["why"]
+
+
+def test_a_cpu_step_is_kept_near_one_to_two_seconds(tmp_path, no_env_precision):
+    found = survey(make_folder(tmp_path, count=4, size=(256, 256), channels=3))
+    slow = FakeDevice({"float32": 0.5})  # 4 s at batch 8
+    plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slow)
+    assert plan.config.train.batch_size == 3  # 8 * 1.5 / 4
+    assert "a training step of ~1.5 s" in plan.sources["train.batch_size"]["why"]
+    assert plan.config.model.filters == 32
+    very_slow = FakeDevice({"float32": 2.0})  # 4 s even at batch 2: narrower, measured again
+    plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=very_slow)
+    assert (plan.config.train.batch_size, plan.config.model.filters) == (2, 16)
+    assert plan.sources["model.filters"]["source"] == "device" and very_slow.calls[-1] == (2, 16, ("float32",))
+    assert not any("a training step takes" in n for n in plan.notes)  # 1 s at 16 filters
+    user = plan_run(found, RunConfig().override(["train.batch_size=8"]), {"train.batch_size"}, memory=2**34,
+                    measure=FakeDevice({"float32": 0.5}))
+    assert user.config.train.batch_size == 8 and user.sources["train.batch_size"]["source"] == "user"
+    gpu = plan_run(found, RunConfig(), set(), accelerator=True, memory=2**34, measure=FakeDevice({"float32": 0.5}))
+    assert gpu.config.train.batch_size == 16  # a GPU fills its memory; no CPU step rule
+
+
+def test_an_epoch_is_one_pass_over_the_training_pixels(tmp_path, no_env_precision):
+    tiny = plan_run(survey(make_folder(tmp_path / "tiny", count=12)), RunConfig(), set())
+    assert tiny.config.train.steps_per_epoch == 10  # 10 train images of 64 px, batch 8: 2 steps, at least 10
+    assert tiny.config.train.val_batches == 2
+    big = survey(make_folder(tmp_path / "big", count=30, size=(600, 520), channels=3))
+    plan = plan_run(big, RunConfig(), set(), memory=2**34)
+    one_pass = -(-big.train_pixels // (256 * 256 * 8))
+    assert big.train_pixels == 24 * 600 * 520 and plan.config.train.steps_per_epoch == one_pass
+    timed = plan_run(big, RunConfig(), set(), memory=2**34, measure=FakeDevice({"float32": 0.25}))  # 2 s steps
+    assert timed.config.train.steps_per_epoch == one_pass  # 24 steps x 2 s: under 2 minutes
+    many = dataclasses.replace(big, train_pixels=1000 * 256 * 256)  # a pass: 125 steps of 2 s
+    timed = plan_run(many, RunConfig(), set(), memory=2**34, measure=FakeDevice({"float32": 0.25}))
+    assert timed.config.train.steps_per_epoch == 60  # at most ~2 minutes per epoch
+    assert "at most ~2 min per epoch" in timed.sources["train.steps_per_epoch"]["why"]
+
+
+def test_environment_precision_is_the_users_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSUNET_PRECISION", "float32")
+    device = FakeDevice({"float32": 0.1})
+    plan = plan_run(survey(make_folder(tmp_path)), RunConfig(), set(), measure=device,
+                    precisions=["float32", "mixed_bfloat16"])
+    assert plan.config.model.precision == "float32" and device.calls[0][2] == ("float32",)
+    assert plan.sources["model.precision"]["why"] == "MSUNET_PRECISION in the environment"
+
+
+def test_probe_measures_both_precisions_once_then_reads_the_cache(tmp_path, monkeypatch):
+    from msunet import probe
+
+    monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
+    run = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2"])
+    seconds = probe.measure_steps(run, ["float32", "mixed_bfloat16"], rounds=2)
+    assert set(seconds) == {"float32", "mixed_bfloat16"} and all(0 < s < 30 for s in seconds.values())
+    cache = json.loads(probe.cache_path().read_text())
+    assert len(cache) == 2 and {e["precision"] for e in cache.values()} == {"float32", "mixed_bfloat16"}
+    monkeypatch.setattr(probe, "_trainer", lambda *a: pytest.fail("measured again instead of reading the cache"))
+    assert probe.measure_steps(run, ["mixed_bfloat16", "float32"]) == pytest.approx(seconds, abs=1e-4)
+    other = run.override(["model.filters=8"])  # another model shape is another measurement
+    with pytest.raises(pytest.fail.Exception):
+        probe.measure_steps(other, ["float32"])
+
+
+def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypatch, no_env_precision):
+    from msunet.train import train
+
+    monkeypatch.setenv("MSUNET_PROBE", "1")
+    monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", count=6, size=(32, 32))
+    train(RunConfig().override(["model.filters=4", "train.epochs=1", "train.workers=1"]), data, tmp_path / "run",
+          verbose=0)
+    sources = json.loads((tmp_path / "run" / "config.json").read_text())["sources"]
+    entry = sources["model.precision"]
+    assert entry["source"] == "device" and entry["value"] in entry["seconds_per_step"]
+    assert entry["value"] == min(entry["seconds_per_step"], key=entry["seconds_per_step"].get)
+    assert sources["train.steps_per_epoch"]["value"] == 10 and sources["train.steps_per_epoch"]["source"] == "data"

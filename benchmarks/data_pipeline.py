@@ -19,7 +19,8 @@ import time
 import keras
 
 from msunet.config import RunConfig
-from msunet.data import PatchDataset, compute_normalization, find_pairs, load_samples, split_pairs
+from msunet.data import compute_normalization, find_pairs, load_samples, split_pairs
+from msunet.feeding import PatchDataset
 from msunet.models import build_model
 from msunet.train import MultiScaleTrainer, _optimizer
 

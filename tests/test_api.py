@@ -17,7 +17,7 @@ def _python(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
-def test_import_and_help_start_no_keras_or_tensorflow():
+def test_import_help_and_the_numpy_modules_start_no_keras_or_tensorflow():
     code = (
         "import sys, contextlib, io, msunet\n"
         "assert 'keras' not in sys.modules, 'import msunet imported keras'\n"
@@ -30,7 +30,8 @@ def test_import_and_help_start_no_keras_or_tensorflow():
         "assert 'evaluate' in out.getvalue() and '--data' in out.getvalue()\n"
         "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
-        "import msunet.plan, msunet.config, msunet.heads, msunet.tiling\n"
+        "import msunet.plan, msunet.config, msunet.heads, msunet.tiling, msunet.data, msunet.check, msunet.evaluate\n"
+        "assert 'keras' not in sys.modules, 'a NumPy module imported keras'\n"
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,7 @@ trained for the same CPU time on the same split, fed by the same patch sampler, 
 
 What is shared with msunet (so that the comparison is about the model and its training, not the
 data): the protocol split (run.py's view folder), the patches and their augmentation
-(`msunet.data.PatchDataset`, two threads ahead of the model), the dataset normalisation, the
+(`msunet.feeding.PatchDataset`, two threads ahead of the model), the dataset normalisation, the
 validation tiles and best-on-validation checkpoint choice, the time-driven cosine schedule, AdamW
 (lr 1e-3, weight decay 1e-4), and the scoring (`run.score`). The peer trains one full-resolution
 head with soft Dice + BCE (CE for multi-class), the usual PyTorch recipe, in float32, and predicts
@@ -94,8 +94,8 @@ def build_net(arch: str, cfg):
 
 
 def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
-    from msunet.data import FixedPatchDataset, PatchDataset, compute_normalization, find_pairs, fixed_patches, \
-        load_samples, split_pairs
+    from msunet.data import compute_normalization, find_pairs, fixed_patches, load_samples, split_pairs
+    from msunet.feeding import FixedPatchDataset, PatchDataset
     from msunet.train import schedule_factor
 
     torch.manual_seed(config.train.seed)

@@ -1,7 +1,7 @@
 """Datasets: pair discovery, splits, mask decoding, normalisation, patches, augmentation, targets.
 
-The pure-NumPy functions come first; `PatchDataset` (a `keras.utils.PyDataset`) feeds `fit` at the
-end. Mask values are decoded to class ids with `IGNORE = -1` for pixels that count in no loss or
+NumPy only (no keras: `msunet.plan` and `msunet check` use it); `msunet.feeding` wraps the
+patches in `keras.utils.PyDataset`s for `fit`. Mask values are decoded to class ids with `IGNORE = -1` for pixels that count in no loss or
 metric (the ignore label, padding, and pixels rotated in from outside the image).
 """
 
@@ -516,61 +516,6 @@ def foreground_survival(mask: np.ndarray, scale: int, rule: str) -> dict[str, fl
     return {"survival": survival, "mass_ratio": mass}
 
 
-# --------------------------------------------------------------------------------------------------
-# Keras feeding
-# --------------------------------------------------------------------------------------------------
-import keras  # noqa: E402  (the NumPy part above is usable without it)
-
-
-class PatchDataset(keras.utils.PyDataset):
-    """Random augmented patches with a target per head, for `fit`.
-
-    Batch `i` of epoch `e` is drawn from a generator seeded by (seed, e, i), so runs are
-    reproducible and a resumed run sees the batches it would have seen. Threads (`workers`) prepare
-    batches while the model trains.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        model_cfg: ModelConfig,
-        data_cfg: DataConfig,
-        normalization: Normalization,
-        batch_size: int,
-        steps: int,
-        seed: int = 0,
-        augment: bool = True,
-        workers: int = 2,
-    ):
-        super().__init__(workers=max(workers, 1), use_multiprocessing=False, max_queue_size=max(2 * workers, 4))
-        if not samples:
-            raise DataError("No usable training images: every pair was skipped (see the problems reported above).")
-        self.samples = list(samples)
-        self.model_cfg, self.data_cfg = model_cfg, data_cfg
-        self.normalization = normalization
-        self.batch_size, self.steps, self.seed, self.augment = batch_size, steps, seed, augment
-        self.epoch = 0
-        # Larger images hold more patches: sample images in proportion to their area.
-        areas = np.array([s.mask.size for s in self.samples], np.float64)
-        self.weights = areas / areas.sum()
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        images, masks = [], []
-        for _ in range(self.batch_size):
-            sample = self.samples[rng.choice(len(self.samples), p=self.weights)]
-            image, mask = sample_patch(sample, self.data_cfg.patch_size, self.data_cfg, rng, augment=self.augment)
-            images.append(self.normalization.apply(image))
-            masks.append(mask)
-        return np.stack(images), batch_targets(masks, self.model_cfg, self.data_cfg.target_downsampling)
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-
-
 def batch_targets(masks: Sequence[np.ndarray], model_cfg: ModelConfig, rule: str) -> dict[str, np.ndarray]:
     per_head: dict[str, list[np.ndarray]] = {name: [] for name in model_cfg.head_names}
     for mask in masks:
@@ -599,20 +544,10 @@ def fixed_patches(
     return images, masks
 
 
-class FixedPatchDataset(keras.utils.PyDataset):
-    """Validation batches: fixed tiles, no augmentation, precomputed once."""
+def __getattr__(name: str):
+    """`PatchDataset` and `FixedPatchDataset` (Keras) live in `msunet.feeding`; importable from here too."""
+    if name in ("PatchDataset", "FixedPatchDataset"):
+        from msunet import feeding
 
-    def __init__(self, images, masks, model_cfg: ModelConfig, data_cfg: DataConfig, normalization, batch_size: int):
-        super().__init__(workers=1, use_multiprocessing=False)
-        if not images:
-            raise DataError("No validation images: add a val split to split.csv or set data.val_fraction > 0.")
-        self.x = np.stack([normalization.apply(image) for image in images])
-        self.y = batch_targets(masks, model_cfg, data_cfg.target_downsampling)
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def __getitem__(self, index: int):
-        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[part], {name: y[part] for name, y in self.y.items()}
+        return getattr(feeding, name)
+    raise AttributeError(f"module 'msunet.data' has no attribute {name!r}")

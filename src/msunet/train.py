@@ -35,14 +35,13 @@ from msunet.config import RunConfig, resolve_run_config, write_text_atomic
 from msunet.data import (
     DataError,
     Normalization,
-    FixedPatchDataset,
-    PatchDataset,
     compute_normalization,
     find_pairs,
     fixed_patches,
     load_samples,
     split_pairs,
 )
+from msunet.feeding import FixedPatchDataset, PatchDataset
 from msunet.losses import deep_supervision_weights, segmentation_loss
 from msunet.heads import metric_name, parse_head
 from msunet.metrics import SegmentationScore

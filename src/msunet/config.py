@@ -453,6 +453,7 @@ class ModelConfig(BaseConfig):
 MASK_ENCODINGS = ("auto", "binary", "index", "palette")
 NORMALIZATIONS = ("dataset", "image")
 TARGET_DOWNSAMPLINGS = ("average", "nearest", "max")
+RESAMPLE_FACTORS = (1.0, 0.5, 0.25, 0.125)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,6 +479,10 @@ class DataConfig(BaseConfig):
         target_downsampling: how coarse heads' targets are made: "average" (soft class fractions,
             the default: thin structures keep their mass), "nearest" or "max".
         max_pixels: refuse larger images (decompression-bomb guard).
+        resample: train and predict at this fraction of the resolution (1, 0.5, 0.25 or 0.125), as
+            nnU-Net's low-resolution configuration does for objects larger than an affordable patch:
+            images are block-averaged, masks take each block's majority class; `predict` (tiling,
+            TTA, every head) and `evaluate` return masks at the original size.
         seed: seed of the split and of the sampling.
     """
 
@@ -498,6 +503,7 @@ class DataConfig(BaseConfig):
     gamma: float = 0.2
     target_downsampling: str = "average"
     max_pixels: int = 250_000_000
+    resample: float = 1.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -524,7 +530,15 @@ class DataConfig(BaseConfig):
             check_float(owner, name, getattr(self, name), 0.0, 1.0)
         check_choice(owner, "target_downsampling", self.target_downsampling, TARGET_DOWNSAMPLINGS)
         check_int(owner, "max_pixels", self.max_pixels, 1)
+        if isinstance(self.resample, bool) or self.resample not in RESAMPLE_FACTORS:
+            raise ConfigError(f"{owner}.resample={self.resample!r} is not valid; valid: "
+                              f"{', '.join(str(f) for f in RESAMPLE_FACTORS)} (a fraction of the resolution).")
         check_int(owner, "seed", self.seed, 0)
+
+    @property
+    def resample_step(self) -> int:
+        """The block side of `resample`: 1, 2, 4 or 8 pixels per trained pixel."""
+        return round(1 / self.resample)
 
 
 # --------------------------------------------------------------------------------------------------

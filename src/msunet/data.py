@@ -336,6 +336,9 @@ def load_samples(
                 raise
             problems.append((str(pair.mask if "mask" in str(err).split(":")[0] else pair.image), str(err)))
             continue  # the caller reports `problems` (once each)
+        if data_cfg.resample_step > 1:
+            image = downscale_image(image, data_cfg.resample_step)
+            mask = downscale_labels(mask, data_cfg.resample_step, model_cfg.num_classes)
         fg = np.argwhere(mask > 0)
         if len(fg) > 20000:
             fg = fg[rng.choice(len(fg), 20000, replace=False)]
@@ -542,6 +545,49 @@ def fixed_patches(
         images = [images[i] for i in keep]
         masks = [masks[i] for i in keep]
     return images, masks
+
+
+# --------------------------------------------------------------------------------------------------
+# Reduced resolution (data.resample): down for training and prediction, probabilities back up
+# --------------------------------------------------------------------------------------------------
+def downscale_image(image: np.ndarray, step: int) -> np.ndarray:
+    """(ceil(H/step), ceil(W/step), C): each block's mean over its pixels (border blocks: those that
+    exist), in the image's dtype. The model's own ceil-rounded downsampling grid."""
+    if step == 1:
+        return image
+    height, width, channels = image.shape
+    out_h, out_w = -(-height // step), -(-width // step)
+    padded = np.zeros((out_h * step, out_w * step, channels), np.float64)
+    padded[:height, :width] = image
+    inside = np.zeros((out_h * step, out_w * step), np.float64)
+    inside[:height, :width] = 1.0
+    sums = padded.reshape(out_h, step, out_w, step, channels).sum(axis=(1, 3))
+    counts = inside.reshape(out_h, step, out_w, step).sum(axis=(1, 3))[..., None]
+    mean = sums / counts
+    if np.issubdtype(image.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(image.dtype)
+
+
+def downscale_labels(mask: np.ndarray, step: int, num_classes: int) -> np.ndarray:
+    """Class ids at ceil(H/step) x ceil(W/step): each block's majority class among its valid
+    pixels; IGNORE where most of the block is ignored."""
+    if step == 1:
+        return mask
+    soft = downsample_target(one_hot_target(mask, num_classes), step, "average")
+    probs, valid = soft[..., :-1], soft[..., -1]
+    labels = (probs[..., 0] >= 0.5).astype(np.int16) if num_classes == 1 else probs.argmax(-1).astype(np.int16)
+    return np.where(valid >= 0.5, labels, IGNORE).astype(np.int16)
+
+
+def resize_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, K) -> (size[0], size[1], K) by bilinear interpolation between pixel centres (the
+    inverse of the block grid of `downscale_image`), float32."""
+    if probs.shape[:2] == tuple(size):
+        return np.asarray(probs, np.float32)
+    zoom = (size[0] / probs.shape[0], size[1] / probs.shape[1], 1.0)
+    out = ndimage.zoom(np.asarray(probs, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+    return np.clip(out[: size[0], : size[1]], 0.0, 1.0)
 
 
 def __getattr__(name: str):

@@ -12,6 +12,7 @@ a value with its source and reason:
 | data.palette               | the colours found (black, else the most frequent, is class 0)   |
 | model.num_classes          | 1 (binary), the largest class id + 1 (index), the colours (palette) |
 | data.ignore_label          | 255 next to small class ids (the VOC "void" convention)         |
+| data.resample              | 1, or 1/2, 1/4 ... while a patch sees < 25% of the median image and the objects stay thick |
 | data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
 | model.depth                | a bottleneck of about 16 px on the patch                        |
 | train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, a measured step of ~1-2 s |
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
 from msunet.data import find_pairs, split_pairs
@@ -50,7 +52,10 @@ CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, shor
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
 EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, curves and resume stay frequent
 VAL_FRACTION_OF_EPOCH = 0.15
-DEVICE_KEYS = {"model.precision", "model.filters"}  # derived from measurements, not from the files
+DEVICE_KEYS = {"model.precision", "model.filters"}
+MIN_PATCH_SHARE = 0.25  # a patch that sees less of the median image than this asks for a lower resolution...
+MIN_OBJECT_DEPTH = 4.0  # ...unless the objects would get thinner than this (object_depth, px)
+RESAMPLE_MIN = 0.125  # derived from measurements, not from the files
 Measure = Callable[[RunConfig, Sequence[str]], dict]
 
 
@@ -80,6 +85,7 @@ class Survey:
     colour_pixels: collections.Counter  # colour code -> pixels (palette masks)
     problems: list[tuple[str, str]]
     train_pixels: int = 0  # pixels of the images training will sample from (split.csv / val_fraction)
+    object_depths: list[float] = dataclasses.field(default_factory=list)  # per sampled mask: `object_depth`
 
 
 def _preview(values, limit: int = 8) -> str:
@@ -106,7 +112,28 @@ def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None) -> tuple[Ma
     return MaskInfo(path, kind, tuple(ints)), colours
 
 
-def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> Survey:
+def object_depth(raw: np.ndarray, ignore_label: int | None = None) -> float:
+    """How thick a mask's objects are: the median, over the pixels of its non-zero labels, of the
+    distance to the nearest pixel with another label (a stripe w px wide gives ~w/4; vessels ~1,
+    a road or a large object tens). NaN when the mask has no object pixel."""
+    labels = raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
+    objects = labels != 0
+    if ignore_label is not None and raw.ndim == 2:
+        objects &= labels != ignore_label
+    if not objects.any():
+        return math.nan
+    edge = np.zeros(labels.shape, bool)  # pixels with a 4-neighbour of another label
+    vertical, horizontal = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    if not edge.any():
+        return float(max(labels.shape))  # one label everywhere
+    return float(np.median(ndimage.distance_transform_edt(~edge)[objects])) + 0.5
+
+
+def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, depth_samples: int = 32) -> Survey:
     """Reads every pair of `data_dir` once: channels and size of each image, kind and values of
     each mask. Unreadable files are listed in `problems` (as training would skip them)."""
     data_cfg = data_cfg or DataConfig()
@@ -117,7 +144,9 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> S
     sizes, masks = [], []
     train_names = {pair.name for pair in split_pairs(index, data_cfg)["train"]}
     train_pixels = 0
-    for pair in index.pairs:
+    depths: list[float] = []
+    every = max(1, math.ceil(len(index.pairs) / depth_samples))
+    for number, pair in enumerate(index.pairs):
         try:
             image = read_image(pair.image, data_cfg.max_pixels)
             raw = read_mask(pair.mask, data_cfg.max_pixels)
@@ -128,9 +157,14 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None) -> S
         sizes.append(tuple(image.shape[:2]))
         train_pixels += image.shape[0] * image.shape[1] if pair.name in train_names else 0
         info, found = _mask_info(str(pair.mask), raw, data_cfg.ignore_label)
+        if number % every == 0:
+            depth = object_depth(raw, data_cfg.ignore_label)
+            if not math.isnan(depth):
+                depths.append(depth)
         masks.append(info)
         colours.update(found)
-    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems, train_pixels)
+    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems, train_pixels,
+                  depths)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +201,29 @@ class Plan:
 def _short(value: Any) -> str:
     text = str(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _plan_resample(found: Survey, accelerator: bool) -> tuple[float, str]:
+    """Halves the resolution while the affordable patch sees less than a quarter of the median
+    image and the objects stay thick (`object_depth` >= MIN_OBJECT_DEPTH px after halving): large
+    objects get their context, thin ones (vessels, membranes) keep their pixels."""
+    cap = GPU_PATCH_CAP if accelerator else CPU_PATCH_CAP
+    area = float(np.median([h * w for h, w in found.sizes]))
+    short = float(np.median([min(h, w) for h, w in found.sizes]))
+    depth = float(np.median(found.object_depths)) if found.object_depths else 0.0
+    factor = 1.0
+    while factor > RESAMPLE_MIN:
+        patch = 2 ** int(math.floor(math.log2(max(min(short * factor, cap), 16))))
+        if patch * patch >= MIN_PATCH_SHARE * area * factor * factor or depth * factor / 2 < MIN_OBJECT_DEPTH:
+            break
+        factor /= 2
+    share = min(1.0, (2 ** int(math.floor(math.log2(max(min(short, cap), 16))))) ** 2 / area)
+    if factor == 1.0:
+        return 1.0, (f"full resolution: a patch sees {share:.0%} of the median image" if share >= MIN_PATCH_SHARE
+                     else f"full resolution: objects are thin (depth {depth:.1f} px) though a patch sees "
+                          f"{share:.0%} of the median image")
+    return factor, (f"objects are large (depth {depth:.1f} px) and a {cap} px patch would see {share:.0%} of the "
+                    f"median image; at {factor} it sees a quarter or more (nnU-Net's low-resolution idea)")
 
 
 def _patch_and_depth(sizes: list[tuple[int, int]], accelerator: bool) -> tuple[int, int, str]:
@@ -236,8 +293,15 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
                          "are skipped in training; convert them")
     _plan_masks(found, config, user, derive, notes, disagreeing)
+    resample = config.data.resample
+    if found.sizes and "data.resample" not in user:
+        resample, reason = _plan_resample(found, accelerator)
+        derive("data.resample", resample, reason)
     if found.sizes:
-        patch, depth, reason = _patch_and_depth(found.sizes, accelerator)
+        scaled = [(max(1, round(h * resample)), max(1, round(w * resample))) for h, w in found.sizes]
+        patch, depth, reason = _patch_and_depth(scaled, accelerator)
+        if resample < 1:
+            reason += f" at data.resample={resample}"
         derive("data.patch_size", patch, reason)
         derive("model.depth", depth, f"a bottleneck of ~16 px on a {patch} px patch")
         patch = values.get("data.patch_size", config.data.patch_size)
@@ -247,7 +311,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         if not accelerator:
             batch = min(batch, CPU_BATCH_CAP)
         derive("train.batch_size", batch, "activation memory" + ("" if accelerator else f", at most {CPU_BATCH_CAP} on a CPU"))
-        if min(min(s) for s in found.sizes) < patch:
+        if min(min(s) for s in scaled) < patch:
             notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
     measured, step = _plan_device(config, user, values, why, derive, notes, measure, precisions, accelerator)
     _plan_epoch(found, config, values, derive, step)
@@ -322,7 +386,8 @@ def _plan_epoch(found: Survey, config: RunConfig, values: dict, derive, step: fl
     patch = values.get("data.patch_size", config.data.patch_size)
     if found.train_pixels:
         low, high = STEPS_PER_EPOCH
-        one_pass = math.ceil(found.train_pixels / (patch * patch * batch))
+        resample = values.get("data.resample", config.data.resample)
+        one_pass = math.ceil(found.train_pixels * resample * resample / (patch * patch * batch))
         steps = min(max(one_pass, low), high)
         reason = f"one pass over the training pixels ({one_pass} steps of {batch} x {patch} px patches)"
         if one_pass < low or one_pass > high:

@@ -28,7 +28,7 @@ import tifffile
 
 from msunet.config import ModelConfig, RunConfig
 from msunet.heads import file_suffix, head_name, head_scale, parse_head
-from msunet.data import Normalization, compute_normalization, to_unit_float
+from msunet.data import Normalization, compute_normalization, downscale_image, resize_probabilities, to_unit_float
 from msunet.losses import deep_supervision_weights
 from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, read_image, write_png, write_tiff
 from msunet.models import load_model, output_names, select_outputs
@@ -378,13 +378,23 @@ def predict(
 def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_size, threshold, probabilities,
                  overlay_images, streamed, blend, progress) -> list[pathlib.Path]:
     workdir = tempfile.mkdtemp(prefix="msunet-predict-") if streamed else None
+    step = run.config.data.resample_step
+    if step > 1 and streamed:
+        raise ValueError(f"{source.shape[1]}x{source.shape[0]} px is above the in-memory limit and the run trains at "
+                         f"data.resample={run.config.data.resample}: reduced-resolution prediction of images this "
+                         "large is not supported yet; downscale the image first")
     try:
+        tiled_source = downscale_image(np.asarray(source[:]), step) if step > 1 else source
         results = predict_tiled(
-            fn, source, tile_size, overlap, batch_size, blend,
-            scales={h: head_scale(h) for h in heads}, preprocess=tile_preprocess(source, run.normalization),
+            fn, tiled_source, tile_size, overlap, batch_size, blend,
+            scales={h: head_scale(h) for h in heads}, preprocess=tile_preprocess(tiled_source, run.normalization),
             out_of_core=streamed, workdir=workdir,
             progress=(lambda done, total: progress(path.name, done, total)) if progress else None,
         )
+        if step > 1:  # back to each head's size on the original image: ceil(H/s) x ceil(W/s)
+            height, width = source.shape[:2]
+            results = {h: resize_probabilities(p, (-(-height // head_scale(h)), -(-width // head_scale(h))))
+                       for h, p in results.items()}
         num_classes = run.config.model.num_classes
         palette = class_palette(num_classes) if num_classes > 1 else None
         written = []

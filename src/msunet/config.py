@@ -245,7 +245,16 @@ ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mi
 MAX_DEPTH = 7
 # The names registered in msunet.models.encoders / .decoders (a test keeps them equal); listed here
 # so that a config is validated without importing keras.
-ENCODERS = ("conv", "resconv")
+# Pretrained-able backbones from keras.applications (msunet.models.encoders.applications).
+BACKBONES = (
+    "resnet50v2", "resnet101v2", "resnet152v2",
+    "efficientnetv2b0", "efficientnetv2b1", "efficientnetv2b2", "efficientnetv2b3",
+    "efficientnetv2s", "efficientnetv2m", "efficientnetv2l",
+    "convnext_tiny", "convnext_small", "convnext_base",
+    "mobilenetv3large", "mobilenetv3small",
+)
+BACKBONE_MAX_DEPTH = 5  # backbones end at stride 32
+ENCODERS = ("conv", "resconv") + BACKBONES
 DECODERS = ("unet", "unetpp", "unet3p")
 DECODER_ALIASES = {"unet++": "unetpp", "unetplusplus": "unetpp", "unet3+": "unet3p", "unet3plus": "unet3p"}
 
@@ -262,8 +271,12 @@ class ModelConfig(BaseConfig):
     at scales 1, ..., 2**(depth-1)) and a head on each decoder scale; see `msunet.models`.
 
     Args:
-        encoder: "conv" (plain conv blocks, the classic U-Net) or "resconv" (a stem conv, then
-            residual blocks as nnU-Net's ResEnc).
+        encoder: "conv" (plain conv blocks, the classic U-Net), "resconv" (a stem conv, then
+            residual blocks as nnU-Net's ResEnc) or a `keras.applications` backbone (`BACKBONES`:
+            resnet50v2, efficientnetv2b0 ... efficientnetv2l, convnext_tiny, mobilenetv3large, ...;
+            depth <= 5).
+        encoder_weights: a backbone's initial weights: "none" (random), "imagenet" (Keras'
+            download, or its cache ~/.keras/models) or the path of a weights file.
         decoder: "unet" (upsample, fuse the skip, conv block), "unetpp" (UNet++: nested dense
             skips) or "unet3p" (UNet 3+: each decoder stage fuses every encoder scale and the
             deeper decoder stages; needs depth >= 2).
@@ -300,6 +313,7 @@ class ModelConfig(BaseConfig):
     """
 
     encoder: str = "conv"
+    encoder_weights: str = "none"
     decoder: str = "unet"
     attention: bool = False
     res_blocks: int = 1
@@ -332,6 +346,9 @@ class ModelConfig(BaseConfig):
         if isinstance(self.decoder, str) and self.decoder.lower() in DECODER_ALIASES:  # the papers' spellings
             object.__setattr__(self, "decoder", DECODER_ALIASES[self.decoder.lower()])
         check_choice(owner, "decoder", self.decoder, DECODERS)
+        if not isinstance(self.encoder_weights, str) or not self.encoder_weights.strip():
+            raise ConfigError(f"{owner}.encoder_weights={self.encoder_weights!r} must be 'none', 'imagenet' or the "
+                              "path of a weights file.")
         for flag in ("attention", "preactivation"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{owner}.{flag}={getattr(self, flag)!r} must be true or false.")
@@ -393,6 +410,17 @@ class ModelConfig(BaseConfig):
                 f"{owner}.decoder='unet3p' with depth={self.depth}: full-scale skips need at least two "
                 "downsamplings (with one, UNet 3+ is a plain U-Net). Set model.depth=2 or more, or model.decoder=unet."
             )
+        if self.encoder in BACKBONES and self.depth > BACKBONE_MAX_DEPTH:
+            raise ConfigError(
+                f"{owner}.encoder={self.encoder!r} ends at stride 32, so depth={self.depth} has no features to "
+                f"use; set model.depth to {BACKBONE_MAX_DEPTH} or less."
+            )
+        if self.encoder_weights != "none" and self.encoder not in BACKBONES:
+            raise ConfigError(
+                f"{owner}.encoder_weights={self.encoder_weights!r} loads a pretrained backbone, but "
+                f"encoder={self.encoder!r} is built here from scratch. Set model.encoder to one of "
+                f"{', '.join(BACKBONES)}, or model.encoder_weights=none."
+            )
         if self.encoder != "resconv" and (self.res_blocks != 1 or self.preactivation):
             raise ConfigError(
                 f"{owner}.res_blocks / preactivation configure the 'resconv' encoder; encoder={self.encoder!r} "
@@ -451,7 +479,7 @@ class ModelConfig(BaseConfig):
 # Data
 # --------------------------------------------------------------------------------------------------
 MASK_ENCODINGS = ("auto", "binary", "index", "palette")
-NORMALIZATIONS = ("dataset", "image")
+NORMALIZATIONS = ("dataset", "image", "unit")
 TARGET_DOWNSAMPLINGS = ("average", "nearest", "max")
 RESAMPLE_FACTORS = (1.0, 0.5, 0.25, 0.125)
 
@@ -470,7 +498,8 @@ class DataConfig(BaseConfig):
         ignore_label: mask value that contributes to no loss or metric (e.g. CamVid's void, 11).
         val_fraction: validation share when there is no `split.csv` (seeded by `seed`).
         normalization: "dataset" (per-channel mean/std of the training images, saved with the run
-            and reused by predict) or "image" (per-image z-score).
+            and reused by predict), "image" (per-image z-score) or "unit" (the [0, 1] scale only:
+            a backbone encoder applies its own ImageNet scaling inside the model).
         patch_size: square training patch side; images smaller than it are padded.
         foreground_oversample: share of patches centred on a foreground pixel.
         flip, rot90: random flips and 90-degree rotations.

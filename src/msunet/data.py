@@ -253,6 +253,8 @@ class Normalization:
     def apply(self, unit_image: np.ndarray) -> np.ndarray:
         """Normalises an image already scaled by `to_unit_float`."""
         x = unit_image.astype(np.float32, copy=False)
+        if self.mode == "unit":
+            return x
         if self.mode == "image":
             mean = x.mean(axis=(0, 1), keepdims=True)
             std = x.std(axis=(0, 1), keepdims=True)
@@ -289,8 +291,8 @@ def channel_moments(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray, int
 
 def compute_normalization(images: Sequence, mode: str) -> Normalization:
     """Per-channel mean and std over `images` (unit-scaled, pooled over all pixels), or the per-image mode."""
-    if mode == "image":
-        return Normalization("image")
+    if mode in ("image", "unit"):
+        return Normalization(mode)
     if not images:
         raise DataError("No training images to compute normalisation statistics from.")
     moments = [channel_moments(image) for image in images]

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
+from msunet.config import BACKBONES, SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
 from msunet.data import find_pairs, split_pairs
 from msunet.imageio import ImageReadError, read_image, read_mask
 
@@ -293,6 +293,10 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
                          "are skipped in training; convert them")
     _plan_masks(found, config, user, derive, notes, disagreeing)
+    model = values.get("model.encoder", config.model.encoder)
+    if model in BACKBONES:
+        derive("data.normalization", "unit", f"the {model} backbone scales its input as its ImageNet weights expect, "
+               "inside the model")
     resample = config.data.resample
     if found.sizes and "data.resample" not in user:
         resample, reason = _plan_resample(found, accelerator)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from helpers import expected_shapes
-from msunet.config import ModelConfig, RunConfig, TrainConfig
+from msunet.config import BACKBONES, ModelConfig, RunConfig, TrainConfig
 from msunet.data import batch_targets
 from msunet.heads import parse_head
 from msunet.losses import segmentation_loss
@@ -26,13 +26,24 @@ from msunet.train import MultiScaleTrainer
 SIZES = [(1, 1), (37, 101), (255, 257)]
 
 
-def architectures() -> list[dict]:
-    """Every registered encoder x decoder, the "unet" decoder also with attention gates."""
+# One backbone per keras.applications family in `make test` (they share their code path: the
+# family's feature pattern, scaling and padding); the other sizes run under `make test-slow`.
+BACKBONES_IN_MAKE_TEST = ("convnext_tiny", "efficientnetv2b0", "mobilenetv3large", "resnet50v2")
+
+
+def architectures(slow: bool = False) -> list[dict]:
+    """Every built-in encoder x decoder (the "unet" decoder also with attention gates), and every
+    backbone encoder with the "unet" decoder (the decoders only see the pyramid; the built-in
+    encoders test them all). `slow`: the backbones not in BACKBONES_IN_MAKE_TEST instead."""
+    if slow:
+        return [dict(encoder=b, decoder="unet") for b in BACKBONES if b not in BACKBONES_IN_MAKE_TEST]
     combos = []
-    for encoder, decoder in itertools.product(sorted(ENCODERS), sorted(DECODERS)):
+    built_in = sorted(e for e in ENCODERS if e not in BACKBONES)
+    for encoder, decoder in itertools.product(built_in, sorted(DECODERS)):
         combos.append(dict(encoder=encoder, decoder=decoder))
         if decoder == "unet":
             combos.append(dict(encoder=encoder, decoder=decoder, attention=True))
+    combos += [dict(encoder=b, decoder="unet") for b in BACKBONES_IN_MAKE_TEST]
     return combos
 
 

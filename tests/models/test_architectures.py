@@ -72,3 +72,16 @@ def test_reload_in_a_fresh_process_without_custom_objects(saved):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"reloaded {len(COMBOS)}" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", architectures(slow=True), ids=combo_id)
+def test_every_other_backbone(combo, tmp_path):
+    """The backbone sizes `make test` leaves out (same family code as the ones it runs): `make test-slow`."""
+    cfg = small_config(combo)
+    model = check_output_sizes(cfg)
+    check_save_reload(model, tmp_path)
+    check_tiled_prediction(model, cfg)
+    check_gradients(small_config(combo, depth=2))
+    check_fit_lowers_loss(small_config(combo, depth=2))
+    check_mixed_precision(cfg)

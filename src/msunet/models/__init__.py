@@ -133,15 +133,15 @@ def describe_parts() -> str:
     """What `msunet summary --list` prints: each registered part, its config key and what it is."""
 
     def first_line(builder) -> str:
-        doc = (sys.modules[builder.__module__].__doc__ or "").strip()
+        doc = (getattr(builder, "summary", None) or sys.modules[builder.__module__].__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
     lines = ["encoders (model.encoder=NAME):"]
-    lines += [f"  {name:<10} {first_line(builder)}" for name, builder in sorted(ENCODERS.items())]
+    lines += [f"  {name:<16} {first_line(builder)}" for name, builder in sorted(ENCODERS.items())]
     lines.append("decoders (model.decoder=NAME):")
-    lines += [f"  {name:<10} {first_line(builder)}" for name, builder in sorted(DECODERS.items())]
+    lines += [f"  {name:<16} {first_line(builder)}" for name, builder in sorted(DECODERS.items())]
     lines.append("options: model.attention=true (gates on the 'unet' decoder's skips); model.res_blocks=N and "
-                 "model.preactivation=true ('resconv').")
+                 "model.preactivation=true ('resconv'); model.encoder_weights=none|imagenet|PATH (backbones).")
     lines.append("heads: 'mask' and 'mask_s2', 'mask_s4', ... on every decoder scale (model.deep_supervision, "
                  "model.ds_heads); 'mask_fused' (model.fused_head).")
     return "\n".join(lines)

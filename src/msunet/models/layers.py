@@ -101,3 +101,47 @@ class BilinearUpsampling2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+@keras.saving.register_keras_serializable(package="msunet")
+class PadToMultiple(keras.layers.Layer):
+    """Pads height and width up to the next multiple of `multiple` by repeating the last row and
+    column (bottom/right, so top-left anchored crops recover every scale exactly).
+
+    Backbones from `keras.applications` downsample with valid padding or by 4 in their stem; fed a
+    multiple of their total stride, each of their features at stride s covers ceil(H/s) x ceil(W/s)
+    and `CropToMatch` cuts it to that size.
+
+    Example:
+    ```python
+    y = PadToMultiple(32)(x)  # (b, 32 * ceil(h / 32), 32 * ceil(w / 32), c)
+    ```
+
+    Args:
+        multiple: integer >= 1.
+    """
+
+    def __init__(self, multiple: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ValueError(f"PadToMultiple: multiple must be an integer >= 1, received multiple={multiple!r}.")
+        self.multiple = multiple
+
+    def _pad_axis(self, x, axis: int):
+        size = ops.shape(x)[axis]
+        padded = ((size + self.multiple - 1) // self.multiple) * self.multiple
+        index = ops.minimum(ops.arange(padded), size - 1)
+        return ops.take(x, index, axis=axis)
+
+    def call(self, inputs):
+        if self.multiple == 1:
+            return inputs
+        return self._pad_axis(self._pad_axis(inputs, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        up = lambda n: None if n is None else -(-n // self.multiple) * self.multiple  # noqa: E731
+        return (b, up(h), up(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}

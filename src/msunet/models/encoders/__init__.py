@@ -15,4 +15,4 @@ ENCODERS = Registry("encoder")
 register_encoder = ENCODERS.register
 get_encoder = ENCODERS.lookup
 
-from msunet.models.encoders import conv, resconv  # noqa: E402,F401  (registers the built-in encoders)
+from msunet.models.encoders import applications, conv, resconv  # noqa: E402,F401  (registers the encoders)

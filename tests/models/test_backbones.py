@@ -1,0 +1,103 @@
+"""Backbones from keras.applications: weights files, channel adaptation, offline errors, scaling."""
+
+import numpy as np
+import pytest
+
+import keras
+from msunet.config import ConfigError, ModelConfig, RunConfig
+from msunet.models import build_model
+from msunet.models.encoders import applications
+from msunet.models.encoders.applications import BACKBONE_SPECS, _construct, adapt_first_kernel
+
+
+def _extractor(model, name):
+    return model.get_layer(f"{name}_backbone")
+
+
+def _legacy_h5(backbone, path):
+    """A weights file in the legacy HDF5 layout keras.applications ships."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, backbone)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["legacy_h5", "keras3"])
+def test_a_weights_file_becomes_the_encoders_weights(tmp_path, fmt):
+    name = "mobilenetv3small"
+    source = _construct(name, 3, None)
+    for variable in source.trainable_variables:  # not the initial values: the file must be what is loaded
+        variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype("float32"))
+    path = _legacy_h5(source, tmp_path / "w.h5") if fmt == "legacy_h5" else tmp_path / "w.weights.h5"
+    if fmt == "keras3":
+        source.save_weights(path)
+    model = build_model(ModelConfig(encoder=name, encoder_weights=str(path), depth=3, filters=4))
+    extractor = _extractor(model, name)
+    by_name = {layer.name: layer for layer in source.layers}
+    compared = 0
+    for layer in (layer for layer in extractor.layers if layer.weights):
+        for mine, theirs in zip(layer.get_weights(), by_name[layer.name].get_weights()):
+            np.testing.assert_array_equal(mine, theirs, err_msg=layer.name)
+            compared += 1
+    assert compared > 20
+
+
+def test_one_channel_sums_the_first_kernel_and_more_channels_rescale_it(tmp_path):
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 5)).astype("float32")
+    np.testing.assert_allclose(adapt_first_kernel(kernel, 1), kernel.sum(axis=2, keepdims=True), rtol=1e-6)
+    five = adapt_first_kernel(kernel, 5)
+    assert five.shape == (3, 3, 5, 5)
+    np.testing.assert_allclose(five[:, :, 3], kernel[:, :, 0] * 3 / 5, rtol=1e-6)
+    name = "resnet50v2"
+    source = _construct(name, 3, None)
+    path = _legacy_h5(source, tmp_path / "w.h5")
+    model = build_model(ModelConfig(encoder=name, encoder_weights=str(path), in_channels=1, depth=2, filters=4))
+    first = _extractor(model, name).get_layer("conv1_conv").get_weights()[0]
+    np.testing.assert_allclose(first, source.get_layer("conv1_conv").get_weights()[0].sum(axis=2, keepdims=True),
+                               rtol=1e-6)
+
+
+def test_a_file_for_another_backbone_names_the_first_layer_that_differs(tmp_path):
+    path = _legacy_h5(_construct("mobilenetv3small", 3, None), tmp_path / "other.h5")
+    with pytest.raises(ConfigError, match="layer 'conv1_conv' of resnet50v2 has weights"):
+        build_model(ModelConfig(encoder="resnet50v2", encoder_weights=str(path), depth=2, filters=4))
+    with pytest.raises(ConfigError, match="no such file"):
+        build_model(ModelConfig(encoder="resnet50v2", encoder_weights=str(tmp_path / "missing.h5"), depth=2))
+
+
+def test_imagenet_without_network_says_which_file_to_download(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("URL fetch failure: no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ConfigError) as info:
+        build_model(ModelConfig(encoder="efficientnetv2b0", encoder_weights="imagenet", depth=2, filters=4))
+    message = str(info.value)
+    assert BACKBONE_SPECS["efficientnetv2b0"].url in message and "model.encoder_weights=PATH" in message
+
+
+def test_bad_combinations_and_names():
+    with pytest.raises(ConfigError, match="ends at stride 32"):
+        ModelConfig(encoder="resnet50v2", depth=6)
+    with pytest.raises(ConfigError, match="built here from scratch"):
+        ModelConfig(encoder="conv", encoder_weights="imagenet")
+    with pytest.raises(ConfigError, match="resnet50v2"):  # an unknown name lists the valid ones
+        ModelConfig(encoder="resnet50")
+
+
+def test_the_model_takes_unit_images_and_scales_them_as_imagenet_expects(tmp_path):
+    from msunet.plan import plan_run, survey
+    from test_plan import make_folder
+
+    model = build_model(ModelConfig(encoder="convnext_tiny", depth=2, filters=4))
+    scaling = model.get_layer("backbone_scaling")
+    x = np.full((1, 8, 8, 3), 0.485, np.float32)
+    assert np.allclose(keras.ops.convert_to_numpy(scaling(x))[..., 0], 0.0, atol=1e-5)
+    run = RunConfig().override(["model.encoder=resnet50v2"])
+    plan = plan_run(survey(make_folder(tmp_path)), run, {"model.encoder"})
+    assert plan.config.data.normalization == "unit" and plan.sources["data.normalization"]["source"] == "data"
+    assert applications.FAMILIES["resnet_v2"].scaling == "tf"

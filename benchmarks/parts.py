@@ -1,12 +1,15 @@
 """Cost of each model part: parameters, GFLOP per image, training and inference img/s.
 
-`python benchmarks/parts.py [--size 256] [--batch 4] [--repeats 5] [--smoke]`
+`python benchmarks/parts.py [--size 256] [--batch 4] [--repeats 5] [--smoke] [--backbones]`
 
 Every combination in COMBOS at the defaults (depth 4, 32 filters, the default precision of this
 machine), one process, contenders alternated inside every repeat, medians of img/s with min/max and
 the ratio to the default (`conv` + `unet`), as benchmarks/speed.py does. FLOPs are counted
-analytically from the conv layers' shapes (speed.conv_flops). Writes
-benchmarks/results/parts-<date>.json and prints a Markdown table.
+analytically from the shapes of every convolution, depthwise convolution and dense layer, nested
+models (backbones) included (`model_flops`). `--backbones` adds one `keras.applications` backbone
+of each family + `unet` at depth 5 (random weights: the cost does not depend on them). Writes
+benchmarks/results/parts-<date>.json (parts-backbones-<date>.json with --backbones) and prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from speed import conv_flops, stats, timed  # noqa: E402
+from speed import stats, timed  # noqa: E402
 
 from msunet.config import RunConfig  # noqa: E402
 from msunet.data import multiscale_targets  # noqa: E402
@@ -37,6 +40,43 @@ COMBOS = {
 }
 
 
+BACKBONE_COMBOS = {f"{b} + unet": [f"model.encoder={b}", "model.depth=5"]
+                   for b in ("resnet50v2", "efficientnetv2b0", "convnext_tiny", "mobilenetv3large")}
+
+
+def model_flops(model, input_shape) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one image: convolutions (also depthwise, transposed)
+    and dense layers applied per pixel (ConvNeXt's pointwise layers), nested models included."""
+    import keras
+
+    counted = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose, keras.layers.Dense)
+    layers = [layer for layer in model.layers if isinstance(layer, counted + (keras.Model,))]
+    plain = [layer for layer in layers if not isinstance(layer, keras.Model)]
+    def called_with(layer):  # a nested model's `.input` is its own Input; its call in this graph is the node's
+        return layer._inbound_nodes[-1].input_tensors[0] if isinstance(layer, keras.Model) else layer.input
+
+    probe = keras.Model(model.inputs, [called_with(layer) for layer in layers] + [layer.output for layer in plain])
+    shapes = probe.compute_output_shape(tuple(input_shape))
+    ins, outs = shapes[: len(layers)], dict(zip(map(id, plain), shapes[len(layers):]))
+    total = 0.0
+    for layer, shape_in in zip(layers, ins):
+        if isinstance(layer, keras.Model):
+            total += model_flops(layer, shape_in)
+            continue
+        out = outs[id(layer)]
+        pixels = float(np.prod(out[1:-1])) if len(out) > 2 else 1.0
+        c_in = shape_in[-1]
+        if isinstance(layer, keras.layers.Dense):
+            total += 2.0 * pixels * c_in * layer.units
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            total += 2.0 * pixels * np.prod(layer.kernel_size) * c_in * layer.depth_multiplier
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            total += 2.0 * float(np.prod(shape_in[1:-1])) * np.prod(layer.kernel_size) * c_in * layer.filters
+        else:
+            total += 2.0 * pixels * np.prod(layer.kernel_size) * c_in * layer.filters / layer.groups
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
@@ -45,6 +85,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat (a harness check)")
     parser.add_argument("--static", action="store_true", help="parameters and GFLOP only (no timing)")
     parser.add_argument("--filters", type=int, default=32)
+    parser.add_argument("--backbones", action="store_true",
+                        help="also one keras.applications backbone per family (+ unet, depth 5)")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/parts-<date>.json)")
     args = parser.parse_args()
     size, batch, repeats = args.size, args.batch, args.repeats
@@ -55,13 +97,18 @@ def main() -> None:
     x = rng.random((batch, size, size, 3), dtype=np.float32)
     masks = [(rng.random((size, size)) > 0.7).astype(np.int16) for _ in range(batch)]
 
+    combos = {**COMBOS, **(BACKBONE_COMBOS if args.backbones else {})}
+    if args.smoke and args.backbones:  # backbones need depth >= their first feature; keep it small
+        combos = {name: [o for o in over if not o.startswith("model.depth")] for name, over in combos.items()}
     info, ops = {}, {"train": {}, "infer": {}}
     if args.static:
-        for name, overrides in COMBOS.items():
+        for name, overrides in combos.items():
             cfg = RunConfig().override(base + overrides).model
-            print(f"| {name} | {build_model(cfg).count_params() / 1e6:.2f} M | {conv_flops(cfg, size) / 1e9:.2f} |")
+            model = build_model(cfg)
+            flops = model_flops(model, (1, size, size, cfg.in_channels))
+            print(f"| {name} | {model.count_params() / 1e6:.2f} M | {flops / 1e9:.2f} |")
         return
-    for name, overrides in COMBOS.items():
+    for name, overrides in combos.items():
         run = RunConfig().override(base + overrides)
         per = [multiscale_targets(m, run.model) for m in masks]
         y = {h: np.stack([p[h] for p in per]) for h in run.model.head_names}
@@ -72,7 +119,7 @@ def main() -> None:
         ops["train"][name] = lambda t=trainer, y=y: t.train_on_batch(x, y)
         ops["infer"][name] = lambda m=infer: m.predict_on_batch(x)
         info[name] = {"overrides": overrides, "parameters": model.count_params(),
-                      "gflop_per_image": conv_flops(run.model, size) / 1e9}
+                      "gflop_per_image": model_flops(model, (1, size, size, run.model.in_channels)) / 1e9}
     for row in ops.values():  # warm-up: traces, allocator pools
         for fn in row.values():
             fn()
@@ -83,8 +130,8 @@ def main() -> None:
             for name, fn in fns.items():
                 samples[row][name] += timed(fn, 1)
     table = {row: {name: stats(s, batch) for name, s in by.items()} for row, by in samples.items()}
-    default = next(iter(COMBOS))
-    for name in COMBOS:
+    default = next(iter(combos))
+    for name in combos:
         info[name]["train_img_s"] = table["train"][name]
         info[name]["infer_img_s"] = table["infer"][name]
         info[name]["train_ratio_to_default"] = table["train"][name]["median"] / table["train"][default]["median"]
@@ -101,7 +148,8 @@ def main() -> None:
                      f"{r['infer_img_s']['median']:.2f} ({r['infer_ratio_to_default']:.2f}x) |")
     print("\n".join(lines))
     if not args.smoke or args.out:
-        out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / f"parts-{result['date']}.json")
+        stem = "parts-backbones" if args.backbones else "parts"
+        out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" / f"{stem}-{result['date']}.json")
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
 

@@ -47,3 +47,37 @@ def test_bf16_training_runs_saves_and_reloads(tmp_path):
     assert loaded.layers[1].compute_dtype == "bfloat16"
     out = loaded(np.zeros((1, 32, 32, 3), np.float32))
     assert str(keras.backend.standardize_dtype(out["mask"].dtype)) == "float32"
+
+
+def test_auto_on_a_gpu_is_mixed_precision_by_compute_capability(monkeypatch):
+    """A forced device list: bfloat16 from Ampere (8.0) on, float16 with loss scaling before."""
+    import msunet.models as models
+    from msunet import probe
+
+    monkeypatch.delenv("MSUNET_PRECISION", raising=False)
+    monkeypatch.setattr(models, "accelerators", lambda: ["gpu:0"])
+    for capability, expected in (((9, 0), "mixed_bfloat16"), ((8, 0), "mixed_bfloat16"), ((7, 5), "mixed_float16"),
+                                 (None, "mixed_bfloat16")):
+        monkeypatch.setattr(models, "gpu_compute_capability", lambda c=capability: c)
+        assert resolve_precision("auto") == expected
+        assert probe.precision_candidates() == ["float32", expected]
+    monkeypatch.setattr(models, "accelerators", lambda: [])
+    monkeypatch.setattr(models, "_cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto") == "float32" and probe.precision_candidates() == ["float32"]
+
+
+def test_float16_training_scales_the_loss(tmp_path):
+    from msunet.train import _optimizer
+
+    run = RunConfig().override(["model.precision=mixed_float16", "train.time_budget_min=1"])
+    optimizer = _optimizer(run, 100)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    optimizer.learning_rate = 0.5  # TimeBudget drives the rate through the wrapper
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.5)
+    assert not isinstance(_optimizer(RunConfig().override(["model.precision=float32"]), 100),
+                          keras.optimizers.LossScaleOptimizer)
+    data = make_dataset(tmp_path / "data", count=6, size=(32, 32), seed=1)
+    result = train(run.override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2",
+                                 "train.steps_per_epoch=2", "train.epochs=1", "train.workers=1"]),
+                   data, tmp_path / "run", verbose=0, plan=False)
+    assert result.epochs_done == 1 and np.isfinite(result.best_dice)

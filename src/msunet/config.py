@@ -303,10 +303,11 @@ class ModelConfig(BaseConfig):
         deep_supervision: add a mask head at each coarse decoder scale ("mask_s2", ...).
         ds_heads: how many coarse heads (finest first); None means every coarse scale.
         fused_head: add "mask_fused", predicted from all decoder scales upsampled and concatenated.
-        precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto": mixed_bfloat16 on a
-            CPU with bfloat16 instructions (AVX512-BF16 or AMX) under the TensorFlow backend,
-            where it trains about 1.5x faster (benchmarks/speed.py), else float32. Heads, losses
-            and masks stay float32. The environment variable MSUNET_PRECISION overrides "auto".
+        precision: "float32", "mixed_bfloat16", "mixed_float16" or "auto": training measures
+            float32 against the device's mixed precision and keeps the faster (`msunet.probe`);
+            without a measurement, mixed precision on a GPU (bfloat16 from Ampere on, float16
+            with loss scaling before) and on a TensorFlow CPU with bfloat16 instructions, else
+            float32. Heads, losses and masks stay float32. MSUNET_PRECISION overrides "auto".
         output_activation: "auto" (sigmoid if num_classes == 1 else softmax), "sigmoid",
             "softmax" or "linear" (the heads return logits).
         input_size: optional fixed (height, width); None accepts any size.

@@ -53,10 +53,9 @@ def machine_id() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        devices = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
-    except Exception:  # noqa: BLE001 - backends without keras.distribution: CPU only as far as we know
-        devices = []
+    from msunet.models import accelerators
+
+    devices = accelerators()
     return f"{cpu} x{cores} | {','.join(devices) or 'no accelerator'} | {keras.backend.backend()} | keras {keras.__version__}"
 
 
@@ -92,11 +91,11 @@ def _synthetic_batch(run: RunConfig, seed: int = 0):
 
 def _trainer(run: RunConfig, precision: str):
     from msunet.models import build_model
-    from msunet.train import MultiScaleTrainer
+    from msunet.train import MultiScaleTrainer, _optimizer
 
     run = RunConfig(run.model.replace(precision=precision), run.data, run.train)
     trainer = MultiScaleTrainer(build_model(run.model), run)
-    trainer.compile(optimizer=keras.optimizers.AdamW(1e-4), jit_compile=False)
+    trainer.compile(optimizer=_optimizer(run, 1000), jit_compile=False)  # training's (loss scaling for float16)
     return trainer
 
 
@@ -141,13 +140,12 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
 
 
 def precision_candidates() -> list[str]:
-    """The precisions worth measuring here: bfloat16 where the device has it, else float32 alone."""
-    from msunet.models import _cpu_has_bf16
+    """The precisions worth measuring here: float32 and the device's mixed precision (bfloat16 on
+    a CPU with bfloat16 instructions or a GPU from Ampere on, float16 on older GPUs), else float32."""
+    from msunet.models import _cpu_has_bf16, accelerators, mixed_precision_for_gpu
 
-    try:
-        accelerators = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
-    except Exception:  # noqa: BLE001
-        accelerators = []
-    if accelerators or _cpu_has_bf16():
+    if any(d.lower().startswith("gpu") for d in accelerators()):
+        return ["float32", mixed_precision_for_gpu()]
+    if accelerators() or _cpu_has_bf16():
         return ["float32", "mixed_bfloat16"]
     return ["float32"]

@@ -45,7 +45,7 @@ from msunet.feeding import FixedPatchDataset, PatchDataset
 from msunet.losses import deep_supervision_weights, segmentation_loss
 from msunet.heads import metric_name, parse_head
 from msunet.metrics import SegmentationScore
-from msunet.models import build_model, logits_model
+from msunet.models import build_model, logits_model, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +268,14 @@ def _optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimizer:
     else:
         lr = cfg.learning_rate
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
-    return keras.optimizers.SGD(lr, momentum=0.99, nesterov=True)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(lr)
+    else:
+        optimizer = keras.optimizers.SGD(lr, momentum=0.99, nesterov=True)
+    if resolve_precision(run.model.precision) == "mixed_float16":  # float16 gradients underflow without it
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def _trim_history(path: pathlib.Path, epochs_done: int) -> None:

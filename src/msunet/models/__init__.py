@@ -52,11 +52,46 @@ def _cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def accelerators() -> list[str]:
+    """The non-CPU devices Keras sees ("gpu:0", ...); none where the backend has no device list."""
+    try:
+        return [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
+    except Exception:  # noqa: BLE001 - backends without keras.distribution
+        return []
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's CUDA compute capability, where the backend can tell (TensorFlow, PyTorch)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")) if gpus else None
+        if backend == "torch":
+            import torch
+
+            return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - no details: unknown
+        return None
+    return None
+
+
+def mixed_precision_for_gpu() -> str:
+    """bfloat16 from compute capability 8.0 (Ampere) on, float16 with loss scaling before; unknown: bfloat16."""
+    capability = gpu_compute_capability()
+    return "mixed_float16" if capability is not None and capability < (8, 0) else "mixed_bfloat16"
+
+
 def resolve_precision(precision: str = "auto") -> str:
     """The Keras dtype policy name for `ModelConfig.precision`.
 
-    "auto" is "mixed_bfloat16" on a CPU-only TensorFlow backend whose CPU has bfloat16 instructions
-    (measured there: about 1.5x faster training and inference, benchmarks/speed.py), else "float32".
+    Training resolves "auto" by measurement (`msunet.probe`, through the planner) and saves the
+    choice in the run; this is the estimate used without one (a model built directly): on a GPU,
+    mixed precision (bfloat16 from Ampere on, float16 with loss scaling before); on a CPU-only
+    TensorFlow backend whose CPU has bfloat16 instructions, mixed bfloat16 (1.5x faster on the AMD
+    EPYC where it was measured, slower on some Xeons: hence the probe); else float32.
     `MSUNET_PRECISION` in the environment replaces "auto".
     """
     if precision == "auto":
@@ -65,9 +100,10 @@ def resolve_precision(precision: str = "auto") -> str:
             raise ConfigError(f"MSUNET_PRECISION={precision!r} is not valid; valid: {', '.join(PRECISIONS)}.")
     if precision != "auto":
         return precision
+    if any(d.lower().startswith("gpu") for d in accelerators()):
+        return mixed_precision_for_gpu()
     if keras.backend.backend() == "tensorflow" and _cpu_has_bf16():
-        if not any(d.lower().startswith("gpu") for d in keras.distribution.list_devices()):
-            return "mixed_bfloat16"
+        return "mixed_bfloat16"
     return "float32"
 
 

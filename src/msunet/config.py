@@ -277,6 +277,9 @@ class ModelConfig(BaseConfig):
             depth <= 5).
         encoder_weights: a backbone's initial weights: "none" (random), "imagenet" (Keras'
             download, or its cache ~/.keras/models) or the path of a weights file.
+        encoder_freeze_epochs: keep pretrained backbone weights (and batch-norm statistics) frozen
+            for this many epochs while the decoder learns, then train everything at a tenth of the
+            learning rate; 0 trains the backbone from the start.
         decoder: "unet" (upsample, fuse the skip, conv block), "unetpp" (UNet++: nested dense
             skips) or "unet3p" (UNet 3+: each decoder stage fuses every encoder scale and the
             deeper decoder stages; needs depth >= 2).
@@ -315,6 +318,7 @@ class ModelConfig(BaseConfig):
 
     encoder: str = "conv"
     encoder_weights: str = "none"
+    encoder_freeze_epochs: int = 0
     decoder: str = "unet"
     attention: bool = False
     res_blocks: int = 1
@@ -421,6 +425,13 @@ class ModelConfig(BaseConfig):
                 f"{owner}.encoder_weights={self.encoder_weights!r} loads a pretrained backbone, but "
                 f"encoder={self.encoder!r} is built here from scratch. Set model.encoder to one of "
                 f"{', '.join(BACKBONES)}, or model.encoder_weights=none."
+            )
+        check_int(owner, "encoder_freeze_epochs", self.encoder_freeze_epochs, 0)
+        if self.encoder_freeze_epochs and self.encoder_weights == "none":
+            raise ConfigError(
+                f"{owner}.encoder_freeze_epochs={self.encoder_freeze_epochs} freezes pretrained backbone weights, "
+                "but encoder_weights='none' (random weights would stay random). Set model.encoder_weights=imagenet "
+                "or a weights file, or model.encoder_freeze_epochs=0."
             )
         if self.encoder != "resconv" and (self.res_blocks != 1 or self.preactivation):
             raise ConfigError(

@@ -48,6 +48,7 @@ from msunet.metrics import SegmentationScore
 from msunet.models import build_model, logits_model, resolve_precision
 
 log = logging.getLogger(__name__)
+FINE_TUNE_LR_FACTOR = 0.1  # the learning rate once a frozen backbone starts to train
 
 
 class RunError(ValueError):
@@ -154,6 +155,47 @@ class TimeBudget(keras.callbacks.Callback):
         if self.spent >= self.budget_s:
             self.exhausted = True
             self.model.stop_training = True
+
+
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`factor` times another learning-rate schedule (not saved: the trainer's optimizer is rebuilt on resume)."""
+
+    def __init__(self, schedule, factor: float):
+        self.schedule, self.factor = schedule, factor
+
+    def __call__(self, step):
+        return self.schedule(step) * self.factor
+
+
+class BackboneFreeze(keras.callbacks.Callback):
+    """A pretrained backbone frozen (weights and batch-norm statistics) for the first `epochs`,
+    then trained with the rest of the model at `factor` times the learning rate.
+
+    The optimizer holds slots for every variable from the start, so the resume state has one
+    layout in both phases; changing `trainable` retraces the train step at the epoch boundary.
+    """
+
+    def __init__(self, backbone: keras.layers.Layer, epochs: int, factor: float, clock: TimeBudget | None):
+        super().__init__()
+        self.backbone, self.epochs, self.factor, self.clock = backbone, epochs, factor, clock
+        self.scaled = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        frozen = epoch < self.epochs
+        changed = self.backbone.trainable == frozen
+        self.backbone.trainable = not frozen
+        if not frozen and not self.scaled:
+            self.scaled = True
+            optimizer = self.model.optimizer
+            if self.clock is not None:
+                self.clock.base_lr *= self.factor
+            elif isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self.factor)
+            else:
+                optimizer.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * self.factor
+            log.info("epoch %d: the backbone trains from now on, at %.3g x the learning rate", epoch + 1, self.factor)
+        if changed:
+            self.model.make_train_function(force=True)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -429,7 +471,11 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
                            cfg.schedule, cfg.epochs * cfg.steps_per_epoch, (state or {}).get("steps_done") or 0)
     checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping, clock)
     history_cb = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
-    fit_callbacks = [keras.callbacks.TerminateOnNaN(), *([clock] if clock else []), history_cb, checkpoint,
+    freeze = []
+    if run.model.encoder_freeze_epochs:
+        freeze = [BackboneFreeze(model.get_layer(f"{run.model.encoder}_backbone"), run.model.encoder_freeze_epochs,
+                                 FINE_TUNE_LR_FACTOR, clock)]
+    fit_callbacks = [keras.callbacks.TerminateOnNaN(), *freeze, *([clock] if clock else []), history_cb, checkpoint,
                      *(callbacks or [])]
     if clock is not None and clock.spent_before >= clock.budget_s:
         log.info("%s: the time budget of %.1f min is already spent", run_dir, cfg.time_budget_min)

@@ -101,3 +101,31 @@ def test_the_model_takes_unit_images_and_scales_them_as_imagenet_expects(tmp_pat
     plan = plan_run(survey(make_folder(tmp_path)), run, {"model.encoder"})
     assert plan.config.data.normalization == "unit" and plan.sources["data.normalization"]["source"] == "data"
     assert applications.FAMILIES["resnet_v2"].scaling == "tf"
+
+
+def test_a_frozen_backbone_keeps_its_weights_then_trains_at_a_lower_rate(tmp_path):
+    from msunet.synthetic import make_dataset
+    from msunet.train import ScaledSchedule, train
+
+    name = "mobilenetv3small"
+    path = _legacy_h5(_construct(name, 3, None), tmp_path / "w.h5")
+    data = make_dataset(tmp_path / "data", count=6, size=(40, 40), seed=3)
+    snapshots, rates = {}, {}
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            extractor = self.model.net.get_layer(f"{name}_backbone")
+            snapshots[epoch] = [w.copy() for w in extractor.get_weights()]  # moving statistics included
+            rates[epoch] = self.model.optimizer._learning_rate
+
+    run = RunConfig().override([f"model.encoder={name}", f"model.encoder_weights={path}", "model.encoder_freeze_epochs=1",
+                                "model.depth=2", "model.filters=4", "data.patch_size=32", "data.normalization=unit",
+                                "train.batch_size=2", "train.steps_per_epoch=3", "train.epochs=2", "train.workers=1"])
+    train(run, data, tmp_path / "run", verbose=0, plan=False, callbacks=[Watch()])
+    initial = build_model(run.model).get_layer(f"{name}_backbone").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(snapshots[0], initial))  # frozen: nothing moved
+    assert not all(np.array_equal(a, b) for a, b in zip(snapshots[1], initial))  # then it trains
+    assert not isinstance(rates[0], ScaledSchedule) and isinstance(rates[1], ScaledSchedule)
+    assert rates[1].factor == 0.1
+    with pytest.raises(ConfigError, match="random weights would stay random"):
+        ModelConfig(encoder=name, encoder_freeze_epochs=2)

@@ -142,3 +142,24 @@ def test_roi_folder_excludes_pixels_outside_the_field_of_view(tmp_path):
     write(tmp_path / "pred" / "b.png", pred)
     partial = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "o3", roi_dir=tmp_path / "fov")
     assert [s for s, _ in partial.problems] == ["b"]  # no field-of-view mask: reported, not scored silently
+
+
+@pytest.mark.parametrize("sigma", [1.5, 6.0])
+def test_surface_distances_k_d_tree_and_distance_transform_agree(monkeypatch, sigma):
+    """Two exact paths (nearest boundary pixel by k-d tree, or by distance transforms over the
+    boundaries' bounding box) give the same HD95 and MSD."""
+    import importlib
+
+    from scipy import ndimage
+
+    ev = importlib.import_module("msunet.evaluate")  # `msunet.evaluate` is the public function
+
+    rng = np.random.default_rng(int(sigma))
+    pred = ndimage.gaussian_filter(rng.random((90, 120)), sigma) > 0.5
+    truth = ndimage.gaussian_filter(rng.random((90, 120)), sigma) > 0.5
+    truth[:10] = False  # boundaries with different bounding boxes
+    monkeypatch.setattr(ev, "KDTREE_MAX_POINTS", 10**9)
+    by_tree = ev.surface_distances(pred, truth)
+    monkeypatch.setattr(ev, "KDTREE_MAX_POINTS", 0)
+    by_edt = ev.surface_distances(pred, truth)
+    assert by_tree == pytest.approx(by_edt, rel=1e-12)

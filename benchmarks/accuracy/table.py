@@ -46,7 +46,9 @@ def main() -> None:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     variants = sorted({r["variant"] for r in records.values()} - {"default"})
     variants = [v for v in variants if not v.startswith(("peer", "parts-"))]
-    labels = {"nods": "msunet, no deep supervision", "imgnorm": "msunet, per-image normalisation"}
+    labels = {"nods": "msunet, no deep supervision", "imgnorm": "msunet, per-image normalisation",
+              "heads-halving": "msunet, every head trained (ds_weights=halving)",
+              "newcomer": "msunet, no settings (planned), 15 min"}
     header = ["dataset", "metric", "msunet", "msunet + TTA", *[labels.get(v, f"msunet {v}") for v in variants],
               "PyTorch peer",
               "published"]

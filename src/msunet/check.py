@@ -48,12 +48,9 @@ class CheckReport:
 
 def has_accelerator() -> bool:
     """True when Keras sees a GPU/TPU (backends without a device list count as CPU-only)."""
-    try:
-        import keras
+    from msunet.models import accelerators
 
-        return any(not d.lower().startswith("cpu") for d in keras.distribution.list_devices())
-    except Exception:  # noqa: BLE001 - torch backend has no keras.distribution
-        return False
+    return bool(accelerators())
 
 
 def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iterable[str] | None) -> Plan:

@@ -331,7 +331,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             if key in why:
                 entry["why"] = why[key]
             if key == "model.precision" and measured:
-                entry["seconds_per_step"] = {p: round(t, 4) for p, t in measured.items()}
+                entry["seconds_per_step"] = {p: round(t, 6) for p, t in measured.items()}
             sources[key] = entry
     return Plan(resolved, sources, notes, disagreeing)
 

@@ -126,7 +126,7 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
     keras.backend.clear_session()
     cache = _read_cache()  # another process may have written meanwhile
     for precision, seconds in measured.items():
-        cache[keys[precision]] = {"seconds": round(seconds, 4), "machine": machine_id(),
+        cache[keys[precision]] = {"seconds": round(seconds, 6), "machine": machine_id(),
                                   "patch": run.data.patch_size, "batch": run.train.batch_size,
                                   "model": f"{run.model.encoder}+{run.model.decoder} d{run.model.depth} "
                                            f"f{run.model.filters}", "precision": precision,

@@ -723,10 +723,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> RunConfig:
-        data = read_json_source(source)
-        if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS) and "sources" not in data:
-            data = {"model": data}  # a bare ModelConfig file (examples/seed1.json) is a run's model section
-        return cls.from_dict(data)
+        return cls.from_dict(as_run_sections(read_json_source(source)))
 
     def override(self, assignments: Iterable[str]) -> RunConfig:
         grouped: dict[str, list[str]] = {name: [] for name in SECTIONS}
@@ -757,6 +754,13 @@ class RunConfig:
                 section, field = owners[0], key
             grouped[section].append(f"{field}={value}")
         return RunConfig(**{name: getattr(self, name).override(grouped[name]) for name in SECTIONS})
+
+
+def as_run_sections(data: Any) -> Any:
+    """A bare ModelConfig mapping (examples/seed1.json) as a run's model section; anything else as is."""
+    if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS) and "sources" not in data:
+        return {"model": data}
+    return data
 
 
 def user_keys_of(config_data: dict | None = None, overrides: Iterable[str] = ()) -> set[str]:
@@ -806,7 +810,6 @@ def resolve_run_config(config: RunConfig | Mapping | str | os.PathLike | None = 
         data = read_json_source(config)
     else:
         raise ConfigError(f"config must be a RunConfig, a dict, a JSON file or None, not {type(config).__name__}.")
-    if isinstance(data, Mapping) and data and not set(data) & set(SECTIONS) and "sources" not in data:
-        data = {"model": data}  # a bare model section (examples/seed1.json)
+    data = as_run_sections(data)
     base = RunConfig() if data is None else RunConfig.from_dict(data)
     return base.override(overrides), user_keys_of(data, overrides)

@@ -203,6 +203,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _pow2_patch(short_side: float, cap: int) -> int:
+    """The patch for a short side: the power of two at or below it, within 16..cap."""
+    return 2 ** int(math.floor(math.log2(max(min(short_side, cap), 16))))
+
+
 def _plan_resample(found: Survey, accelerator: bool) -> tuple[float, str]:
     """Halves the resolution while the affordable patch sees less than a quarter of the median
     image and the objects stay thick (`object_depth` >= MIN_OBJECT_DEPTH px after halving): large
@@ -213,11 +218,11 @@ def _plan_resample(found: Survey, accelerator: bool) -> tuple[float, str]:
     depth = float(np.median(found.object_depths)) if found.object_depths else 0.0
     factor = 1.0
     while factor > RESAMPLE_MIN:
-        patch = 2 ** int(math.floor(math.log2(max(min(short * factor, cap), 16))))
+        patch = _pow2_patch(short * factor, cap)
         if patch * patch >= MIN_PATCH_SHARE * area * factor * factor or depth * factor / 2 < MIN_OBJECT_DEPTH:
             break
         factor /= 2
-    share = min(1.0, (2 ** int(math.floor(math.log2(max(min(short, cap), 16))))) ** 2 / area)
+    share = min(1.0, _pow2_patch(short, cap) ** 2 / area)
     if factor == 1.0:
         return 1.0, (f"full resolution: a patch sees {share:.0%} of the median image" if share >= MIN_PATCH_SHARE
                      else f"full resolution: objects are thin (depth {depth:.1f} px) though a patch sees "
@@ -229,7 +234,7 @@ def _plan_resample(found: Survey, accelerator: bool) -> tuple[float, str]:
 def _patch_and_depth(sizes: list[tuple[int, int]], accelerator: bool) -> tuple[int, int, str]:
     short = int(np.median([min(h, w) for h, w in sizes]))
     cap = GPU_PATCH_CAP if accelerator else CPU_PATCH_CAP
-    patch = 2 ** int(math.floor(math.log2(max(min(short, cap), 16))))
+    patch = _pow2_patch(short, cap)
     depth = int(min(7, max(1, round(math.log2(patch / 16)))))
     why = (f"median short side {short} px" + (f", capped at {cap} on a {'GPU' if accelerator else 'CPU'}"
                                               if short > cap else ""))

@@ -106,3 +106,28 @@ def test_streamed_output_for_huge_images(loaded_run, tmp_path, monkeypatch):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big.tif"), read_mask(tmp_path / "n" / "big.png"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big_s2.tif"), read_mask(tmp_path / "n" / "big_s2.png"))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "s" / "big_prob.tif"), tifffile.imread(tmp_path / "n" / "big_prob.tif"), atol=1e-6)
+
+
+def test_an_image_smaller_than_the_tile_is_predicted_as_training_saw_it(tmp_path):
+    """A 32 px image under a 64 px tile: predicted in a tile of its own size (no border the model never
+    met in training), padding with what training pads (a black pixel, normalised)."""
+    import tifffile
+
+    cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32"])  # default tile: 64
+    run = LoadedRun(build_model(cfg.model), cfg, Normalization("dataset", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), None)
+    image = (np.random.default_rng(3).random((32, 32, 3)) * 255).astype(np.uint8)
+    write_png(tmp_path / "in" / "a.png", image)
+    assert predict(run, tmp_path / "in", tmp_path / "out", probabilities=True).ok
+    whole = run.model.predict_on_batch(run.normalization.apply(image[None] / 255.0).astype(np.float32))
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "a_prob.tif")[..., 0], whole["mask"][0, ..., 0], atol=1e-5)
+    # 40x24 in a 64 tile: cut to 48x32 (16 px steps), padded with normalised black (-2.5, -1.6, -1)
+    from msunet.predict import fitted_tile
+
+    assert fitted_tile((40, 24), 64, 2) == (48, 32) and fitted_tile((100, 24), 64, 32) == (64, 32)
+    image = (np.random.default_rng(4).random((40, 24, 3)) * 255).astype(np.uint8)
+    write_png(tmp_path / "in2" / "b.png", image)
+    assert predict(run, tmp_path / "in2", tmp_path / "out2", probabilities=True).ok
+    padded = np.zeros((1, 48, 32, 3), np.float32)
+    padded[0, :40, :24] = image / 255.0
+    whole = run.model.predict_on_batch(run.normalization.apply(padded).astype(np.float32))
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out2" / "b_prob.tif")[..., 0], whole["mask"][0, :40, :24, 0], atol=1e-5)

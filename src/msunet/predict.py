@@ -385,9 +385,11 @@ def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_
                          "large is not supported yet; downscale the image first")
     try:
         tiled_source = downscale_image(np.asarray(source[:]), step) if step > 1 else source
+        preprocess = tile_preprocess(tiled_source, run.normalization)
         results = predict_tiled(
-            fn, tiled_source, tile_size, overlap, batch_size, blend,
-            scales={h: head_scale(h) for h in heads}, preprocess=tile_preprocess(tiled_source, run.normalization),
+            fn, tiled_source, fitted_tile(tiled_source.shape[:2], tile_size, max(head_scale(h) for h in heads)),
+            overlap, batch_size, blend, scales={h: head_scale(h) for h in heads}, preprocess=preprocess,
+            pad_value=preprocess(np.zeros((1, 1, tiled_source.shape[-1]), tiled_source.dtype))[0, 0],
             out_of_core=streamed, workdir=workdir,
             progress=(lambda done, total: progress(path.name, done, total)) if progress else None,
         )
@@ -420,6 +422,18 @@ def _predict_one(path, source, run, fn, heads, paths, tile_size, overlap, batch_
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fitted_tile(shape, tile_size: int, coarsest: int) -> tuple[int, int]:
+    """The tile for an image of `shape`: `tile_size`, cut to the image (rounded up to 16 px and the coarsest
+    scale) along a side shorter than it.
+
+    Padding a 64 px image into a 128 px tile showed the model a border it never met in training (its
+    patches were the image itself): the padded side's masks grew false-positive blobs (held-out Dice
+    0.85 where validation said 0.98). Rounding to 16 px bounds the number of traced shapes.
+    """
+    quantum = max(coarsest, 16)
+    return tuple(min(tile_size, -(-int(side) // quantum) * quantum) for side in shape)
 
 
 def _band_view(array):

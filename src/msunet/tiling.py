@@ -160,7 +160,7 @@ def predict_tiled(
     batch_size: int = 4,
     blend: str = "gaussian",
     scales: Mapping[str, int] | None = None,
-    pad_value: float = 0.0,
+    pad_value: float | np.ndarray = 0.0,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     out_of_core: bool | None = None,
     workdir: str | os.PathLike | None = None,
@@ -184,7 +184,9 @@ def predict_tiled(
         batch_size: tiles per `predict_fn` call.
         blend: "gaussian" (sigma = tile/8, no zeros) or "constant".
         scales: output name -> downsampling factor; None infers them from the first batch's shapes.
-        pad_value: value of padded pixels (images smaller than a tile, alignment padding).
+        pad_value: value of padded pixels (images smaller than a tile, alignment padding), after
+            `preprocess`: a number or one value per channel (msunet pads with what training pads: a
+            black pixel, normalised).
         preprocess: applied to each raw tile (the source's dtype) before `predict_fn`, e.g. scaling
             and normalisation, so a huge source needs no normalised copy in memory; must return
             float32 of the same height and width.

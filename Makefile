@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.msunet-installed
-EXTRAS ?= test
+EXTRAS ?= train,export,test
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 MSUNET_INSTALL_CHROMIUM ?= 1

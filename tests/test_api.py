@@ -40,9 +40,9 @@ def test_import_help_and_the_numpy_modules_start_no_keras_or_tensorflow():
 def test_public_functions_stay_functions_after_their_modules_are_imported():
     code = (
         "import inspect, msunet\n"
-        "import msunet.train, msunet.predict, msunet.evaluate, msunet.check\n"
+        "import msunet.train, msunet.predict, msunet.evaluate, msunet.check, msunet.export\n"
         "from msunet.predict import load_run\n"
-        "for name in ('train', 'predict', 'evaluate', 'check'):\n"
+        "for name in ('train', 'predict', 'evaluate', 'check', 'export'):\n"
         "    assert inspect.isfunction(getattr(msunet, name)), (name, getattr(msunet, name))\n"
         "assert msunet.check is msunet.check_dataset\n"
         "assert list(inspect.signature(msunet.train).parameters)[:4] == ['config', 'data_dir', 'out_dir', 'overrides']\n"

@@ -92,13 +92,13 @@ def test_streamed_output_for_huge_images(loaded_run, tmp_path, monkeypatch):
 
     import importlib
 
-    predict_module = importlib.import_module("msunet.predict")  # `msunet.predict` is the function
 
-    monkeypatch.setattr(predict_module, "STREAM_PIXELS", 1000)  # pretend 64x80 is huge
+    files_module = importlib.import_module("msunet.runtime.files")
+    monkeypatch.setattr(files_module, "STREAM_PIXELS", 1000)  # pretend 64x80 is huge
     image = (np.random.default_rng(2).random((64, 80, 3)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image)
     streamed = predict(loaded_run, tmp_path / "big.tif", tmp_path / "s", tile_size=32, probabilities=True)
-    monkeypatch.setattr(predict_module, "STREAM_PIXELS", 10**9)
+    monkeypatch.setattr(files_module, "STREAM_PIXELS", 10**9)
     normal = predict(loaded_run, tmp_path / "big.tif", tmp_path / "n", tile_size=32, probabilities=True)
     assert streamed.ok and normal.ok
     from msunet.imageio import read_mask

@@ -7,7 +7,10 @@ Public API, as functions (each also a command of the `msunet` CLI, with the same
     predict(model, inputs, out_dir, ...)       -> PredictSummary   msunet predict --model --input --out
     evaluate(model, data_dir, out_dir, ...)    -> EvaluationResult msunet evaluate --model --data --out
     evaluate(pred_dir=, gt_dir=, out_dir=)     (scores mask folders: msunet evaluate --pred --gt)
+    export(run, out, format="onnx")            -> bundle folder    msunet export RUN --out BUNDLE
     run_demo(out_dir, ...)                                         msunet demo
+
+Without TensorFlow: `msunet.runtime.Predictor(BUNDLE).predict(image)` (ONNX Runtime, NumPy tiling).
 
 `config` is a `RunConfig`, a dict, a JSON file or None, and `overrides=["train.epochs=5", ...]`
 are `--set`; whatever is left unset is planned from the data (`msunet.plan`).
@@ -20,7 +23,7 @@ starts no TensorFlow. It does arrange for msunet's layers to be registered the m
 imported, so saved models reload with plain `keras.saving.load_model(path)` and no
 `custom_objects` (as with keras-hub).
 
-`msunet.train`, `msunet.predict`, `msunet.evaluate` and `msunet.check` are always these functions;
+`msunet.train`, `msunet.predict`, `msunet.evaluate`, `msunet.check` and `msunet.export` are always these functions;
 their modules stay importable by name: `from msunet.predict import load_run`, or
 `importlib.import_module("msunet.predict")` for the module itself (`from msunet import predict`
 gives the function).
@@ -40,6 +43,7 @@ _LAZY = {
     "check": ("msunet.check", "check_dataset"),
     "predict": ("msunet.predict", "predict"),
     "evaluate": ("msunet.evaluate", "evaluate"),
+    "export": ("msunet.export", "export"),
     "run_demo": ("msunet.demo", "run_demo"),
     "check_dataset": ("msunet.check", "check_dataset"),
     "ConfigError": ("msunet.config", "ConfigError"),
@@ -55,7 +59,7 @@ _LAZY = {
     "select_outputs": ("msunet.models", "select_outputs"),
 }
 # Public functions that share their name with a module of the package.
-_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"train", "check", "predict", "evaluate"})
+_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"train", "check", "predict", "evaluate", "export"})
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

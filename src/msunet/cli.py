@@ -120,14 +120,22 @@ class _Progress:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from msunet.predict import list_inputs, predict
+    from msunet.runtime import is_bundle
+    from msunet.runtime.files import list_inputs
+
+    if is_bundle(args.model):  # an exported bundle: ONNX Runtime, TensorFlow never imported
+        from msunet.runtime import predict
+    else:
+        from msunet.predict import predict
 
     scales = [s.strip() for s in args.scales.split(",")] if args.scales else None
     files = list_inputs(args.input)
-    summary = predict(args.model, args.input, args.out, tile_size=args.tile, overlap=args.overlap,
-                      batch_size=args.batch, tta=args.tta, threshold=args.threshold, scales=scales,
-                      probabilities=args.probabilities, overlay_images=not args.no_overlay, overwrite=args.overwrite,
-                      progress=None if args.quiet else _Progress(len(files)))
+    options = dict(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, tta=args.tta, scales=scales,
+                   probabilities=args.probabilities, overlay_images=not args.no_overlay, overwrite=args.overwrite,
+                   progress=None if args.quiet else _Progress(len(files)))
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    summary = predict(args.model, args.input, args.out, **options)
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
     rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
     print(f"written: {images} image(s), {len(summary.written)} file(s) in {args.out} "
@@ -142,6 +150,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path, reason in summary.failed:
             print(f"  {path}: {reason}")
         return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from msunet.export import export
+
+    out = export(args.run, args.out, format=args.format, which=args.which, overwrite=args.overwrite,
+                 tile_size=args.tile, overlap=args.overlap)
+    print(f"wrote {out}/ ({args.format}): predict with `msunet predict --model {out} --input IMAGES --out MASKS`")
     return 0
 
 
@@ -183,6 +200,9 @@ def _add_config_args(p: argparse.ArgumentParser, config_help: str, set_example: 
                    help=f"override config fields: --set {set_example} [KEY=VALUE ...] (repeatable)")
 
 
+TRAINING_MODULES = {"keras", "tensorflow", "scipy", "matplotlib"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msunet", description="Multi-scale U-Net segmentation for Keras 3: a mask at every decoder scale."
@@ -216,20 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("predict", help="masks at every scale for an image or a folder (tiled, any size)")
-    p.add_argument("--model", required=True, help="run folder (uses best.keras, config.json, normalization.json) or .keras")
+    p.add_argument("--model", required=True, help="run folder (uses best.keras, config.json, normalization.json), .keras "
+                   "file, or an exported bundle (runs without TensorFlow)")
     p.add_argument("--input", required=True, help="image file or folder of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tile", type=int, help="tile side (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     p.add_argument("--tta", action="store_true", help="average the four flips (test-time augmentation)")
-    p.add_argument("--threshold", type=float, default=0.5, help="binary threshold (default 0.5)")
+    p.add_argument("--threshold", type=float, help="binary threshold (default 0.5, or the bundle's)")
     p.add_argument("--scales", help="heads to write, e.g. mask,mask_s2 (default: all)")
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a run as a bundle (model file + bundle.json) for prediction without TensorFlow")
+    p.add_argument("run", help="run folder or .keras file")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--format", default="onnx", choices=("onnx", "saved_model"),
+                   help="onnx (default: msunet's runtime, ONNX Runtime) or saved_model (TensorFlow Serving)")
+    p.add_argument("--which", default="best", choices=("best", "last"), help="which model of the run (default best)")
+    p.add_argument("--tile", type=int, help="the bundle's default tile (default: 2x the training patch, at most 512)")
+    p.add_argument("--overlap", type=float, default=0.25, help="the bundle's default overlap (default 0.25)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ... per image, class and scale, and an HTML report")
     p.add_argument("--model", help="run folder: predict --data's test split, then score it")
@@ -273,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(f"msunet {args.command}: error: {err.name} is not installed; `msunet {args.command}` needs the training "
+              "dependencies: pip install 'msunet[train]' (an exported bundle predicts without them: "
+              "pip install 'msunet[runtime]')", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"msunet {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -19,17 +18,17 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import DataConfig, ModelConfig, write_text_atomic
+from msunet.config import DataConfig, ModelConfig
 from msunet.heads import head_scale
+from msunet.runtime.preprocessing import (  # noqa: F401 - the training side of one implementation
+    DataError, Normalization, channel_moments, compute_normalization, downscale_image, resize_probabilities,
+    to_unit_float,
+)
 from msunet.imageio import IMAGE_SUFFIXES, ImageReadError, is_image_file, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
 IGNORE = -1
-
-
-class DataError(ValueError):
-    """A dataset cannot be used as given; the message names the path and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,76 +229,6 @@ def _decode_palette(raw: np.ndarray, cfg: DataConfig, path) -> np.ndarray:
 def _preview(values: np.ndarray, limit: int = 8) -> str:
     items = [str(v) for v in np.asarray(values).ravel()[:limit].tolist()]
     return ", ".join(items) + (", ..." if np.asarray(values).size > limit else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# Normalisation (the same code path is used by predict)
-# --------------------------------------------------------------------------------------------------
-def to_unit_float(image: np.ndarray) -> np.ndarray:
-    """Scales integer images to [0, 1] by their dtype's range (uint8 / 255, uint16 / 65535)."""
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
-    return image.astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Per-channel statistics (on the [0, 1] scale) or per-image z-score; saved as normalization.json."""
-
-    mode: str
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-    def apply(self, unit_image: np.ndarray) -> np.ndarray:
-        """Normalises an image already scaled by `to_unit_float`."""
-        x = unit_image.astype(np.float32, copy=False)
-        if self.mode == "unit":
-            return x
-        if self.mode == "image":
-            mean = x.mean(axis=(0, 1), keepdims=True)
-            std = x.std(axis=(0, 1), keepdims=True)
-            return (x - mean) / np.maximum(std, 1e-6)
-        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> Normalization:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return cls(mode=data["mode"], mean=tuple(data.get("mean", ())), std=tuple(data.get("std", ())))
-        except (OSError, ValueError, KeyError) as err:
-            raise DataError(f"{path}: cannot read normalisation statistics ({err}); re-run training or restore it.") from err
-
-
-def channel_moments(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sum and sum of squares (float64) of an image on the unit scale, and its pixel count.
-
-    Reads `image` (an array or a lazy reader) in row chunks without a float64 copy, so a huge image
-    costs a few row bands of memory.
-    """
-    height, channels = image.shape[0], image.shape[-1]
-    total, squares = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
-    for r in range(0, height, rows):
-        x = to_unit_float(np.asarray(image[r : min(r + rows, height)])).reshape(-1, channels)
-        total += x.sum(0, dtype=np.float64)
-        squares += np.einsum("ij,ij->j", x, x, dtype=np.float64)
-    return total, squares, height * int(np.prod(image.shape[1:-1]))
-
-
-def compute_normalization(images: Sequence, mode: str) -> Normalization:
-    """Per-channel mean and std over `images` (unit-scaled, pooled over all pixels), or the per-image mode."""
-    if mode in ("image", "unit"):
-        return Normalization(mode)
-    if not images:
-        raise DataError("No training images to compute normalisation statistics from.")
-    moments = [channel_moments(image) for image in images]
-    count = sum(m[2] for m in moments)
-    mean = sum(m[0] for m in moments) / count
-    std = np.sqrt(np.maximum(sum(m[1] for m in moments) / count - mean * mean, 0.0))
-    return Normalization("dataset", tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,27 +479,8 @@ def fixed_patches(
 
 
 # --------------------------------------------------------------------------------------------------
-# Reduced resolution (data.resample): down for training and prediction, probabilities back up
+# Reduced resolution (data.resample): labels down for training (images: msunet.runtime.preprocessing)
 # --------------------------------------------------------------------------------------------------
-def downscale_image(image: np.ndarray, step: int) -> np.ndarray:
-    """(ceil(H/step), ceil(W/step), C): each block's mean over its pixels (border blocks: those that
-    exist), in the image's dtype. The model's own ceil-rounded downsampling grid."""
-    if step == 1:
-        return image
-    height, width, channels = image.shape
-    out_h, out_w = -(-height // step), -(-width // step)
-    padded = np.zeros((out_h * step, out_w * step, channels), np.float64)
-    padded[:height, :width] = image
-    inside = np.zeros((out_h * step, out_w * step), np.float64)
-    inside[:height, :width] = 1.0
-    sums = padded.reshape(out_h, step, out_w, step, channels).sum(axis=(1, 3))
-    counts = inside.reshape(out_h, step, out_w, step).sum(axis=(1, 3))[..., None]
-    mean = sums / counts
-    if np.issubdtype(image.dtype, np.integer):
-        mean = np.rint(mean)
-    return mean.astype(image.dtype)
-
-
 def downscale_labels(mask: np.ndarray, step: int, num_classes: int) -> np.ndarray:
     """Class ids at ceil(H/step) x ceil(W/step): each block's majority class among its valid
     pixels; IGNORE where most of the block is ignored."""
@@ -580,16 +490,6 @@ def downscale_labels(mask: np.ndarray, step: int, num_classes: int) -> np.ndarra
     probs, valid = soft[..., :-1], soft[..., -1]
     labels = (probs[..., 0] >= 0.5).astype(np.int16) if num_classes == 1 else probs.argmax(-1).astype(np.int16)
     return np.where(valid >= 0.5, labels, IGNORE).astype(np.int16)
-
-
-def resize_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, K) -> (size[0], size[1], K) by bilinear interpolation between pixel centres (the
-    inverse of the block grid of `downscale_image`), float32."""
-    if probs.shape[:2] == tuple(size):
-        return np.asarray(probs, np.float32)
-    zoom = (size[0] / probs.shape[0], size[1] / probs.shape[1], 1.0)
-    out = ndimage.zoom(np.asarray(probs, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
-    return np.clip(out[: size[0], : size[1]], 0.0, 1.0)
 
 
 def __getattr__(name: str):

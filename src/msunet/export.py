@@ -1,0 +1,120 @@
+"""Export a trained run as a bundle: the network in float32 plus everything prediction needs.
+
+`export(RUN, BUNDLE, format="onnx")` writes BUNDLE/ with the model file and `bundle.json` (see
+`msunet.runtime.bundle`): input channels and scaling, normalisation statistics, head names and
+scales, activation and threshold, class colours, the reduced-resolution step, tile and overlap
+defaults, the msunet version and the model file's SHA-256. The network is rebuilt in float32 with
+the run's weights even when it trained in mixed precision, and exported through Keras'
+`Model.export` with dynamic batch, height and width. The bundle is written to a temporary folder
+beside BUNDLE and renamed into place, so a half-written bundle is never left behind.
+
+Formats: "onnx" (run by `msunet.runtime` without TensorFlow; needs `tf2onnx` to export) and
+"saved_model" (TensorFlow Serving / `tf.saved_model.load`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+
+from msunet import __version__
+from msunet.heads import head_scale
+from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
+from msunet.runtime.files import class_palette
+
+FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model")}
+
+
+def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
+           tile_size: int | None = None, overlap: float = 0.25) -> pathlib.Path:
+    """Writes the bundle of a run; returns its folder.
+
+    Example:
+    ```python
+    bundle = msunet.export("runs/first", "bundles/first")      # ONNX
+    from msunet.runtime import Predictor
+    Predictor(bundle).predict(image)["mask"]
+    ```
+
+    Args:
+        run: a run folder, a .keras file, or a `msunet.predict.LoadedRun`.
+        out: the bundle folder to write (refused if it exists, unless `overwrite`).
+        format: "onnx" or "saved_model".
+        which: "best" or "last" model of a run folder.
+        tile_size, overlap: the bundle's tiling defaults (default tile: twice the training patch, at most 512).
+
+    Raises:
+        ValueError: an unknown format, an existing bundle, a missing exporter (named with its pip package).
+    """
+    import keras
+
+    from msunet.models import build_model, output_names
+    from msunet.predict import LoadedRun, load_run, trained_heads
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}.")
+    out = pathlib.Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; choose another --out or pass --overwrite to replace it.")
+    if format == "onnx":
+        try:
+            import tf2onnx  # noqa: F401 - Keras' ONNX export of the TensorFlow backend goes through it
+        except ImportError as err:
+            raise ValueError("exporting ONNX needs tf2onnx: `pip install 'msunet[export]'` (or `pip install tf2onnx "
+                             "onnx`).") from err
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, which)
+    config = loaded.config
+    # float32 graph, random-free rebuild (no backbone weights fetched), then the run's weights.
+    model = build_model(config.model.replace(precision="float32", encoder_weights="none"))
+    model.set_weights([np.asarray(w, np.float32) for w in loaded.model.get_weights()])
+    coarsest = max(head_scale(h) for h in output_names(model))
+    model.predict_on_batch(np.zeros((1, coarsest, coarsest, config.model.in_channels), np.float32))  # builds
+    tile = tile_size or min(512, 2 * config.data.patch_size)
+    tile = -(-int(tile) // coarsest) * coarsest
+    filename, keras_format = FORMATS[format]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.export(str(tmp / filename), format=keras_format, verbose=False)
+        num_classes = config.model.num_classes
+        meta = {
+            "format": FORMAT, "bundle_version": BUNDLE_VERSION, "msunet_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "engine": format, "model_file": filename,
+            "sha256": sha256_of(tmp / filename),
+            "input": {
+                "name": model.inputs[0].name, "channels": config.model.in_channels, "layout": "NHWC",
+                "dtype": "float32",
+                "scaling": "integers / their dtype's maximum (uint8 / 255, uint16 / 65535), floats unchanged; "
+                           "then the normalisation; images smaller than a tile padded with normalised black",
+                "normalization": loaded.normalization.to_dict(), "resample_step": config.data.resample_step,
+            },
+            "heads": [{"name": name, "scale": head_scale(name)} for name in output_names(model)],
+            "default_heads": trained_heads(loaded),
+            "num_classes": num_classes, "activation": "sigmoid" if num_classes == 1 else "softmax",
+            "threshold": config.train.threshold,
+            "class_colours": [list(map(int, c)) for c in class_palette(num_classes)] if num_classes > 1 else None,
+            "mask_palette": [list(c) for c in config.data.palette] if config.data.palette else None,
+            "ignore_label": config.data.ignore_label,
+            "tiling": {"tile": tile, "overlap": overlap, "blend": "gaussian", "multiple_of": coarsest},
+            "max_pixels": config.data.max_pixels,
+            "source": {"run": str(loaded.run_dir) if loaded.run_dir else None, "which": which,
+                       "trained_precision": config.model.precision, "keras": keras.__version__,
+                       "backend": keras.backend.backend()},
+        }
+        (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out.exists():  # overwrite: the old bundle goes only once the new one is complete
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,184 @@
+"""Bundles: an exported model file plus `bundle.json`, and the TensorFlow-free `Predictor` over them.
+
+`bundle.json` holds everything prediction needs besides the network: input channels and scaling,
+the normalisation statistics, head names and scales, activation and threshold, class colours, the
+reduced-resolution step, tile and overlap defaults, the msunet version and the SHA-256 of the model
+file (checked on load: a missing or altered model file is refused). Written by `msunet.export`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from msunet.heads import head_scale
+from msunet.runtime.files import (Engine, PredictSummary, batch_function, check_tiling_args, predict_files,
+                                  predict_image)
+from msunet.runtime.preprocessing import Normalization
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "msunet-bundle"
+BUNDLE_VERSION = 1
+RUNNABLE = ("onnx",)  # formats this runtime executes; saved_model bundles are for TensorFlow Serving
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used (missing, altered, unsupported, or its engine not installed)."""
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """True for a folder holding a `bundle.json`."""
+    return (pathlib.Path(path) / BUNDLE_FILE).is_file()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = pathlib.Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
+    """The bundle's `bundle.json`, checked: format, version, and (with `verify`) the model file's checksum.
+
+    Raises:
+        BundleError: naming the bundle, what is wrong and how to get a good one.
+    """
+    root = pathlib.Path(path)
+    meta_path = root / BUNDLE_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{root}: no {BUNDLE_FILE} here; pass a folder written by `msunet export RUN --out BUNDLE`.")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{meta_path}: unreadable ({err}); export the bundle again.") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_path}: not an msunet bundle (format {meta.get('format') if isinstance(meta, dict) else None!r}).")
+    if meta.get("bundle_version", 0) > BUNDLE_VERSION:
+        raise BundleError(f"{meta_path}: bundle version {meta.get('bundle_version')} is newer than this msunet reads "
+                          f"({BUNDLE_VERSION}); upgrade msunet.")
+    model_file = root / meta["model_file"]
+    if verify:
+        if not model_file.exists():
+            raise BundleError(f"{model_file}: the bundle's model file is missing; copy the whole bundle folder or "
+                              "export it again.")
+        if sha256_of(model_file) != meta["sha256"]:
+            raise BundleError(f"{model_file}: the model file does not match the checksum in {BUNDLE_FILE} (altered or "
+                              "truncated); export the bundle again.")
+    return meta
+
+
+def _onnx_session(model_file: pathlib.Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise BundleError("ONNX Runtime is not installed: `pip install 'msunet[runtime]'` (or `pip install "
+                          "onnxruntime`) runs bundles without TensorFlow.") from err
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+class Predictor:
+    """Predicts every head of an exported model for images of any size, without TensorFlow or Keras.
+
+    Example:
+    ```python
+    from msunet.runtime import Predictor
+    predictor = Predictor("bundle/")
+    probs = predictor.predict(image)          # {"mask": (H, W, K), "mask_s2": (ceil(H/2), ceil(W/2), K), ...}
+    mask = predictor.mask(probs["mask"])      # uint8: 0/255 (binary) or class ids
+    ```
+
+    Args:
+        bundle: a folder written by `msunet export`.
+        threads: ONNX Runtime's intra-op threads (default: all cores).
+    """
+
+    def __init__(self, bundle: str | os.PathLike, threads: int | None = None):
+        self.root = pathlib.Path(bundle)
+        self.meta = meta = read_bundle(self.root)
+        if meta["engine"] not in RUNNABLE:
+            raise BundleError(f"{self.root}: a {meta['engine']!r} bundle; this runtime runs {', '.join(RUNNABLE)} "
+                              "bundles (export with --format onnx).")
+        self.session = _onnx_session(self.root / meta["model_file"], threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.heads = [h["name"] for h in meta["heads"]]
+        self.default_heads = list(meta["default_heads"])
+        self.in_channels = int(meta["input"]["channels"])
+        self.num_classes = int(meta["num_classes"])
+        self.threshold = float(meta["threshold"])
+        self.normalization = Normalization.from_dict(meta["input"]["normalization"])
+        self.resample_step = int(meta["input"].get("resample_step", 1))
+        self.tile, self.overlap = int(meta["tiling"]["tile"]), float(meta["tiling"]["overlap"])
+
+    def predict_batch(self, batch: np.ndarray, heads: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The network alone: a preprocessed float32 (B, h, w, C) batch -> {head: (B, h/s, w/s, K)}."""
+        names = list(heads or self.heads)
+        outputs = self.session.run(names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(names, outputs))
+
+    def engine(self) -> Engine:
+        """This bundle as the `Engine` that `msunet.runtime.files.predict_files` drives."""
+        def make_fn(heads: Sequence[str], batch_size: int, tta: bool) -> Callable:
+            return batch_function(lambda b: self.predict_batch(b, heads), batch_size, tta)
+
+        return Engine(heads=self.heads, default_heads=self.default_heads, in_channels=self.in_channels,
+                      num_classes=self.num_classes, normalization=self.normalization, make_fn=make_fn,
+                      resample_step=self.resample_step, default_tile=self.tile,
+                      max_pixels=int(self.meta.get("max_pixels", 250_000_000)))
+
+    def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool = False,
+                tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4
+                ) -> dict[str, np.ndarray]:
+        """Probabilities of every head (default: the trained ones) for one (H, W) or (H, W, C) image.
+
+        The image is scaled by its dtype (uint8 / 255, uint16 / 65535) and normalised as in training,
+        tiled with Gaussian blending; `mask_s{s}` comes back at ceil(H/s) x ceil(W/s).
+        """
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] != self.in_channels:
+            raise ValueError(f"image of shape {image.shape}: the bundle {self.root} takes (H, W, {self.in_channels}) "
+                             f"images ({self.in_channels} channel(s)); convert the image first.")
+        names = list(heads or self.default_heads)
+        unknown = [h for h in names if h not in self.heads]
+        if unknown:
+            raise ValueError(f"the bundle has no output {unknown[0]!r}; valid: {', '.join(self.heads)}.")
+        coarsest = max(head_scale(h) for h in names)
+        tile = -(-int(tile_size or self.tile) // coarsest) * coarsest
+        fn = batch_function(lambda b: self.predict_batch(b, names), batch_size, tta)
+        return predict_image(self.engine(), fn, image, names, tile, self.overlap if overlap is None else overlap,
+                             batch_size)
+
+    def mask(self, probs: np.ndarray) -> np.ndarray:
+        """uint8 mask of one head's probabilities: 0/255 at the bundle's threshold, or class ids."""
+        probs = np.asarray(probs)
+        if probs.shape[-1] == 1:
+            return np.where(probs[..., 0] >= self.threshold, 255, 0).astype(np.uint8)
+        return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def predict(bundle: str | os.PathLike, inputs: str | os.PathLike, out_dir: str | os.PathLike,
+            threads: int | None = None, **options) -> PredictSummary:
+    """`msunet predict` for a bundle: the same outputs and options (`msunet.predict`'s keyword arguments)."""
+    check_tiling_args(options.get("tile_size"), options.get("overlap", 0.25), options.get("batch_size", 4),
+                      options.get("threshold", 0.5))  # once, before the bundle is loaded
+    predictor = Predictor(bundle, threads)
+    options.setdefault("threshold", predictor.threshold)
+    return predict_files(predictor.engine(), inputs, out_dir, **options)

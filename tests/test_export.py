@@ -1,0 +1,182 @@
+"""Export bundles and the TensorFlow-free runtime: parity with Keras, bad bundles, no TensorFlow imported."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install 'msunet[export]'; `make venv` has it)")
+pytest.importorskip("onnxruntime", reason="the runtime needs onnxruntime (pip install 'msunet[runtime]')")
+
+from msunet.config import RunConfig  # noqa: E402
+from msunet.data import Normalization  # noqa: E402
+from msunet.export import export  # noqa: E402
+from msunet.models import build_model  # noqa: E402
+from msunet.predict import LoadedRun, make_predict_fn, run_engine  # noqa: E402
+from msunet.runtime import BundleError, Predictor, read_bundle  # noqa: E402
+from msunet.runtime.files import predict_image  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(num_classes=1, precision="float32", depth=3, extra=()):
+    cfg = RunConfig().override([f"model.depth={depth}", "model.filters=4", "data.patch_size=32",
+                                f"model.num_classes={num_classes}", f"model.precision={precision}", *extra])
+    model = build_model(cfg.model)
+    rng = np.random.default_rng(0)  # weights away from their initial values, so parity is not trivial
+    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
+    return LoadedRun(model, cfg, Normalization("dataset", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)), None)
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    run = _run()
+    return run, export(run, tmp_path_factory.mktemp("b") / "bundle")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (37, 101), (255, 257)])
+def test_bundle_matches_keras_on_every_head_at_odd_sizes_and_through_tiling(binary, size):
+    run, bundle = binary
+    predictor = Predictor(bundle)
+    image = (np.random.default_rng(sum(size)).random((*size, 3)) * 255).astype(np.uint8)
+    heads = run.model.output_names
+    keras_probs = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, 64)
+    probs = predictor.predict(image, heads=heads, tile_size=64)  # 255x257 in 64 px tiles: 30+ windows blended
+    assert set(probs) == set(heads) == {"mask", "mask_s2", "mask_s4"}
+    for head in heads:
+        s = int(head.rpartition("_s")[2]) if "_s" in head else 1
+        assert probs[head].shape == (-(-size[0] // s), -(-size[1] // s), 1)
+        np.testing.assert_allclose(probs[head], keras_probs[head], atol=1e-4, rtol=0)
+        near = np.abs(keras_probs[head] - 0.5) < 1e-4
+        assert np.array_equal(predictor.mask(probs[head])[~near[..., 0]],
+                              predictor.mask(keras_probs[head])[~near[..., 0]])
+
+
+def test_multiclass_bf16_run_exports_a_float32_graph_with_its_metadata(tmp_path):
+    import onnx
+
+    run = _run(num_classes=4, precision="mixed_bfloat16", depth=2)
+    bundle = export(run, tmp_path / "mc")
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    types = {t.type.tensor_type.elem_type for t in [*graph.input, *graph.output, *graph.value_info]}
+    assert onnx.TensorProto.BFLOAT16 not in types and onnx.TensorProto.FLOAT16 not in types
+    meta = read_bundle(bundle)
+    assert meta["engine"] == "onnx" and meta["num_classes"] == 4 and meta["activation"] == "softmax"
+    assert meta["input"]["channels"] == 3 and meta["input"]["normalization"]["mean"] == [0.4, 0.5, 0.6]
+    assert [h["scale"] for h in meta["heads"]] == [1, 2] and meta["source"]["trained_precision"] == "mixed_bfloat16"
+    assert meta["tiling"]["tile"] == 64 and len(meta["class_colours"]) == 4
+    image = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype(np.uint8)
+    probs = Predictor(bundle).predict(image)
+    np.testing.assert_allclose(probs["mask"].sum(-1), 1.0, atol=1e-5)  # softmax over 4 classes
+    float32 = LoadedRun(build_model(run.config.model.replace(precision="float32")), run.config, run.normalization, None)
+    float32.model.set_weights(run.model.get_weights())
+    expected = predict_image(run_engine(float32), make_predict_fn(float32.model, ["mask"], 4), image, ["mask"], 64)
+    np.testing.assert_allclose(probs["mask"], expected["mask"], atol=1e-4, rtol=0)
+
+
+def test_bad_bundles_and_inputs_are_refused_with_the_fix(binary, tmp_path, monkeypatch):
+    run, bundle = binary
+    with pytest.raises(ValueError, match="exists; choose another --out or pass --overwrite"):
+        export(run, bundle)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, saved_model"):
+        export(run, tmp_path / "x", format="tflite")
+    with pytest.raises(BundleError, match="no bundle.json here"):
+        Predictor(tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "bundle.json").write_bytes((bundle / "bundle.json").read_bytes())
+    with pytest.raises(BundleError, match="model file is missing"):
+        Predictor(copy)
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        Predictor(copy)
+    with pytest.raises(ValueError, match=r"takes \(H, W, 3\) images"):
+        Predictor(bundle).predict(np.zeros((8, 8), np.uint8))
+    # An export that fails half-way leaves nothing behind: no bundle, no temporary folder.
+    import keras
+
+    def broken(self, *args, **kwargs):
+        (pathlib.Path(args[0])).write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(keras.Model, "export", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(run, tmp_path / "half")
+    assert not [p.name for p in tmp_path.iterdir() if "half" in p.name]
+
+
+def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_path):
+    from msunet.cli import main
+    from msunet.imageio import read_mask, write_png
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=4, size=(40, 44))
+    train(RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "epochs=1",
+                                "steps_per_epoch=2", "batch_size=2"]), data, tmp_path / "run", verbose=0)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 2  # exists
+    write_png(tmp_path / "in" / "odd.png", (np.random.default_rng(0).random((37, 101, 3)) * 255).astype(np.uint8))
+    for source, out in (("run", "k"), ("bundle", "b")):
+        assert main(["predict", "--model", str(tmp_path / source), "--input", str(tmp_path / "in"), "--out",
+                     str(tmp_path / out), "--quiet", "--tta"]) == 0
+    names = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "k").iterdir()) == ["odd.png", "odd_overlay.png", "odd_s2.png"]
+    for name in ("odd.png", "odd_s2.png"):
+        keras_mask, bundle_mask = read_mask(tmp_path / "k" / name), read_mask(tmp_path / "b" / name)
+        assert (keras_mask != bundle_mask).mean() < 0.001  # only probabilities at the threshold may flip
+
+
+NO_TENSORFLOW = r"""
+import importlib.abc, sys
+BLOCKED = ("tensorflow", "keras", "scipy", "jax", "torch")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"the runtime imported {name}")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from msunet.runtime import Predictor
+from msunet.cli import main
+bundle, images, out = sys.argv[1:4]
+probs = Predictor(bundle).predict(np.zeros((37, 101, 3), np.uint8), tta=True)
+assert probs["mask_s4"].shape == (10, 26, 1), probs["mask_s4"].shape
+assert main(["predict", "--model", bundle, "--input", images, "--out", out, "--quiet", "--probabilities"]) == 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not heavy, heavy
+print("ok")
+"""
+
+
+def test_the_runtime_never_imports_tensorflow_keras_or_scipy(binary, tmp_path):
+    _, bundle = binary
+    from msunet.imageio import write_png
+
+    write_png(tmp_path / "in" / "a.png", (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(bundle), str(tmp_path / "in"), str(tmp_path / "o")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+    assert {"a.png", "a_s2.png", "a_s4.png", "a_prob.tif", "a_overlay.png"} <= {p.name for p in (tmp_path / "o").iterdir()}
+
+
+def test_saved_model_bundle_is_written_with_its_checksum(binary, tmp_path):
+    run, _ = binary
+    bundle = export(run, tmp_path / "sm", format="saved_model")
+    meta = read_bundle(bundle)
+    assert meta["engine"] == "saved_model" and (bundle / "saved_model" / "saved_model.pb").is_file()
+    with pytest.raises(BundleError, match="runs onnx bundles"):
+        Predictor(bundle)
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(bundle / "saved_model"))
+    x = np.random.default_rng(0).random((1, 37, 101, 3)).astype(np.float32)
+    out = served.serve(x)
+    keras_out = run.model.predict_on_batch(x)
+    np.testing.assert_allclose(np.asarray(out["mask"]), keras_out["mask"], atol=1e-4)

@@ -74,6 +74,20 @@ def test_an_epoch_is_one_pass_over_the_training_pixels(tmp_path, no_env_precisio
     assert "at most ~2 min per epoch" in timed.sources["train.steps_per_epoch"]["why"]
 
 
+def test_short_measured_epochs_are_regrouped_into_fewer_longer_ones(tmp_path, no_env_precision):
+    """A 64 px folder's epochs of 10 steps of 0.1 s spent a third of their time on the epoch end."""
+    found = survey(make_folder(tmp_path, count=12))  # 10 train images of 64 px: 2 steps a pass, 10 at least
+    fast = FakeDevice({"float32": 0.1 / (8 * (64 / 256) ** 2)})  # 0.1 s at batch 8, 64 px
+    plan = plan_run(found, RunConfig(), set(), measure=fast)
+    assert (plan.config.train.steps_per_epoch, plan.config.train.epochs) == (100, 5)  # 500 steps in all, as before
+    assert plan.sources["train.epochs"]["source"] == "data" and "regrouped" in plan.sources["train.epochs"]["why"]
+    assert plan.config.train.val_batches == 15
+    for user in (["train.epochs=20"], ["train.steps_per_epoch=10"]):  # the user's choice is kept whole
+        kept = plan_run(found, RunConfig().override(user), {user[0].split("=")[0]}, measure=fast)
+        assert kept.config.train.epochs * kept.config.train.steps_per_epoch in (200, 500)
+        assert kept.config.train.steps_per_epoch == 10
+
+
 def test_environment_precision_is_the_users_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("MSUNET_PRECISION", "float32")
     device = FakeDevice({"float32": 0.1})

@@ -18,7 +18,8 @@ a value with its source and reason:
 | train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, a measured step of ~1-2 s |
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
 | model.filters              | measured (device): halved when a CPU step stays above 2 s at batch 2 |
-| train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, at most ~2 min where measured |
+| train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
+| train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s |
 | train.val_batches          | about 15% of an epoch's steps                                   |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
@@ -51,6 +52,8 @@ CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
 CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
 EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, curves and resume stay frequent
+EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (validation, 3 checkpoint files) costs
+#                    ~0.5 s, a third of a 64 px folder's 1.5 s epochs; its steps are regrouped into fewer epochs
 VAL_FRACTION_OF_EPOCH = 0.15
 DEVICE_KEYS = {"model.precision", "model.filters"}
 MIN_PATCH_SHARE = 0.25  # a patch that sees less of the median image than this asks for a lower resolution...
@@ -323,7 +326,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         if min(min(s) for s in scaled) < patch:
             notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
     measured, step = _plan_device(config, user, values, why, derive, notes, measure, precisions, accelerator)
-    _plan_epoch(found, config, values, derive, step)
+    _plan_epoch(found, config, user, values, derive, step)
 
     resolved = _apply(config, values)
     sources = {}
@@ -389,8 +392,12 @@ def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, der
     return seconds, step
 
 
-def _plan_epoch(found: Survey, config: RunConfig, values: dict, derive, step: float | None) -> None:
-    """Steps per epoch (one pass over the training pixels) and the validation batches (~15% of them)."""
+def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, derive, step: float | None) -> None:
+    """Steps per epoch (one pass over the training pixels) and the validation batches (~15% of them).
+
+    Where a measured epoch would last under `EPOCH_MIN_S`, the same number of steps in all
+    (`train.epochs` x one pass) is regrouped into fewer, longer epochs.
+    """
     batch = values.get("train.batch_size", config.train.batch_size)
     patch = values.get("data.patch_size", config.data.patch_size)
     if found.train_pixels:
@@ -404,6 +411,15 @@ def _plan_epoch(found: Survey, config: RunConfig, values: dict, derive, step: fl
         if step and steps * step > EPOCH_S and steps > low:
             steps = max(low, int(EPOCH_S / step))
             reason += f", at most ~{EPOCH_S / 60:.0f} min per epoch at {step:.2f} s per step"
+        elif step and steps * step < EPOCH_MIN_S and not {"train.steps_per_epoch", "train.epochs"} & user:
+            total = steps * config.train.epochs
+            longer = min(high, math.ceil(EPOCH_MIN_S / step))
+            epochs = max(1, math.ceil(total / longer))
+            reason += (f"; {longer} steps, ~{EPOCH_MIN_S:.0f} s at {step:.2f} s per step, so that epoch ends (validation, "
+                       "checkpoints) stay a small share")
+            derive("train.epochs", epochs, f"the {total} steps of {config.train.epochs} epochs of {steps} steps, "
+                   f"regrouped in epochs of {longer}")
+            steps = longer
         derive("train.steps_per_epoch", steps, reason)
     steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
     derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),

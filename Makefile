@@ -51,7 +51,7 @@ bench-env:
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
-	$(BENCH_VENV)/bin/python -m pip install --quiet monai -e .
+	$(BENCH_VENV)/bin/python -m pip install --quiet monai -e ".[train,export]"
 
 bench-speed: bench-env
 	$(BENCH_VENV)/bin/python benchmarks/speed.py

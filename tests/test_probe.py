@@ -41,16 +41,22 @@ def test_auto_precision_keeps_the_measured_faster_one_and_records_both(tmp_path,
 
 def test_a_cpu_step_is_kept_near_one_to_two_seconds(tmp_path, no_env_precision):
     found = survey(make_folder(tmp_path, count=4, size=(256, 256), channels=3))
-    slow = FakeDevice({"float32": 0.5})  # 4 s at batch 8
+    slow = FakeDevice({"float32": 0.5})  # 4 s at batch 8, 32 filters: 1 s at 16, batch kept
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slow)
-    assert plan.config.train.batch_size == 3  # 8 * 1.5 / 4
+    assert (plan.config.train.batch_size, plan.config.model.filters) == (8, 16)
+    assert "the width goes before the batch" in plan.sources["model.filters"]["why"]
+    assert plan.sources["model.filters"]["source"] == "device" and slow.calls[-1] == (8, 16, ("float32",))
+    slower = FakeDevice({"float32": 1.2})  # 9.6 s at 32 filters, 2.4 s at 16 (batch 8): then the batch is cut
+    plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slower)
+    assert (plan.config.train.batch_size, plan.config.model.filters) == (5, 16)  # int(8 * 1.5 / 2.4)
     assert "a training step of ~1.5 s" in plan.sources["train.batch_size"]["why"]
-    assert plan.config.model.filters == 32
-    very_slow = FakeDevice({"float32": 2.0})  # 4 s even at batch 2: narrower, measured again
+    very_slow = FakeDevice({"float32": 8.0})  # 16 s at 16 filters, 4 s even at batch 2: narrower again
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=very_slow)
-    assert (plan.config.train.batch_size, plan.config.model.filters) == (2, 16)
-    assert plan.sources["model.filters"]["source"] == "device" and very_slow.calls[-1] == (2, 16, ("float32",))
-    assert not any("a training step takes" in n for n in plan.notes)  # 1 s at 16 filters
+    assert (plan.config.train.batch_size, plan.config.model.filters) == (2, 8)
+    assert very_slow.calls[-1] == (2, 8, ("float32",))
+    assert not any("a training step takes" in n for n in plan.notes)  # 1 s at 8 filters
+    wide = plan_run(found, RunConfig().override(["model.filters=32"]), {"model.filters"}, memory=2**34, measure=slow)
+    assert (wide.config.train.batch_size, wide.config.model.filters) == (3, 32)  # the user's width: the batch goes
     user = plan_run(found, RunConfig().override(["train.batch_size=8"]), {"train.batch_size"}, memory=2**34,
                     measure=FakeDevice({"float32": 0.5}))
     assert user.config.train.batch_size == 8 and user.sources["train.batch_size"]["source"] == "user"

@@ -15,9 +15,9 @@ a value with its source and reason:
 | data.resample              | 1, or 1/2, 1/4 ... while a patch sees < 25% of the median image and the objects stay thick |
 | data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
 | model.depth                | a bottleneck of about 16 px on the patch                        |
-| train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, a measured step of ~1-2 s |
+| train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, cut until a measured step takes ~1-2 s |
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
-| model.filters              | measured (device): halved when a CPU step stays above 2 s at batch 2 |
+| model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s |
 | train.val_batches          | about 15% of an epoch's steps                                   |
@@ -374,17 +374,26 @@ def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, der
     if accelerator:
         return seconds, step
     low, high = CPU_STEP_S
+    filters = config.model.filters
+    if step > high and "model.filters" not in user and filters > 16:
+        # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
+        # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
+        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": filters // 2})
+        slow = measure(narrower, [precision])[precision]
+        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU at batch "
+               f"{batch}, {slow:.1f} s at {filters // 2} (the width goes before the batch)")
+        step, filters = slow, filters // 2
     if step > high and "train.batch_size" not in user and batch > 2:
         smaller = max(2, int(batch * (low + high) / 2 / step))
-        step = step * smaller / batch
+        measured_step, step = step, step * smaller / batch
         derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
-               f"(measured {seconds[precision]:.2f} s at batch {batch})")
+               f"(measured {measured_step:.2f} s at batch {batch}, {filters} filters)")
         batch = smaller
-    if step > high and "model.filters" not in user and config.model.filters > 8:
-        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": config.model.filters // 2})
+    if step > high and "model.filters" not in user and filters > 8:
+        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": filters // 2})
         slow = measure(narrower, [precision])[precision]
-        derive("model.filters", config.model.filters // 2, f"a step at {config.model.filters} filters took "
-               f"{step:.1f} s on this CPU, {slow:.1f} s at {config.model.filters // 2}")
+        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU, "
+               f"{slow:.1f} s at {filters // 2}")
         step = slow
     if step > high:
         notes.append(f"a training step takes ~{step:.1f} s on this CPU; a GPU, a smaller data.patch_size or "

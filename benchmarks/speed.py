@@ -3,7 +3,8 @@
 One process, contenders alternated in every repeat, medians with min/max; ratios are what to quote
 on a shared, noisy machine. Contenders: msunet in its default precision ("auto": mixed_bfloat16 on
 a CPU with bfloat16 instructions), the same msunet model in float32, the native PyTorch U-Net in
-float32 and under bfloat16 autocast, MONAI BasicUNet. Rows:
+float32 and under bfloat16 autocast, MONAI BasicUNet, and for inference the exported bundle's
+network on ONNX Runtime (float32; `msunet export`, what `msunet predict --model BUNDLE` runs). Rows:
 - train images/s (batch 8, 256x256x3; msunet with its 4 deep-supervision heads and Dice+CE, the
   peers with one head and Dice+BCE);
 - inference images/s at batch 1 and 8 (msunet: the "mask" head alone, as `predict` computes it);
@@ -44,6 +45,7 @@ from msunet.tiling import predict_tiled, window_starts
 from msunet.train import MultiScaleTrainer, _optimizer
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tf2onnx") is not None
 HAVE_MONAI = HAVE_TORCH and importlib.util.find_spec("monai") is not None
 
 
@@ -202,6 +204,18 @@ def timed(fn, repeats):
     return samples
 
 
+def cpu_model_and_flags() -> dict:
+    """The CPU's model name and the flags that decide bf16 / int8 speed (Linux; empty elsewhere)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
 def stats(samples, per):
     """Throughput from per-call times: median, min, max of `per / t`."""
     rates = sorted(per / t for t in samples)
@@ -242,6 +256,23 @@ def main() -> None:
 
     contenders = {}
     skipped = {}
+    ort_session = None
+    if HAVE_ORT:  # the bundle's network: float32, the "mask" head, dynamic shapes, ONNX Runtime
+        import tempfile
+
+        import onnxruntime as ort
+
+        float32 = build_model(run.model.replace(precision="float32"))
+        float32.set_weights(model.get_weights())
+        mask_only = select_outputs(float32, ["mask"])
+        mask_only.predict_on_batch(x[:1])
+        onnx_path = os.path.join(tempfile.mkdtemp(prefix="msunet-speed-"), "model.onnx")
+        mask_only.export(onnx_path, format="onnx", verbose=False)
+        ort_session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        ort_input = ort_session.get_inputs()[0].name
+        ort_infer = lambda b: lambda: ort_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
+    else:
+        skipped["msunet_onnxruntime"] = "onnxruntime or tf2onnx is not installed (pip install 'msunet[export]')"
     if HAVE_TORCH:
         contenders["torch_unet"] = TorchContender("torch_unet", torch_unet(depth, filters), batch, size)
         if not args.smoke:
@@ -259,6 +290,9 @@ def main() -> None:
         "infer_b1": {name: i(1) for name, (_, i) in keras_rows.items()},
         f"infer_b{batch}": {name: i(batch) for name, (_, i) in keras_rows.items()},
     }
+    if ort_session is not None:
+        ops["infer_b1"]["msunet_onnxruntime"] = ort_infer(1)
+        ops[f"infer_b{batch}"]["msunet_onnxruntime"] = ort_infer(batch)
     for name, c in contenders.items():
         ops["train"][name] = c.train_step
         ops["infer_b1"][name] = (lambda c=c: c.infer(1))
@@ -291,6 +325,9 @@ def main() -> None:
             fn(tile_batch[: min(batch, n_tiles - start)])
 
     tiled_rows["msunet_raw_model_same_tiles"] = raw_tiles
+    if ort_session is not None:
+        ort_fn = lambda b: ort_session.run(["mask"], {ort_input: b})[0]  # noqa: E731
+        tiled_rows["msunet_onnxruntime_predict_tiled"] = lambda: predict_tiled(ort_fn, image, tile, 0.25, batch)
     if HAVE_MONAI:
         import torch
         from monai.inferers import sliding_window_inference
@@ -330,15 +367,23 @@ def main() -> None:
         for peer in ("msunet_float32", "torch_unet", "torch_unet_bf16", "monai_basicunet"):
             if peer in table[row]:
                 ratios[f"{row}: msunet / {peer}"] = table[row]["msunet"]["median"] / table[row][peer]["median"]
+        for peer in ("msunet", "torch_unet", "torch_unet_bf16"):
+            if "msunet_onnxruntime" in table[row] and peer in table[row]:
+                ratios[f"{row}: msunet_onnxruntime / {peer}"] = (table[row]["msunet_onnxruntime"]["median"]
+                                                                 / table[row][peer]["median"])
     t = table["tiled_mpx_per_s"]
     ratios["tiled: msunet predict_tiled / raw model on the same tiles"] = (
         t["msunet_predict_tiled"]["median"] / t["msunet_raw_model_same_tiles"]["median"])
     if "monai_sliding_window" in t:
         ratios["tiled: msunet predict_tiled / monai sliding_window"] = (
             t["msunet_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
+        if "msunet_onnxruntime_predict_tiled" in t:
+            ratios["tiled: msunet onnxruntime predict_tiled / monai sliding_window"] = (
+                t["msunet_onnxruntime_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_model_and_flags(),
         "backend": keras.backend.backend(),
         "smoke": args.smoke,
         "setup": {"image": size, "batch": batch, "depth": depth, "filters": filters, "tiled_image": tiled,

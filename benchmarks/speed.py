@@ -256,7 +256,7 @@ def main() -> None:
 
     contenders = {}
     skipped = {}
-    ort_session = None
+    ort_session = ov_session = ov_precision = None
     if HAVE_ORT:  # the bundle's network: float32, the "mask" head, dynamic shapes, ONNX Runtime
         import tempfile
 
@@ -271,6 +271,15 @@ def main() -> None:
         ort_session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         ort_input = ort_session.get_inputs()[0].name
         ort_infer = lambda b: lambda: ort_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
+        if importlib.util.find_spec("openvino") is not None:  # the same ONNX file, OpenVINO's own precision choice
+            from msunet.runtime.bundle import _OpenVINO
+
+            ov_session = _OpenVINO(pathlib.Path(onnx_path), None, None)
+            ov_precision = ov_session.precision
+            ov_infer = lambda b: lambda: ov_session.run(["mask"], {"image": x[:b]})  # noqa: E731
+        else:
+            ov_session = None
+            skipped["msunet_openvino"] = "openvino is not installed (pip install 'msunet[openvino]')"
     else:
         skipped["msunet_onnxruntime"] = "onnxruntime or tf2onnx is not installed (pip install 'msunet[export]')"
     if HAVE_TORCH:
@@ -293,6 +302,9 @@ def main() -> None:
     if ort_session is not None:
         ops["infer_b1"]["msunet_onnxruntime"] = ort_infer(1)
         ops[f"infer_b{batch}"]["msunet_onnxruntime"] = ort_infer(batch)
+    if ov_session is not None:
+        ops["infer_b1"]["msunet_openvino"] = ov_infer(1)
+        ops[f"infer_b{batch}"]["msunet_openvino"] = ov_infer(batch)
     for name, c in contenders.items():
         ops["train"][name] = c.train_step
         ops["infer_b1"][name] = (lambda c=c: c.infer(1))
@@ -328,6 +340,9 @@ def main() -> None:
     if ort_session is not None:
         ort_fn = lambda b: ort_session.run(["mask"], {ort_input: b})[0]  # noqa: E731
         tiled_rows["msunet_onnxruntime_predict_tiled"] = lambda: predict_tiled(ort_fn, image, tile, 0.25, batch)
+    if ov_session is not None:
+        ov_fn = lambda b: ov_session.run(["mask"], {"image": b})[0]  # noqa: E731
+        tiled_rows["msunet_openvino_predict_tiled"] = lambda: predict_tiled(ov_fn, image, tile, 0.25, batch)
     if HAVE_MONAI:
         import torch
         from monai.inferers import sliding_window_inference
@@ -367,19 +382,20 @@ def main() -> None:
         for peer in ("msunet_float32", "torch_unet", "torch_unet_bf16", "monai_basicunet"):
             if peer in table[row]:
                 ratios[f"{row}: msunet / {peer}"] = table[row]["msunet"]["median"] / table[row][peer]["median"]
-        for peer in ("msunet", "torch_unet", "torch_unet_bf16"):
-            if "msunet_onnxruntime" in table[row] and peer in table[row]:
-                ratios[f"{row}: msunet_onnxruntime / {peer}"] = (table[row]["msunet_onnxruntime"]["median"]
-                                                                 / table[row][peer]["median"])
+        for engine in ("msunet_onnxruntime", "msunet_openvino"):
+            for peer in ("msunet", "torch_unet", "torch_unet_bf16"):
+                if engine in table[row] and peer in table[row]:
+                    ratios[f"{row}: {engine} / {peer}"] = table[row][engine]["median"] / table[row][peer]["median"]
     t = table["tiled_mpx_per_s"]
     ratios["tiled: msunet predict_tiled / raw model on the same tiles"] = (
         t["msunet_predict_tiled"]["median"] / t["msunet_raw_model_same_tiles"]["median"])
     if "monai_sliding_window" in t:
         ratios["tiled: msunet predict_tiled / monai sliding_window"] = (
             t["msunet_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
-        if "msunet_onnxruntime_predict_tiled" in t:
-            ratios["tiled: msunet onnxruntime predict_tiled / monai sliding_window"] = (
-                t["msunet_onnxruntime_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
+        for engine in ("onnxruntime", "openvino"):
+            if f"msunet_{engine}_predict_tiled" in t:
+                ratios[f"tiled: msunet {engine} predict_tiled / monai sliding_window"] = (
+                    t[f"msunet_{engine}_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -389,6 +405,7 @@ def main() -> None:
         "setup": {"image": size, "batch": batch, "depth": depth, "filters": filters, "tiled_image": tiled,
                   "repeats": repeats},
         "msunet_precision": precision,
+        "openvino_precision": ov_precision,
         "parameters": {"msunet": model.count_params(), **{n: c.params for n, c in contenders.items()}},
         "forward_gflop_per_image": forward / 1e9,
         "conv_ceiling_gflops": ceiling,

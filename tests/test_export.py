@@ -171,7 +171,7 @@ def test_saved_model_bundle_is_written_with_its_checksum(binary, tmp_path):
     bundle = export(run, tmp_path / "sm", format="saved_model")
     meta = read_bundle(bundle)
     assert meta["engine"] == "saved_model" and (bundle / "saved_model" / "saved_model.pb").is_file()
-    with pytest.raises(BundleError, match="runs onnx bundles"):
+    with pytest.raises(BundleError, match="this runtime runs onnx, openvino bundles"):
         Predictor(bundle)
     import tensorflow as tf
 
@@ -180,3 +180,23 @@ def test_saved_model_bundle_is_written_with_its_checksum(binary, tmp_path):
     out = served.serve(x)
     keras_out = run.model.predict_on_batch(x)
     np.testing.assert_allclose(np.asarray(out["mask"]), keras_out["mask"], atol=1e-4)
+
+
+def test_openvino_runs_onnx_and_its_own_bundles_as_keras_does(binary, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional engine (pip install 'msunet[openvino]')")
+    run, onnx_bundle = binary
+    ir_bundle = export(run, tmp_path / "ov", format="openvino")
+    assert (ir_bundle / "openvino" / "model.xml").is_file() and read_bundle(ir_bundle)["engine"] == "openvino"
+    image = (np.random.default_rng(5).random((37, 101, 3)) * 255).astype(np.uint8)
+    heads = run.model.output_names
+    expected = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, 64)
+    for bundle in (ir_bundle, onnx_bundle):
+        predictor = Predictor(bundle, engine="openvino", precision="f32")
+        assert predictor.engine_name == "openvino"
+        probs = predictor.predict(image, heads=heads, tile_size=64)
+        for head in heads:
+            np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
+    with pytest.raises(BundleError, match="runs with engine='openvino'"):
+        Predictor(ir_bundle, engine="onnxruntime")
+    with pytest.raises(BundleError, match="unknown engine 'tensorrt'"):
+        Predictor(onnx_bundle, engine="tensorrt")

@@ -123,8 +123,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from msunet.runtime import is_bundle
     from msunet.runtime.files import list_inputs
 
-    if is_bundle(args.model):  # an exported bundle: ONNX Runtime, TensorFlow never imported
+    bundle = is_bundle(args.model)
+    if bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
         from msunet.runtime import predict
+    elif args.engine:
+        raise ValueError("--engine chooses how an exported bundle runs; --model is a run (Keras). Export it first: "
+                         f"msunet export {args.model} --out BUNDLE")
     else:
         from msunet.predict import predict
 
@@ -135,6 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                    progress=None if args.quiet else _Progress(len(files)))
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if bundle:
+        options["engine"] = args.engine
     summary = predict(args.model, args.input, args.out, **options)
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
     rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
@@ -249,14 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino"),
+                   help="with a bundle: ONNX Runtime or OpenVINO (default: the bundle's format's own)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a run as a bundle (model file + bundle.json) for prediction without TensorFlow")
     p.add_argument("run", help="run folder or .keras file")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--format", default="onnx", choices=("onnx", "saved_model"),
-                   help="onnx (default: msunet's runtime, ONNX Runtime) or saved_model (TensorFlow Serving)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "openvino", "saved_model"),
+                   help="onnx (default: msunet's runtime, ONNX Runtime or OpenVINO), openvino (IR) or saved_model "
+                        "(TensorFlow Serving)")
     p.add_argument("--which", default="best", choices=("best", "last"), help="which model of the run (default best)")
     p.add_argument("--tile", type=int, help="the bundle's default tile (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="the bundle's default overlap (default 0.25)")

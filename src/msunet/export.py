@@ -8,7 +8,8 @@ the run's weights even when it trained in mixed precision, and exported through 
 `Model.export` with dynamic batch, height and width. The bundle is written to a temporary folder
 beside BUNDLE and renamed into place, so a half-written bundle is never left behind.
 
-Formats: "onnx" (run by `msunet.runtime` without TensorFlow; needs `tf2onnx` to export) and
+Formats: "onnx" (run by `msunet.runtime` without TensorFlow, with ONNX Runtime or OpenVINO; needs
+`tf2onnx` to export), "openvino" (OpenVINO IR, `openvino/model.xml` + `.bin`; needs `openvino`) and
 "saved_model" (TensorFlow Serving / `tf.saved_model.load`).
 """
 
@@ -27,7 +28,8 @@ from msunet.heads import head_scale
 from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
 from msunet.runtime.files import class_palette
 
-FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model")}
+FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model"),
+           "openvino": ("openvino", "openvino")}
 
 
 def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
@@ -44,7 +46,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     Args:
         run: a run folder, a .keras file, or a `msunet.predict.LoadedRun`.
         out: the bundle folder to write (refused if it exists, unless `overwrite`).
-        format: "onnx" or "saved_model".
+        format: "onnx", "openvino" or "saved_model".
         which: "best" or "last" model of a run folder.
         tile_size, overlap: the bundle's tiling defaults (default tile: twice the training patch, at most 512).
 
@@ -67,6 +69,11 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         except ImportError as err:
             raise ValueError("exporting ONNX needs tf2onnx: `pip install 'msunet[export]'` (or `pip install tf2onnx "
                              "onnx`).") from err
+    if format == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError as err:
+            raise ValueError("exporting OpenVINO needs openvino: `pip install 'msunet[openvino]'`.") from err
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which)
     config = loaded.config
     # float32 graph, random-free rebuild (no backbone weights fetched), then the run's weights.
@@ -81,7 +88,9 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.export(str(tmp / filename), format=keras_format, verbose=False)
+        target = tmp / filename / "model.xml" if format == "openvino" else tmp / filename  # Keras wants NAME.xml
+        target.parent.mkdir(parents=True, exist_ok=True)
+        model.export(str(target), format=keras_format, verbose=False)
         num_classes = config.model.num_classes
         meta = {
             "format": FORMAT, "bundle_version": BUNDLE_VERSION, "msunet_version": __version__,

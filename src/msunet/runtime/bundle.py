@@ -24,7 +24,8 @@ from msunet.runtime.preprocessing import Normalization
 BUNDLE_FILE = "bundle.json"
 FORMAT = "msunet-bundle"
 BUNDLE_VERSION = 1
-RUNNABLE = ("onnx",)  # formats this runtime executes; saved_model bundles are for TensorFlow Serving
+RUNNABLE = ("onnx", "openvino")  # formats this runtime executes; saved_model bundles are for TensorFlow Serving
+ENGINES = ("onnxruntime", "openvino")
 
 
 class BundleError(ValueError):
@@ -93,6 +94,40 @@ def _onnx_session(model_file: pathlib.Path, threads: int | None):
     return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
+class _OpenVINO:
+    """An OpenVINO compiled model behind `run(names, {input: batch})`, as ONNX Runtime's session.
+
+    OpenVINO reads the bundle's IR (`openvino/model.xml`) or its ONNX file. `precision` is its
+    inference precision hint: None keeps OpenVINO's choice (bfloat16 on CPUs that have it), "f32"
+    computes in float32.
+    """
+
+    def __init__(self, model_file: pathlib.Path, threads: int | None, precision: str | None):
+        try:
+            import openvino as ov
+        except ImportError as err:
+            raise BundleError("OpenVINO is not installed: `pip install 'msunet[openvino]'` (or `pip install "
+                              "openvino`).") from err
+        core = ov.Core()
+        config = {}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        path = model_file / "model.xml" if model_file.is_dir() else model_file
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
+        self.request = self.compiled.create_infer_request()
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": self.compiled.inputs[0].get_any_name()})()]
+
+    def run(self, names, feeds):
+        results = self.request.infer(list(feeds.values()))
+        return [np.array(results[self.ports[name]]) for name in names]
+
+
 class Predictor:
     """Predicts every head of an exported model for images of any size, without TensorFlow or Keras.
 
@@ -106,16 +141,30 @@ class Predictor:
 
     Args:
         bundle: a folder written by `msunet export`.
-        threads: ONNX Runtime's intra-op threads (default: all cores).
+        threads: the engine's threads (default: all cores).
+        engine: "onnxruntime" or "openvino"; default: the bundle's own (ONNX Runtime for an ONNX
+            bundle, OpenVINO for an OpenVINO one). OpenVINO also runs ONNX bundles.
+        precision: OpenVINO's inference precision: None (its choice: bfloat16 on CPUs with bfloat16
+            instructions) or "f32" (float32, what parity with Keras is checked in).
     """
 
-    def __init__(self, bundle: str | os.PathLike, threads: int | None = None):
+    def __init__(self, bundle: str | os.PathLike, threads: int | None = None, engine: str | None = None,
+                 precision: str | None = None):
         self.root = pathlib.Path(bundle)
         self.meta = meta = read_bundle(self.root)
         if meta["engine"] not in RUNNABLE:
             raise BundleError(f"{self.root}: a {meta['engine']!r} bundle; this runtime runs {', '.join(RUNNABLE)} "
-                              "bundles (export with --format onnx).")
-        self.session = _onnx_session(self.root / meta["model_file"], threads)
+                              "bundles (export with --format onnx or openvino).")
+        engine = engine or ("openvino" if meta["engine"] == "openvino" else "onnxruntime")
+        if engine not in ENGINES:
+            raise BundleError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}.")
+        if engine == "onnxruntime" and meta["engine"] != "onnx":
+            raise BundleError(f"{self.root}: an OpenVINO bundle runs with engine='openvino'.")
+        self.engine_name = engine
+        if engine == "openvino":
+            self.session = _OpenVINO(self.root / meta["model_file"], threads, precision)
+        else:
+            self.session = _onnx_session(self.root / meta["model_file"], threads)
         self.input_name = self.session.get_inputs()[0].name
         self.heads = [h["name"] for h in meta["heads"]]
         self.default_heads = list(meta["default_heads"])
@@ -175,10 +224,11 @@ class Predictor:
 
 
 def predict(bundle: str | os.PathLike, inputs: str | os.PathLike, out_dir: str | os.PathLike,
-            threads: int | None = None, **options) -> PredictSummary:
+            threads: int | None = None, engine: str | None = None, precision: str | None = None,
+            **options) -> PredictSummary:
     """`msunet predict` for a bundle: the same outputs and options (`msunet.predict`'s keyword arguments)."""
     check_tiling_args(options.get("tile_size"), options.get("overlap", 0.25), options.get("batch_size", 4),
                       options.get("threshold", 0.5))  # once, before the bundle is loaded
-    predictor = Predictor(bundle, threads)
+    predictor = Predictor(bundle, threads, engine, precision)
     options.setdefault("threshold", predictor.threshold)
     return predict_files(predictor.engine(), inputs, out_dir, **options)

@@ -88,6 +88,12 @@ def test_short_measured_epochs_are_regrouped_into_fewer_longer_ones(tmp_path, no
     assert (plan.config.train.steps_per_epoch, plan.config.train.epochs) == (100, 5)  # 500 steps in all, as before
     assert plan.sources["train.epochs"]["source"] == "data" and "regrouped" in plan.sources["train.epochs"]["why"]
     assert plan.config.train.val_batches == 15
+    budget = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"},
+                      measure=fast)  # 15 min at 10 s per epoch: 90 epochs fit; the budget, not the epochs, ends training
+    assert (budget.config.train.steps_per_epoch, budget.config.train.epochs) == (100, 180)
+    assert "train.time_budget_min=15 ends training" in budget.sources["train.epochs"]["why"]
+    unmeasured = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"})
+    assert unmeasured.config.train.epochs == 10_000
     for user in (["train.epochs=20"], ["train.steps_per_epoch=10"]):  # the user's choice is kept whole
         kept = plan_run(found, RunConfig().override(user), {user[0].split("=")[0]}, measure=fast)
         assert kept.config.train.epochs * kept.config.train.steps_per_epoch in (200, 500)

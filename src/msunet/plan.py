@@ -19,7 +19,7 @@ a value with its source and reason:
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
 | model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
-| train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s |
+| train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
@@ -430,6 +430,15 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
                    f"regrouped in epochs of {longer}")
             steps = longer
         derive("train.steps_per_epoch", steps, reason)
+    budget_s = 60 * values.get("train.time_budget_min", config.train.time_budget_min)
+    if budget_s and "train.epochs" not in user:
+        # A budget alone means "train for this long": the epochs must not end training first (a DRIVE newcomer
+        # with 15 minutes stopped after 10, its 50 default epochs done). Twice the epochs the budget holds.
+        steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
+        fits = math.ceil(budget_s / (steps * step)) if step else None
+        epochs = max(config.train.epochs, 2 * fits) if fits else 10_000
+        derive("train.epochs", epochs, f"train.time_budget_min={budget_s / 60:g} ends training"
+               + (f" (about {fits} epochs of {steps} steps at {step:.2f} s per step)" if fits else ""))
     steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
     derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),
            f"validation at about {VAL_FRACTION_OF_EPOCH:.0%} of an epoch's {steps} steps")

@@ -84,10 +84,6 @@ def predict_probabilities(model: keras.Model, image: np.ndarray, normalization: 
     return {name: keras.ops.convert_to_numpy(outputs[name])[0].astype(np.float32) for name in names}
 
 
-
-
-
-
 def write_prediction(out_dir: pathlib.Path, stem: str, image: np.ndarray, probs: dict[str, np.ndarray],
                      num_classes: int, threshold: float = 0.5) -> list[pathlib.Path]:
     """Writes name.png (full mask), name_s2.png ... (coarse masks), name_fused.png and name_overlay.png."""
@@ -137,8 +133,6 @@ def trained_heads(run: LoadedRun) -> list[str]:
     except ValueError:  # weights that do not fit this model (a hand-made config): every head
         return names
     return [name for name in names if weights.get(name, 1.0) > 0]
-
-
 
 
 def predict(

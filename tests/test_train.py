@@ -143,7 +143,9 @@ def test_time_budget_stops_training_and_anneals_on_time(synth, tmp_path):
     assert result.epochs_done == 1 and info["stopped_by_time_budget"] is True
     assert 9.0 <= info["time_spent_s"] < 60
     assert 1 < len(lrs) < 5000  # cut mid-epoch
-    assert lrs[0] == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 0.5 * lrs[0]  # cosine on the share of time
+    # The budget counts from the call (planning, loading, building): the first step already sees a share of it
+    # spent, so its rate is below the base rate (it was the base rate exactly when the clock started at fit).
+    assert 0.2e-3 < lrs[0] < 0.999e-3 and lrs[-1] < 0.5 * lrs[0]  # cosine on the share of time
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))
     state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
     assert state["steps_done"] == len(lrs) and state["time_spent_s"] >= 9.0

@@ -613,8 +613,9 @@ class TrainConfig(BaseConfig):
         threshold: probability threshold of binary metrics.
         seed: seed of weights initialisation and sampling.
         workers: data-loading threads feeding `fit` (keras.utils.PyDataset workers).
-        time_budget_min: wall-clock budget of the training in minutes (0: none). Training stops
-            when it is spent (the epoch in progress is cut short, validated and saved) and the
+        time_budget_min: wall-clock budget of the training in minutes (0: none), counted from the
+            call of `train` (planning, the device probe, loading the data and building the model
+            included). Training stops when it is spent (the epoch in progress is cut short, validated and saved) and the
             learning-rate schedule runs on the share of the budget used, so it anneals on time;
             `epochs` x `steps_per_epoch` stays an upper bound. A resumed run counts the time
             already spent.

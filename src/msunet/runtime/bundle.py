@@ -18,7 +18,7 @@ import numpy as np
 
 from msunet.heads import head_scale
 from msunet.runtime.files import (Engine, PredictSummary, batch_function, check_tiling_args, predict_files,
-                                  predict_image)
+                                  predict_image, probabilities_to_mask)
 from msunet.runtime.preprocessing import Normalization
 
 BUNDLE_FILE = "bundle.json"
@@ -217,10 +217,7 @@ class Predictor:
 
     def mask(self, probs: np.ndarray) -> np.ndarray:
         """uint8 mask of one head's probabilities: 0/255 at the bundle's threshold, or class ids."""
-        probs = np.asarray(probs)
-        if probs.shape[-1] == 1:
-            return np.where(probs[..., 0] >= self.threshold, 255, 0).astype(np.uint8)
-        return np.argmax(probs, axis=-1).astype(np.uint8)
+        return probabilities_to_mask(np.asarray(probs), self.threshold)
 
 
 def predict(bundle: str | os.PathLike, inputs: str | os.PathLike, out_dir: str | os.PathLike,

@@ -98,3 +98,12 @@ def test_backend_free_modules_do_not_import_keras(module):
     names = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] in {"keras", "tensorflow", "jax", "torch"}]
+
+
+def test_flip_takes_a_direction():
+    from msunet.config import RunConfig
+
+    assert RunConfig().override(["data.flip=horizontal"]).data.flip == "horizontal"
+    assert RunConfig().override(["data.flip=false"]).data.flip is False
+    with pytest.raises(ConfigError, match="horizontal"):
+        RunConfig().override(["data.flip=sideways"])

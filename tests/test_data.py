@@ -199,3 +199,23 @@ def test_drive_thin_vessels_survive_average_downsampling():
     average = foreground_survival(mask, 8, "average")
     assert average["survival"] == 1.0 and abs(average["mass_ratio"] - 1) < 1e-6
     assert nearest["survival"] < 0.5  # nearest erases most thin vessels at 1/8
+
+
+def test_horizontal_flips_never_turn_an_image_upside_down():
+    """data.flip="horizontal" (planned for street scenes): the top row stays the top row."""
+    size = 32
+    mask = np.zeros((size, size), np.int16)
+    mask[: size // 2] = 1  # class 1 on top, 0 below
+    image = np.repeat((mask * 200 + 20).astype(np.uint8)[..., None], 3, axis=-1)
+    sample = Sample("s", image, mask, np.argwhere(mask > 0).astype(np.int32))
+    seen = {"upside_down": 0, "upright": 0}
+    for flip, rot90 in ((True, False), ("horizontal", False)):
+        cfg = DataConfig(flip=flip, rot90=rot90, rotate=0, scale=0, brightness=0, contrast=0, gamma=0,
+                         foreground_oversample=0)
+        for seed in range(16):
+            _, out = sample_patch(sample, size, cfg, np.random.default_rng(seed))
+            seen["upside_down" if out[0, 0] == 0 else "upright"] += 1
+        if flip == "horizontal":
+            assert seen["upside_down"] == before, "a horizontal-only flip turned the image upside down"
+        before = seen["upside_down"]
+    assert before > 0  # flip=True does turn some upside down (the test can fail)

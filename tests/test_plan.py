@@ -118,3 +118,38 @@ def test_a_shared_dataset_plans(name):
 
     cfg = plan_run(survey(shared_dataset(name)), RunConfig(), set()).config
     assert cfg.model.num_classes == 1 and cfg.model.in_channels == 3 and cfg.data.mask_encoding == "binary"
+
+
+def make_street_folder(root, count=4, size=(48, 64)):
+    """Index masks with sky on top, buildings at the sides' middle and road at the bottom."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        h, w = size
+        labels = np.full((h, w), 1, np.uint8)  # building
+        labels[: h // 4 + rng.integers(0, 4)] = 0  # sky
+        labels[h * 2 // 3 + rng.integers(0, 4):] = 2  # road
+        labels[h // 2: h // 2 + 4, rng.integers(0, w - 8):][:, :6] = 3  # a car
+        image = (rng.random((h, w, 3)) * 40 + labels[..., None] * 50).astype(np.uint8)
+        write_png(root / "images" / f"f{i}.png", image)
+        write_png(root / "masks" / f"f{i}.png", labels)
+    return root
+
+
+def test_images_with_an_up_and_a_down_get_left_right_flips_only(tmp_path):
+    found = survey(make_street_folder(tmp_path / "street"))
+    rows, cols = found.skew()
+    assert rows > 0.08 and cols < 0.05
+    plan = plan_run(found, RunConfig(), user_keys=set())
+    assert plan.config.data.flip == "horizontal" and plan.config.data.rot90 is False
+    assert "an up and a down" in plan.sources["data.flip"]["why"]
+    # Microscopy-like folders (objects anywhere) keep every flip and turn.
+    other = plan_run(survey(make_folder(tmp_path / "cells", kind="index")), RunConfig(), user_keys=set()).config
+    assert other.data.flip is True and other.data.rot90 is True
+    # The user's setting wins.
+    config = RunConfig().override(["data.flip=true"])
+    assert plan_run(found, config, user_keys={"data.flip"}).config.data.flip is True
+
+
+def test_index_masks_without_255_say_how_to_declare_a_void_label(tmp_path):
+    report = check_dataset(make_folder(tmp_path, kind="index"))
+    assert "set data.ignore_label=ID" in format_report(report)

@@ -131,3 +131,16 @@ def test_an_image_smaller_than_the_tile_is_predicted_as_training_saw_it(tmp_path
     padded[0, :40, :24] = image / 255.0
     whole = run.model.predict_on_batch(run.normalization.apply(padded).astype(np.float32))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out2" / "b_prob.tif")[..., 0], whole["mask"][0, :40, :24, 0], atol=1e-5)
+
+
+def test_tta_uses_only_the_flips_the_model_was_trained_with(loaded_run):
+    """A model trained with data.flip="horizontal" never saw an upside-down image: TTA averages two."""
+    batch = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
+    plain = make_predict_fn(loaded_run.model, ["mask"], batch_size=2)
+    tta = make_predict_fn(loaded_run.model, ["mask"], batch_size=2, tta="horizontal")(batch)
+    expected = (plain(batch)["mask"] + np.flip(plain(np.ascontiguousarray(batch[:, :, ::-1]))["mask"], axis=2)) / 2
+    np.testing.assert_allclose(tta["mask"], expected, atol=1e-5)
+    from msunet.runtime.files import tta_mode
+
+    assert tta_mode(True, "horizontal") == "horizontal" and tta_mode(True, True) is True
+    assert tta_mode(True, False) is True and tta_mode(False, "horizontal") is False

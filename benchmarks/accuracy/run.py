@@ -220,6 +220,10 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
         src = next((view / "images").glob(f"{stem}.*"))
         (inputs / src.name).symlink_to(src.resolve())
     loaded = load_run(run_dir)
+    # Scored by the dataset's protocol (its classes, void label and background rule, from
+    # configs/DATASET.json), whatever the run planned: a newcomer's CamVid run that learnt void as a
+    # 12th class is scored on the 11 classes, its void predictions counted as errors.
+    protocol_cfg = config
     config = loaded.config  # the newcomer's is the planned one
     binary = config.model.num_classes == 1
     scores = {}
@@ -230,8 +234,8 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
         predict(loaded, inputs, pred_dir, tta=tta, scales=None, probabilities=binary, overlay_images=False,
                 overwrite=True)
         predict_s = time.perf_counter() - t0
-        scores[tag] = score(dataset, view, pred_dir, WORK / name / f"eval-{tag}", test, config.model.num_classes,
-                            config.data, config.train.include_background)
+        scores[tag] = score(dataset, view, pred_dir, WORK / name / f"eval-{tag}", test,
+                            protocol_cfg.model.num_classes, protocol_cfg.data, protocol_cfg.train.include_background)
         scores[tag]["predict_s_per_image"] = predict_s / len(test)
     check = {"pairs": report.pairs_found, "usable": report.usable, "splits": report.splits,
              "suggestion": report.suggestion, "notes": report.notes,

@@ -492,6 +492,7 @@ class ModelConfig(BaseConfig):
 # --------------------------------------------------------------------------------------------------
 MASK_ENCODINGS = ("auto", "binary", "index", "palette")
 NORMALIZATIONS = ("dataset", "image", "unit")
+FLIPS = ("horizontal", "vertical")
 TARGET_DOWNSAMPLINGS = ("average", "nearest", "max")
 RESAMPLE_FACTORS = (1.0, 0.5, 0.25, 0.125)
 
@@ -514,7 +515,9 @@ class DataConfig(BaseConfig):
             a backbone encoder applies its own ImageNet scaling inside the model).
         patch_size: square training patch side; images smaller than it are padded.
         foreground_oversample: share of patches centred on a foreground pixel.
-        flip, rot90: random flips and 90-degree rotations.
+        flip: random flips: true (both axes), "horizontal" (left-right only, for images with an up and
+            a down such as street scenes), "vertical" or false.
+        rot90: random 90-degree rotations.
         scale: random zoom range +-scale (0 disables); rotate: random rotation in degrees.
         brightness, contrast, gamma: intensity augmentation strengths (0 disables each).
         target_downsampling: how coarse heads' targets are made: "average" (soft class fractions,
@@ -535,7 +538,7 @@ class DataConfig(BaseConfig):
     normalization: str = "dataset"
     patch_size: int = 256
     foreground_oversample: float = 0.33
-    flip: bool = True
+    flip: bool | str = True
     rot90: bool = True
     scale: float = 0.15
     rotate: float = 15.0
@@ -562,9 +565,10 @@ class DataConfig(BaseConfig):
         check_choice(owner, "normalization", self.normalization, NORMALIZATIONS)
         check_int(owner, "patch_size", self.patch_size, 8, 8192)
         check_float(owner, "foreground_oversample", self.foreground_oversample, 0.0, 1.0)
-        for flag in ("flip", "rot90"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{owner}.{flag}={getattr(self, flag)!r} must be true or false.")
+        if not isinstance(self.flip, bool) and self.flip not in FLIPS:
+            raise ConfigError(f"{owner}.flip={self.flip!r} must be true, false, \"horizontal\" or \"vertical\".")
+        if not isinstance(self.rot90, bool):
+            raise ConfigError(f"{owner}.rot90={self.rot90!r} must be true or false.")
         check_float(owner, "scale", self.scale, 0.0, 0.9)
         check_float(owner, "rotate", self.rotate, 0.0, 180.0)
         for name in ("brightness", "contrast", "gamma"):

@@ -307,9 +307,10 @@ def sample_patch(
     image *= _unit_scale(sample.image.dtype)
     if augment:
         if cfg.flip:
-            if rng.random() < 0.5:
+            up_down, left_right = rng.random() < 0.5, rng.random() < 0.5  # both drawn: same stream for any mode
+            if up_down and cfg.flip in (True, "vertical"):
                 image, mask = image[::-1], mask[::-1]
-            if rng.random() < 0.5:
+            if left_right and cfg.flip in (True, "horizontal"):
                 image, mask = image[:, ::-1], mask[:, ::-1]
         if cfg.rot90:
             k = int(rng.integers(4))

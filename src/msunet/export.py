@@ -102,6 +102,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
                 "scaling": "integers / their dtype's maximum (uint8 / 255, uint16 / 65535), floats unchanged; "
                            "then the normalisation; images smaller than a tile padded with normalised black",
                 "normalization": loaded.normalization.to_dict(), "resample_step": config.data.resample_step,
+                "flip": config.data.flip,
             },
             "heads": [{"name": name, "scale": head_scale(name)} for name in output_names(model)],
             "default_heads": trained_heads(loaded),

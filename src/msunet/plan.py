@@ -21,6 +21,7 @@ a value with its source and reason:
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |
+| data.flip, data.rot90      | the labels' layout: where classes sit high or low in the image (sky over road), "horizontal" flips only and no 90-degree turns |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
 `config.json` under `"sources"`: `{"model.in_channels": {"value": 1, "source": "data", "why": ...}}`.
@@ -59,6 +60,8 @@ DEVICE_KEYS = {"model.precision", "model.filters"}
 MIN_PATCH_SHARE = 0.25  # a patch that sees less of the median image than this asks for a lower resolution...
 MIN_OBJECT_DEPTH = 4.0  # ...unless the objects would get thinner than this (object_depth, px)
 RESAMPLE_MIN = 0.125  # derived from measurements, not from the files
+UPRIGHT_SKEW = 0.08  # labels this far (pixel-weighted) from the middle rows, and 1.5 times as far as from the middle
+#                      columns, mean the images have an up and a down: no vertical flips or 90-degree turns
 Measure = Callable[[RunConfig, Sequence[str]], dict]
 
 
@@ -89,6 +92,18 @@ class Survey:
     problems: list[tuple[str, str]]
     train_pixels: int = 0  # pixels of the images training will sample from (split.csv / val_fraction)
     object_depths: list[float] = dataclasses.field(default_factory=list)  # per sampled mask: `object_depth`
+    layout: dict[int, list[float]] = dataclasses.field(default_factory=dict)  # label -> [pixels, sum row, sum col]
+
+    def skew(self) -> tuple[float, float]:
+        """How far the labels sit from the image's middle, rows and columns: the pixel-weighted mean over
+        labels of |mean position - 0.5| (positions as fractions of the height / width). Microscopy gives
+        ~0 for both; street scenes (sky at the top, road at the bottom) give a large row skew."""
+        total = sum(v[0] for v in self.layout.values())
+        if not total:
+            return 0.0, 0.0
+        rows = sum(v[0] * abs(v[1] / v[0] - 0.5) for v in self.layout.values() if v[0]) / total
+        cols = sum(v[0] * abs(v[2] / v[0] - 0.5) for v in self.layout.values() if v[0]) / total
+        return float(rows), float(cols)
 
 
 def _preview(values, limit: int = 8) -> str:
@@ -136,6 +151,29 @@ def object_depth(raw: np.ndarray, ignore_label: int | None = None) -> float:
     return float(np.median(ndimage.distance_transform_edt(~edge)[objects])) + 0.5
 
 
+def label_layout(raw: np.ndarray, ignore_label: int | None = None, step: int = 4) -> dict[int, list[float]]:
+    """Per label of a mask: [pixels, sum of row positions, sum of column positions], positions as
+    fractions of the height and width, on every `step`-th row and column."""
+    labels = raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
+    labels = labels[::step, ::step]
+    height, width = labels.shape
+    rows = np.broadcast_to(((np.arange(height) + 0.5) / height)[:, None], labels.shape)
+    cols = np.broadcast_to(((np.arange(width) + 0.5) / width)[None, :], labels.shape)
+    flat = labels.ravel()
+    if flat.size and 0 <= flat.min() and flat.max() < 65536:  # class ids: count them directly
+        counts = np.bincount(flat)
+        found = np.flatnonzero(counts)
+        counts, inverse = counts[found], flat
+        row_sums = np.bincount(flat, rows.ravel())[found]
+        col_sums = np.bincount(flat, cols.ravel())[found]
+    else:
+        found, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        row_sums = np.bincount(inverse, rows.ravel(), minlength=len(found))
+        col_sums = np.bincount(inverse, cols.ravel(), minlength=len(found))
+    return {int(v): [float(n), float(r), float(c)] for v, n, r, c in zip(found, counts, row_sums, col_sums)
+            if ignore_label is None or raw.ndim == 3 or v != ignore_label}
+
+
 def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, depth_samples: int = 32) -> Survey:
     """Reads every pair of `data_dir` once: channels and size of each image, kind and values of
     each mask. Unreadable files are listed in `problems` (as training would skip them)."""
@@ -148,6 +186,7 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, dept
     train_names = {pair.name for pair in split_pairs(index, data_cfg)["train"]}
     train_pixels = 0
     depths: list[float] = []
+    layout: dict[int, list[float]] = {}
     every = max(1, math.ceil(len(index.pairs) / depth_samples))
     for number, pair in enumerate(index.pairs):
         try:
@@ -164,10 +203,13 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, dept
             depth = object_depth(raw, data_cfg.ignore_label)
             if not math.isnan(depth):
                 depths.append(depth)
+            for label, sums in label_layout(raw, data_cfg.ignore_label).items():
+                acc = layout.setdefault(label, [0.0, 0.0, 0.0])
+                acc[:] = [a + b for a, b in zip(acc, sums)]
         masks.append(info)
         colours.update(found)
     return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems, train_pixels,
-                  depths)
+                  depths, layout)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,6 +343,16 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
                          "are skipped in training; convert them")
     _plan_masks(found, config, user, derive, notes, disagreeing)
+    rows, cols = found.skew()
+    if rows > UPRIGHT_SKEW and rows > 1.5 * cols:
+        reason = (f"the labels sit {rows:.2f} from the middle rows (columns {cols:.2f}): the images have an up and a "
+                  "down")
+        derive("data.flip", "horizontal", reason + "; left-right flips only")
+        derive("data.rot90", False, reason)
+    elif cols > UPRIGHT_SKEW and cols > 1.5 * rows:
+        reason = f"the labels sit {cols:.2f} from the middle columns (rows {rows:.2f}): the images have a left and a right"
+        derive("data.flip", "vertical", reason + "; up-down flips only")
+        derive("data.rot90", False, reason)
     model = values.get("model.encoder", config.model.encoder)
     if model in BACKBONES:
         derive("data.normalization", "unit", f"the {model} backbone scales its input as its ImageNet weights expect, "
@@ -476,6 +528,10 @@ def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes:
                    f"{max(v for v in ids if v != 255)}: the 'void' convention (VOC); set data.ignore_label to change")
             ignore = 255
         classes = max(v for v in ids if v != ignore) + 1 if ids else 2
+        if ignore is None and classes > 2:
+            notes.append(f"class ids 0..{classes - 1}: 0 is the background (left out of the Dice loss); if one id marks "
+                         f"unlabelled pixels (CamVid's void is {classes - 1}), set data.ignore_label=ID so that "
+                         "training and scoring leave those pixels out")
         derive("model.num_classes", classes, f"class ids {_preview([v for v in ids if v != ignore])} found")
     else:
         colours = [c for c, _ in found.colour_pixels.most_common()]

@@ -115,10 +115,10 @@ def read_for_prediction(path: str | os.PathLike, run: LoadedRun) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Tiled prediction of files
 # --------------------------------------------------------------------------------------------------
-def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, tta: bool = False):
+def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, tta: bool | str = False):
     """A NumPy batch -> {head: probabilities} function for `predict_tiled` (`batch_function` over the model).
 
-    Only `heads` are computed (the others are pruned); `tta` averages the four flips.
+    Only `heads` are computed (the others are pruned); `tta` averages flips (`batch_function`).
     """
     sub = model if list(heads) == output_names(model) else select_outputs(model, list(heads))
     return batch_function(sub.predict_on_batch, batch_size, tta)
@@ -166,7 +166,8 @@ def predict(
         tile_size: tile side (rounded up to a multiple of the coarsest scale); default: twice the
             run's training patch, at most 512.
         overlap: tile overlap fraction; batch_size: tiles per model call.
-        tta: average the four flips.
+        tta: average the flips the model was trained with (all four, or left-right only for
+            `data.flip="horizontal"`).
         threshold: binary threshold on the probability.
         scales: heads to write ("mask", "mask_s2", ..., "mask_fused"); default: all.
         probabilities: also write float32 probability TIFFs.
@@ -191,5 +192,5 @@ def run_engine(run: LoadedRun) -> Engine:
         num_classes=run.config.model.num_classes, normalization=run.normalization,
         make_fn=lambda heads, batch_size, tta: make_predict_fn(run.model, heads, batch_size, tta),
         resample_step=run.config.data.resample_step, default_tile=min(512, 2 * run.config.data.patch_size),
-        max_pixels=run.config.data.max_pixels,
+        max_pixels=run.config.data.max_pixels, flip=run.config.data.flip,
     )

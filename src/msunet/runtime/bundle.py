@@ -18,7 +18,7 @@ import numpy as np
 
 from msunet.heads import head_scale
 from msunet.runtime.files import (Engine, PredictSummary, batch_function, check_tiling_args, predict_files,
-                                  predict_image, probabilities_to_mask)
+                                  predict_image, probabilities_to_mask, tta_mode)
 from msunet.runtime.preprocessing import Normalization
 
 BUNDLE_FILE = "bundle.json"
@@ -173,6 +173,7 @@ class Predictor:
         self.threshold = float(meta["threshold"])
         self.normalization = Normalization.from_dict(meta["input"]["normalization"])
         self.resample_step = int(meta["input"].get("resample_step", 1))
+        self.flip = meta["input"].get("flip", True)  # training's flips: the ones test-time augmentation uses
         self.tile, self.overlap = int(meta["tiling"]["tile"]), float(meta["tiling"]["overlap"])
 
     def predict_batch(self, batch: np.ndarray, heads: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -189,7 +190,7 @@ class Predictor:
         return Engine(heads=self.heads, default_heads=self.default_heads, in_channels=self.in_channels,
                       num_classes=self.num_classes, normalization=self.normalization, make_fn=make_fn,
                       resample_step=self.resample_step, default_tile=self.tile,
-                      max_pixels=int(self.meta.get("max_pixels", 250_000_000)))
+                      max_pixels=int(self.meta.get("max_pixels", 250_000_000)), flip=self.flip)
 
     def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool = False,
                 tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4
@@ -211,7 +212,7 @@ class Predictor:
             raise ValueError(f"the bundle has no output {unknown[0]!r}; valid: {', '.join(self.heads)}.")
         coarsest = max(head_scale(h) for h in names)
         tile = -(-int(tile_size or self.tile) // coarsest) * coarsest
-        fn = batch_function(lambda b: self.predict_batch(b, names), batch_size, tta)
+        fn = batch_function(lambda b: self.predict_batch(b, names), batch_size, tta_mode(tta, self.flip))
         return predict_image(self.engine(), fn, image, names, tile, self.overlap if overlap is None else overlap,
                              batch_size)
 

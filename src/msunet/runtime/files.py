@@ -166,11 +166,13 @@ class Engine:
         default_heads: those written when none are asked for (the trained ones).
         in_channels, num_classes: input channels; 1 (sigmoid) or the number of classes (softmax).
         normalization: the training normalisation (after the [0, 1] scaling by dtype).
-        make_fn: (heads, batch_size, tta) -> a NumPy batch (B, h, w, C) -> {head: (B, h/s, w/s, K)} function.
+        make_fn: (heads, batch_size, tta) -> a NumPy batch (B, h, w, C) -> {head: (B, h/s, w/s, K)} function
+            (`tta` as `batch_function` takes it).
         resample_step: pixels per model pixel (`data.resample` = 1 / step): images are block-averaged
             before tiling and the probabilities resized back.
         default_tile: tile side when none is given.
         max_pixels: refuse larger images (decompression-bomb guard).
+        flip: the model's training flips (`data.flip`): test-time augmentation uses only those.
     """
 
     heads: list[str]
@@ -182,29 +184,41 @@ class Engine:
     resample_step: int = 1
     default_tile: int = 512
     max_pixels: int = 250_000_000
+    flip: bool | str = True
 
 
-def batch_function(call: Callable[[np.ndarray], dict], batch_size: int, tta: bool = False
+TTA_AXES = {True: ((1,), (2,), (1, 2)), "horizontal": ((2,),), "vertical": ((1,),)}
+
+
+def tta_mode(tta: bool, flip: bool | str) -> bool | str:
+    """The flips test-time augmentation averages for a model trained with `data.flip=flip`: those it
+    was trained on ("horizontal" for street scenes, never upside down), all four otherwise."""
+    return (flip if flip in ("horizontal", "vertical") else True) if tta else False
+
+
+def batch_function(call: Callable[[np.ndarray], dict], batch_size: int, tta: bool | str = False
                    ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """A NumPy batch -> {head: float32 probabilities} function for `predict_tiled` over `call`.
 
     A short last batch is padded to `batch_size` so a traced or compiled model keeps one shape. With
     `tta`, the four flips (none, vertical, horizontal, both) are predicted and their un-flipped
-    probabilities averaged; tiles are multiples of the coarsest scale, so coarse outputs flip onto
-    the same cells.
+    probabilities averaged ("horizontal" or "vertical": that flip only, for models trained on
+    images with an up and a down); tiles are multiples of the coarsest scale, so coarse outputs flip
+    onto the same cells.
     """
+    axes_list = TTA_AXES[tta] if tta else ()
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         count = len(batch)
         if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
         result = {k: np.asarray(v, np.float32) for k, v in call(batch).items()}
-        if tta:
-            for axes in ((1,), (2,), (1, 2)):
-                flipped = call(np.ascontiguousarray(np.flip(batch, axis=axes)))
-                for k in result:
-                    result[k] += np.flip(np.asarray(flipped[k], np.float32), axis=axes)
-            result = {k: v / 4.0 for k, v in result.items()}
+        for axes in axes_list:
+            flipped = call(np.ascontiguousarray(np.flip(batch, axis=axes)))
+            for k in result:
+                result[k] += np.flip(np.asarray(flipped[k], np.float32), axis=axes)
+        if axes_list:
+            result = {k: v / (len(axes_list) + 1.0) for k, v in result.items()}
         return {k: v[:count] for k, v in result.items()}
 
     return run
@@ -241,7 +255,7 @@ def predict_files(
     coarsest = max(head_scale(h) for h in heads)
     tile_size = engine.default_tile if tile_size is None else tile_size
     tile_size = -(-int(tile_size) // coarsest) * coarsest
-    fn = engine.make_fn(heads, batch_size, tta)
+    fn = engine.make_fn(heads, batch_size, tta_mode(tta, engine.flip))
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()

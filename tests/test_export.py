@@ -200,3 +200,53 @@ def test_openvino_runs_onnx_and_its_own_bundles_as_keras_does(binary, tmp_path):
         Predictor(ir_bundle, engine="onnxruntime")
     with pytest.raises(BundleError, match="unknown engine 'tensorrt'"):
         Predictor(onnx_bundle, engine="tensorrt")
+
+
+def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
+    """`export --int8`: a QDQ graph calibrated on the training patches the run kept; masks close to float32."""
+    import onnx
+
+    from msunet.cli import main
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=6, size=(48, 48))
+    train(RunConfig().override(["model.depth=2", "model.filters=8", "data.patch_size=32", "epochs=4",
+                                "steps_per_epoch=8", "batch_size=4"]), data, tmp_path / "run", verbose=0)
+    with np.load(tmp_path / "run" / "calibration.npz") as stored:
+        count = len(stored["patches"])  # one per training image (the validation split keeps its own)
+        assert 4 <= count <= 6 and stored["patches"].shape[1:] == (32, 32, 3) and stored["patches"].dtype == np.float16
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "f32")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8"), "--int8"]) == 0
+    meta = read_bundle(tmp_path / "i8")
+    assert meta["precision"] == "int8" and meta["quantization"]["calibration_patches"] == count
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "i8" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    from msunet.imageio import read_image
+
+    image = read_image(sorted((data / "images").iterdir())[-1])  # an image like those calibrated on
+    reference = Predictor(tmp_path / "f32").predict(image)["mask"]
+    quantized = Predictor(tmp_path / "i8").predict(image)["mask"]
+    assert not np.array_equal(reference, quantized)  # it is another graph...
+    print("int8 vs float32: mean |diff|", np.abs(reference - quantized).mean(), "max", np.abs(reference - quantized).max())
+    assert np.abs(reference - quantized).mean() < 0.03  # ...that predicts nearly the same
+    assert (Predictor(tmp_path / "i8").mask(quantized) == Predictor(tmp_path / "f32").mask(reference)).mean() > 0.97
+    # A run without calibration.npz calibrates on its data folder (run.json), or on --calibration.
+    (tmp_path / "run" / "calibration.npz").unlink()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8b"), "--int8"]) == 0
+    moved = tmp_path / "moved"
+    os.replace(data, moved)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8c"), "--int8"]) == 2  # says --calibration
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8c"), "--int8", "--calibration",
+                 str(moved)]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ov"), "--int8", "--format",
+                 "openvino"]) == 2
+
+
+def test_int8_refusals_name_the_fix(binary, tmp_path):
+    run, _ = binary  # a LoadedRun without a folder: nothing to calibrate on
+    with pytest.raises(ValueError, match="--calibration"):
+        export(run, tmp_path / "b", int8=True)
+    with pytest.raises(ValueError, match="--format onnx"):
+        export(run, tmp_path / "b", format="saved_model", int8=True)
+    assert not (tmp_path / "b").exists()

@@ -162,9 +162,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from msunet.export import export
 
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration DATA is for --int8 (the folder the int8 ranges are calibrated on).")
     out = export(args.run, args.out, format=args.format, which=args.which, overwrite=args.overwrite,
-                 tile_size=args.tile, overlap=args.overlap)
-    print(f"wrote {out}/ ({args.format}): predict with `msunet predict --model {out} --input IMAGES --out MASKS`")
+                 tile_size=args.tile, overlap=args.overlap, int8=args.int8, calibration=args.calibration)
+    print(f"wrote {out}/ ({args.format}{', int8' if args.int8 else ''}): predict with `msunet predict --model {out} --input IMAGES --out MASKS`")
     return 0
 
 
@@ -269,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="best", choices=("best", "last"), help="which model of the run (default best)")
     p.add_argument("--tile", type=int, help="the bundle's default tile (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="the bundle's default overlap (default 0.25)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --format onnx: int8 static quantization calibrated on the run's training patches")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="with --int8: a data folder to calibrate on (runs without calibration.npz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=cmd_export)
 

@@ -479,6 +479,26 @@ def fixed_patches(
     return images, masks
 
 
+CALIBRATION_FILE = "calibration.npz"  # in a run folder: training patches for int8 export calibration
+
+
+def calibration_patches(samples: Sequence[Sample], size: int, count: int = 32, seed: int = 0) -> np.ndarray:
+    """Up to `count` training patches (one random window from each of up to `count` random images),
+    on the [0, 1] scale before normalisation, as float16 (N, size, size, C): what `msunet export
+    --int8` calibrates activation ranges on, kept in the run so that export needs no data folder."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(samples))[:count]
+    patches = []
+    for i in np.sort(chosen):
+        sample = samples[int(i)]
+        height, width = sample.mask.shape
+        top = int(rng.integers(0, max(height - size, 0) + 1))
+        left = int(rng.integers(0, max(width - size, 0) + 1))
+        image, _ = _crop(sample.image, sample.mask, top, left, size)
+        patches.append(image * _unit_scale(sample.image.dtype))
+    return np.stack(patches).astype(np.float16)
+
+
 # --------------------------------------------------------------------------------------------------
 # Reduced resolution (data.resample): labels down for training (images: msunet.runtime.preprocessing)
 # --------------------------------------------------------------------------------------------------

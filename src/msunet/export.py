@@ -11,6 +11,11 @@ beside BUNDLE and renamed into place, so a half-written bundle is never left beh
 Formats: "onnx" (run by `msunet.runtime` without TensorFlow, with ONNX Runtime or OpenVINO; needs
 `tf2onnx` to export), "openvino" (OpenVINO IR, `openvino/model.xml` + `.bin`; needs `openvino`) and
 "saved_model" (TensorFlow Serving / `tf.saved_model.load`).
+
+`int8=True` (ONNX only) quantizes the exported graph with ONNX Runtime's static quantization (QDQ:
+per-channel int8 weights, uint8 activations, ranges calibrated by MinMax on the training patches
+the run keeps in `calibration.npz`, or on patches of a data folder for runs trained before it
+existed). Its accuracy cost is measured by `benchmarks/int8.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_sa
 
 
 def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
-           tile_size: int | None = None, overlap: float = 0.25) -> pathlib.Path:
+           tile_size: int | None = None, overlap: float = 0.25, int8: bool = False,
+           calibration: str | os.PathLike | None = None) -> pathlib.Path:
     """Writes the bundle of a run; returns its folder.
 
     Example:
@@ -49,6 +55,9 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         format: "onnx", "openvino" or "saved_model".
         which: "best" or "last" model of a run folder.
         tile_size, overlap: the bundle's tiling defaults (default tile: twice the training patch, at most 512).
+        int8: quantize the ONNX graph to int8 (static QDQ, calibrated on the run's training patches).
+        calibration: a data folder to calibrate on when the run has no `calibration.npz`
+            (default: the run's data folder from run.json).
 
     Raises:
         ValueError: an unknown format, an existing bundle, a missing exporter (named with its pip package).
@@ -60,6 +69,9 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}.")
+    if int8 and format != "onnx":
+        raise ValueError(f"--int8 quantizes ONNX graphs (ONNX Runtime static quantization); use --format onnx, "
+                         f"not {format}.")
     out = pathlib.Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite to replace it.")
@@ -76,6 +88,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
             raise ValueError("exporting OpenVINO needs openvino: `pip install 'msunet[openvino]'`.") from err
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which)
     config = loaded.config
+    patches = calibration_inputs(loaded, calibration) if int8 else None
     # float32 graph, random-free rebuild (no backbone weights fetched), then the run's weights.
     model = build_model(config.model.replace(precision="float32", encoder_weights="none"))
     model.set_weights([np.asarray(w, np.float32) for w in loaded.model.get_weights()])
@@ -91,11 +104,13 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         target = tmp / filename / "model.xml" if format == "openvino" else tmp / filename  # Keras wants NAME.xml
         target.parent.mkdir(parents=True, exist_ok=True)
         model.export(str(target), format=keras_format, verbose=False)
+        quantization = quantize_int8(target, patches) if int8 else None
         num_classes = config.model.num_classes
         meta = {
             "format": FORMAT, "bundle_version": BUNDLE_VERSION, "msunet_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "engine": format, "model_file": filename,
-            "sha256": sha256_of(tmp / filename),
+            "sha256": sha256_of(tmp / filename), "precision": "int8" if int8 else "float32",
+            "quantization": quantization,
             "input": {
                 "name": model.inputs[0].name, "channels": config.model.in_channels, "layout": "NHWC",
                 "dtype": "float32",
@@ -128,3 +143,69 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def calibration_inputs(loaded, data_dir: str | os.PathLike | None = None, count: int = 32) -> np.ndarray:
+    """Normalised float32 training patches (N, p, p, C) to calibrate int8 ranges on: the run's
+    `calibration.npz`, else patches of `data_dir` (default: the run's data folder)."""
+    from msunet.data import CALIBRATION_FILE, calibration_patches, find_pairs, load_samples, split_pairs
+
+    stored = loaded.run_dir / CALIBRATION_FILE if loaded.run_dir else None
+    if stored is not None and stored.is_file() and data_dir is None:
+        with np.load(stored) as data:
+            unit = data["patches"].astype(np.float32)
+    else:
+        if data_dir is None and loaded.run_dir and (loaded.run_dir / "run.json").is_file():
+            data_dir = json.loads((loaded.run_dir / "run.json").read_text()).get("data_dir")
+        if data_dir is None or not pathlib.Path(data_dir).is_dir():
+            where = loaded.run_dir or "the model"
+            raise ValueError(f"{where} has no {CALIBRATION_FILE} (runs keep one since msunet 0.1) and its data folder "
+                             f"{data_dir or '(unknown)'} is not there: pass --calibration DATA_FOLDER (training "
+                             "images of the same kind) to calibrate the int8 ranges on.")
+        config = loaded.config
+        index = find_pairs(data_dir, config.data)
+        split = split_pairs(index, config.data)
+        samples = load_samples(split["train"] or index.pairs, config.data, config.model, problems=[])
+        if not samples:
+            raise ValueError(f"{data_dir}: no readable image/mask pair to calibrate the int8 ranges on.")
+        unit = calibration_patches(samples, config.data.patch_size, count, config.data.seed).astype(np.float32)
+    return np.stack([loaded.normalization.apply(x) for x in unit]).astype(np.float32)
+
+
+def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
+    """Replaces the ONNX model at `path` by its static int8 quantization (QDQ) calibrated on `patches`."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise ValueError("--int8 needs onnx and onnxruntime: `pip install 'msunet[export]'`.") from err
+    input_name = onnx.load(str(path), load_external_data=False).graph.input[0].name
+    prepared, quantized = path.with_name("prepared.onnx"), path.with_name("int8.onnx")
+
+    class Patches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(patches)
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {input_name: item[None]}
+
+    source = path
+    try:  # ONNX Runtime's recommended pre-processing: shape inference and graph optimisation
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)  # (symbolic: for transformers)
+        source = prepared
+    except Exception:  # noqa: BLE001 - quantization works without it, a little slower
+        pass
+    try:
+        quantize_static(str(source), str(quantized), Patches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax)
+        os.replace(quantized, path)
+    finally:
+        prepared.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
+    return {"method": "ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations",
+            "calibration": "MinMax", "calibration_patches": int(len(patches)),
+            "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared}

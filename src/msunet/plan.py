@@ -19,7 +19,7 @@ a value with its source and reason:
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
 | model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
-| train.epochs               | 50 (the default), or the same steps in fewer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
+| train.epochs               | 50 (the default) passes over the training pixels (at least 250 steps in all), in fewer, longer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |
 | data.flip, data.rot90      | the labels' layout: where classes sit high or low in the image (sky over road), "horizontal" flips only and no 90-degree turns |
 
@@ -56,6 +56,8 @@ EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, cur
 EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (validation, 3 checkpoint files) costs
 #                    ~0.5 s, a third of a 64 px folder's 1.5 s epochs; its steps are regrouped into fewer epochs
 VAL_FRACTION_OF_EPOCH = 0.15
+MIN_TOTAL_STEPS = 250  # where 50 passes over a small folder take fewer steps: training still gets this many (the
+#                        64 px newcomer folder reached validation Dice 0.98 after 226 steps; it ran 500 before)
 DEVICE_KEYS = {"model.precision", "model.filters"}
 MIN_PATCH_SHARE = 0.25  # a patch that sees less of the median image than this asks for a lower resolution...
 MIN_OBJECT_DEPTH = 4.0  # ...unless the objects would get thinner than this (object_depth, px)
@@ -473,14 +475,19 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
             steps = max(low, int(EPOCH_S / step))
             reason += f", at most ~{EPOCH_S / 60:.0f} min per epoch at {step:.2f} s per step"
         elif step and steps * step < EPOCH_MIN_S and not {"train.steps_per_epoch", "train.epochs"} & user:
-            total = steps * config.train.epochs
+            total = _total_steps(one_pass, steps, config.train.epochs)
             longer = min(high, math.ceil(EPOCH_MIN_S / step))
-            epochs = max(1, math.ceil(total / longer))
+            epochs = max(1, round(total / longer))
+            longer = min(high, math.ceil(total / epochs))  # the total, in whole epochs of about that length
             reason += (f"; {longer} steps, ~{EPOCH_MIN_S:.0f} s at {step:.2f} s per step, so that epoch ends (validation, "
                        "checkpoints) stay a small share")
-            derive("train.epochs", epochs, f"the {total} steps of {config.train.epochs} epochs of {steps} steps, "
+            derive("train.epochs", epochs, f"the {total} steps of {_total_why(one_pass, steps, config.train.epochs)}, "
                    f"regrouped in epochs of {longer}")
             steps = longer
+        elif one_pass < low and not {"train.steps_per_epoch", "train.epochs"} & user:
+            total = _total_steps(one_pass, steps, config.train.epochs)
+            derive("train.epochs", max(1, math.ceil(total / steps)),
+                   f"the {total} steps of {_total_why(one_pass, steps, config.train.epochs)}")
         derive("train.steps_per_epoch", steps, reason)
     budget_s = 60 * values.get("train.time_budget_min", config.train.time_budget_min)
     if budget_s and "train.epochs" not in user:
@@ -494,6 +501,17 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
     steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
     derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),
            f"validation at about {VAL_FRACTION_OF_EPOCH:.0%} of an epoch's {steps} steps")
+
+
+def _total_steps(one_pass: int, steps: int, epochs: int) -> int:
+    """All the steps of `epochs` passes over the training pixels, and at least `MIN_TOTAL_STEPS`."""
+    return max(one_pass * epochs, MIN_TOTAL_STEPS) if one_pass < steps else steps * epochs
+
+
+def _total_why(one_pass: int, steps: int, epochs: int) -> str:
+    if one_pass >= steps:
+        return f"{epochs} epochs of {steps} steps"
+    return f"{epochs} passes over the training pixels ({one_pass} steps each), at least {MIN_TOTAL_STEPS}"
 
 
 def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes: list[str],

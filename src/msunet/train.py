@@ -4,6 +4,7 @@ RUN/ holds:
     config.json          the resolved RunConfig (predict reads it back)
     run.json             data folder, msunet version, the state of the run
     normalization.json   per-channel statistics (or per-image mode), reused by predict
+    calibration.npz      32 training patches ([0, 1] scale, float16): `msunet export --int8` calibrates on them
     best.keras, last.keras   the probability model (best validation Dice, last epoch)
     history.csv          one row per epoch: losses and Dice/IoU of every head
     metrics.json         best and final validation scores, per head and per class
@@ -33,8 +34,10 @@ import numpy as np
 from msunet import __version__
 from msunet.config import RunConfig, resolve_run_config, write_text_atomic
 from msunet.data import (
+    CALIBRATION_FILE,
     DataError,
     Normalization,
+    calibration_patches,
     compute_normalization,
     find_pairs,
     fixed_patches,
@@ -106,6 +109,12 @@ class MultiScaleTrainer(keras.Model):
 def save_keras_atomic(model: keras.Model, path: pathlib.Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
     model.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_npz_atomic(path: pathlib.Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
 
 
@@ -442,6 +451,9 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
     else:
         normalization = compute_normalization([s.image for s in train_samples], run.data.normalization)
         normalization.to_json(norm_path)
+    if not (run_dir / CALIBRATION_FILE).is_file():
+        save_npz_atomic(run_dir / CALIBRATION_FILE,
+                        patches=calibration_patches(train_samples, run.data.patch_size, seed=run.train.seed))
     cfg = run.train
     train_data = PatchDataset(train_samples, run.model, run.data, normalization, cfg.batch_size, cfg.steps_per_epoch,
                               seed=cfg.seed, workers=cfg.workers)

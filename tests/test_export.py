@@ -171,7 +171,7 @@ def test_saved_model_bundle_is_written_with_its_checksum(binary, tmp_path):
     bundle = export(run, tmp_path / "sm", format="saved_model")
     meta = read_bundle(bundle)
     assert meta["engine"] == "saved_model" and (bundle / "saved_model" / "saved_model.pb").is_file()
-    with pytest.raises(BundleError, match="this runtime runs onnx, openvino bundles"):
+    with pytest.raises(BundleError, match="this runtime runs onnx, openvino, litert bundles"):
         Predictor(bundle)
     import tensorflow as tf
 
@@ -196,7 +196,7 @@ def test_openvino_runs_onnx_and_its_own_bundles_as_keras_does(binary, tmp_path):
         probs = predictor.predict(image, heads=heads, tile_size=64)
         for head in heads:
             np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
-    with pytest.raises(BundleError, match="runs with engine='openvino'"):
+    with pytest.raises(BundleError, match="does not run with engine='onnxruntime'"):
         Predictor(ir_bundle, engine="onnxruntime")
     with pytest.raises(BundleError, match="unknown engine 'tensorrt'"):
         Predictor(onnx_bundle, engine="tensorrt")
@@ -241,6 +241,8 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
                  str(moved)]) == 0
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ov"), "--int8", "--format",
                  "openvino"]) == 2
+    with pytest.raises(BundleError, match="int8 bundle runs with ONNX Runtime"):
+        Predictor(tmp_path / "i8", engine="openvino")
 
 
 def test_int8_refusals_name_the_fix(binary, tmp_path):
@@ -250,3 +252,29 @@ def test_int8_refusals_name_the_fix(binary, tmp_path):
     with pytest.raises(ValueError, match="--format onnx"):
         export(run, tmp_path / "b", format="saved_model", int8=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_litert_bundle_runs_every_head_as_keras_does(binary, tmp_path):
+    """`--format litert`: a .tflite file, run by `ai-edge-litert` (no TensorFlow), resized to each shape."""
+    pytest.importorskip("ai_edge_litert", reason="LiteRT is an optional engine (pip install 'msunet[litert]')")
+    run, onnx_bundle = binary
+    bundle = export(run, tmp_path / "lite", format="litert")
+    assert (bundle / "model.tflite").is_file() and read_bundle(bundle)["engine"] == "litert"
+    heads = run.model.output_names
+    for size, tile in (((37, 101), 64), ((20, 24), 32)):  # two tile shapes: the interpreter is resized
+        image = (np.random.default_rng(size[0]).random((*size, 3)) * 255).astype(np.uint8)
+        expected = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, tile)
+        probs = Predictor(bundle).predict(image, heads=heads, tile_size=tile)
+        for head in heads:
+            np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    from msunet.imageio import write_png
+
+    write_png(tmp_path / "in" / "a.png", (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8))
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(bundle), str(tmp_path / "in"), str(tmp_path / "o")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+    with pytest.raises(BundleError, match="use engine='litert'"):
+        Predictor(bundle, engine="onnxruntime")
+    with pytest.raises(BundleError, match="--format litert"):
+        Predictor(onnx_bundle, engine="litert")

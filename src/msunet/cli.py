@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino"),
+    p.add_argument("--engine", choices=("onnxruntime", "openvino", "litert"),
                    help="with a bundle: ONNX Runtime or OpenVINO (default: the bundle's format's own)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
@@ -265,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a run as a bundle (model file + bundle.json) for prediction without TensorFlow")
     p.add_argument("run", help="run folder or .keras file")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--format", default="onnx", choices=("onnx", "openvino", "saved_model"),
-                   help="onnx (default: msunet's runtime, ONNX Runtime or OpenVINO), openvino (IR) or saved_model "
-                        "(TensorFlow Serving)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "openvino", "saved_model", "litert"),
+                   help="onnx (default: msunet's runtime, ONNX Runtime or OpenVINO), openvino (IR), saved_model "
+                        "(TensorFlow Serving) or litert (.tflite)")
     p.add_argument("--which", default="best", choices=("best", "last"), help="which model of the run (default best)")
     p.add_argument("--tile", type=int, help="the bundle's default tile (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="the bundle's default overlap (default 0.25)")

@@ -10,7 +10,8 @@ beside BUNDLE and renamed into place, so a half-written bundle is never left beh
 
 Formats: "onnx" (run by `msunet.runtime` without TensorFlow, with ONNX Runtime or OpenVINO; needs
 `tf2onnx` to export), "openvino" (OpenVINO IR, `openvino/model.xml` + `.bin`; needs `openvino`) and
-"saved_model" (TensorFlow Serving / `tf.saved_model.load`).
+"saved_model" (TensorFlow Serving / `tf.saved_model.load`) and "litert" (LiteRT, formerly TensorFlow
+Lite: `model.tflite` for phones and small devices, run by `msunet.runtime` with `ai-edge-litert`).
 
 `int8=True` (ONNX only) quantizes the exported graph with ONNX Runtime's static quantization (QDQ:
 per-channel int8 weights, uint8 activations, ranges calibrated by MinMax on the training patches
@@ -34,7 +35,7 @@ from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
 from msunet.runtime.files import class_palette
 
 FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model"),
-           "openvino": ("openvino", "openvino")}
+           "openvino": ("openvino", "openvino"), "litert": ("model.tflite", "litert")}
 
 
 def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
@@ -52,7 +53,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     Args:
         run: a run folder, a .keras file, or a `msunet.predict.LoadedRun`.
         out: the bundle folder to write (refused if it exists, unless `overwrite`).
-        format: "onnx", "openvino" or "saved_model".
+        format: "onnx", "openvino", "saved_model" or "litert".
         which: "best" or "last" model of a run folder.
         tile_size, overlap: the bundle's tiling defaults (default tile: twice the training patch, at most 512).
         int8: quantize the ONNX graph to int8 (static QDQ, calibrated on the run's training patches).

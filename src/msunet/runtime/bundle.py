@@ -24,8 +24,8 @@ from msunet.runtime.preprocessing import Normalization
 BUNDLE_FILE = "bundle.json"
 FORMAT = "msunet-bundle"
 BUNDLE_VERSION = 1
-RUNNABLE = ("onnx", "openvino")  # formats this runtime executes; saved_model bundles are for TensorFlow Serving
-ENGINES = ("onnxruntime", "openvino")
+RUNNABLE = ("onnx", "openvino", "litert")  # formats this runtime executes; saved_model is for TensorFlow Serving
+ENGINES = ("onnxruntime", "openvino", "litert")
 
 
 class BundleError(ValueError):
@@ -128,6 +128,56 @@ class _OpenVINO:
         return [np.array(results[self.ports[name]]) for name in names]
 
 
+class _LiteRT:
+    """A LiteRT (TensorFlow Lite) interpreter behind `run(names, {input: batch})`, as ONNX Runtime's
+    session; the input is resized when a batch of another shape comes (tiles keep one shape)."""
+
+    def __init__(self, model_file: pathlib.Path, threads: int | None, heads: Sequence[dict]):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise BundleError("LiteRT is not installed: `pip install 'msunet[litert]'` (or `pip install "
+                              "ai-edge-litert`).") from err
+        self.interpreter = Interpreter(model_path=str(model_file), num_threads=int(threads or os.cpu_count() or 1))
+        self.input = self.interpreter.get_input_details()[0]
+        self.shape: tuple[int, ...] | None = None
+        self.heads = list(heads)
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": self.input["name"]})()]
+
+    def _outputs_by_head(self, batch_shape: tuple[int, ...]) -> dict[str, int]:
+        # The converter names outputs after its own graph; the heads are told apart by their scale
+        # (one output per scale, `mask_fused` aside, which has the full size and comes last).
+        outputs = self.interpreter.get_output_details()
+        by_name = {d["name"].split(":")[0].rpartition("/")[2]: d["index"] for d in outputs}
+        if all(h["name"] in by_name for h in self.heads):
+            return {h["name"]: by_name[h["name"]] for h in self.heads}
+        height = batch_shape[1]
+        mapping, taken = {}, set()
+        for head in self.heads:
+            want = -(-height // int(head["scale"]))
+            for d in outputs:
+                if d["index"] not in taken and int(self.interpreter.get_tensor(d["index"]).shape[1]) == want:
+                    mapping[head["name"]] = d["index"]
+                    taken.add(d["index"])
+                    break
+        return mapping
+
+    def run(self, names, feeds):
+        batch = np.ascontiguousarray(next(iter(feeds.values())), np.float32)
+        if batch.shape != self.shape:
+            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape), strict=False)
+            self.interpreter.allocate_tensors()
+            self.shape = batch.shape
+            self.mapping = None
+        self.interpreter.set_tensor(self.input["index"], batch)
+        self.interpreter.invoke()
+        if self.mapping is None:
+            self.mapping = self._outputs_by_head(batch.shape)
+        return [np.array(self.interpreter.get_tensor(self.mapping[name])) for name in names]
+
+
 class Predictor:
     """Predicts every head of an exported model for images of any size, without TensorFlow or Keras.
 
@@ -155,14 +205,21 @@ class Predictor:
         if meta["engine"] not in RUNNABLE:
             raise BundleError(f"{self.root}: a {meta['engine']!r} bundle; this runtime runs {', '.join(RUNNABLE)} "
                               "bundles (export with --format onnx or openvino).")
-        engine = engine or ("openvino" if meta["engine"] == "openvino" else "onnxruntime")
+        engine = engine or {"openvino": "openvino", "litert": "litert"}.get(meta["engine"], "onnxruntime")
         if engine not in ENGINES:
             raise BundleError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}.")
-        if engine == "onnxruntime" and meta["engine"] != "onnx":
-            raise BundleError(f"{self.root}: an OpenVINO bundle runs with engine='openvino'.")
+        if (engine == "litert") != (meta["engine"] == "litert") or (engine == "onnxruntime" and meta["engine"] != "onnx"):
+            fix = "use engine='litert'" if meta["engine"] == "litert" else "export it with --format litert"
+            raise BundleError(f"{self.root}: a {meta['engine']} bundle does not run with engine={engine!r}; {fix}.")
+        if engine == "openvino" and meta.get("precision") == "int8":
+            raise BundleError(f"{self.root}: an int8 bundle runs with ONNX Runtime (engine='onnxruntime'): OpenVINO "
+                              "computed wrong masks from its QDQ graph (F1 0.04 instead of 0.81 on DRIVE, "
+                              "benchmarks/int8.py); for OpenVINO, export without --int8 (it runs in bfloat16).")
         self.engine_name = engine
         if engine == "openvino":
             self.session = _OpenVINO(self.root / meta["model_file"], threads, precision)
+        elif engine == "litert":
+            self.session = _LiteRT(self.root / meta["model_file"], threads, meta["heads"])
         else:
             self.session = _onnx_session(self.root / meta["model_file"], threads)
         self.input_name = self.session.get_inputs()[0].name

@@ -4,7 +4,8 @@ One process, contenders alternated in every repeat, medians with min/max; ratios
 on a shared, noisy machine. Contenders: msunet in its default precision ("auto": mixed_bfloat16 on
 a CPU with bfloat16 instructions), the same msunet model in float32, the native PyTorch U-Net in
 float32 and under bfloat16 autocast, MONAI BasicUNet, and for inference the exported bundle's
-network on ONNX Runtime (float32; `msunet export`, what `msunet predict --model BUNDLE` runs). Rows:
+network on ONNX Runtime (float32; `msunet export`, what `msunet predict --model BUNDLE` runs), on
+OpenVINO (its default precision), on ONNX Runtime in int8 (`--int8`) and on LiteRT (`--format litert`). Rows:
 - train images/s (batch 8, 256x256x3; msunet with its 4 deep-supervision heads and Dice+CE, the
   peers with one head and Dice+BCE);
 - inference images/s at batch 1 and 8 (msunet: the "mask" head alone, as `predict` computes it);
@@ -256,7 +257,7 @@ def main() -> None:
 
     contenders = {}
     skipped = {}
-    ort_session = ov_session = ov_precision = None
+    ort_session = ov_session = ov_precision = int8_session = litert_session = None
     if HAVE_ORT:  # the bundle's network: float32, the "mask" head, dynamic shapes, ONNX Runtime
         import tempfile
 
@@ -280,6 +281,23 @@ def main() -> None:
         else:
             ov_session = None
             skipped["msunet_openvino"] = "openvino is not installed (pip install 'msunet[openvino]')"
+        # `msunet export --int8`: the same graph quantized (static QDQ; calibration values do not change its speed).
+        from msunet.export import quantize_int8
+
+        int8_path = pathlib.Path(onnx_path).with_name("int8.onnx")
+        int8_path.write_bytes(pathlib.Path(onnx_path).read_bytes())
+        quantize_int8(int8_path, x[:8])
+        int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+        int8_infer = lambda b: lambda: int8_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
+        if importlib.util.find_spec("ai_edge_litert") is not None:  # `msunet export --format litert`
+            from msunet.runtime.bundle import _LiteRT
+
+            litert_path = pathlib.Path(onnx_path).with_name("model.tflite")
+            mask_only.export(str(litert_path), format="litert", verbose=False)
+            litert_session = _LiteRT(litert_path, None, [{"name": "mask", "scale": 1}])
+            litert_infer = lambda b: lambda: litert_session.run(["mask"], {"image": x[:b]})  # noqa: E731
+        else:
+            skipped["msunet_litert"] = "ai-edge-litert is not installed (pip install 'msunet[litert]')"
     else:
         skipped["msunet_onnxruntime"] = "onnxruntime or tf2onnx is not installed (pip install 'msunet[export]')"
     if HAVE_TORCH:
@@ -305,6 +323,12 @@ def main() -> None:
     if ov_session is not None:
         ops["infer_b1"]["msunet_openvino"] = ov_infer(1)
         ops[f"infer_b{batch}"]["msunet_openvino"] = ov_infer(batch)
+    if int8_session is not None:
+        ops["infer_b1"]["msunet_onnxruntime_int8"] = int8_infer(1)
+        ops[f"infer_b{batch}"]["msunet_onnxruntime_int8"] = int8_infer(batch)
+    if litert_session is not None:
+        ops["infer_b1"]["msunet_litert"] = litert_infer(1)
+        ops[f"infer_b{batch}"]["msunet_litert"] = litert_infer(batch)
     for name, c in contenders.items():
         ops["train"][name] = c.train_step
         ops["infer_b1"][name] = (lambda c=c: c.infer(1))
@@ -343,6 +367,9 @@ def main() -> None:
     if ov_session is not None:
         ov_fn = lambda b: ov_session.run(["mask"], {"image": b})[0]  # noqa: E731
         tiled_rows["msunet_openvino_predict_tiled"] = lambda: predict_tiled(ov_fn, image, tile, 0.25, batch)
+    if int8_session is not None:
+        int8_fn = lambda b: int8_session.run(["mask"], {ort_input: b})[0]  # noqa: E731
+        tiled_rows["msunet_onnxruntime_int8_predict_tiled"] = lambda: predict_tiled(int8_fn, image, tile, 0.25, batch)
     if HAVE_MONAI:
         import torch
         from monai.inferers import sliding_window_inference
@@ -382,7 +409,7 @@ def main() -> None:
         for peer in ("msunet_float32", "torch_unet", "torch_unet_bf16", "monai_basicunet"):
             if peer in table[row]:
                 ratios[f"{row}: msunet / {peer}"] = table[row]["msunet"]["median"] / table[row][peer]["median"]
-        for engine in ("msunet_onnxruntime", "msunet_openvino"):
+        for engine in ("msunet_onnxruntime", "msunet_openvino", "msunet_onnxruntime_int8", "msunet_litert"):
             for peer in ("msunet", "torch_unet", "torch_unet_bf16"):
                 if engine in table[row] and peer in table[row]:
                     ratios[f"{row}: {engine} / {peer}"] = table[row][engine]["median"] / table[row][peer]["median"]
@@ -392,7 +419,7 @@ def main() -> None:
     if "monai_sliding_window" in t:
         ratios["tiled: msunet predict_tiled / monai sliding_window"] = (
             t["msunet_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])
-        for engine in ("onnxruntime", "openvino"):
+        for engine in ("onnxruntime", "openvino", "onnxruntime_int8"):
             if f"msunet_{engine}_predict_tiled" in t:
                 ratios[f"tiled: msunet {engine} predict_tiled / monai sliding_window"] = (
                     t[f"msunet_{engine}_predict_tiled"]["median"] / t["monai_sliding_window"]["median"])

@@ -23,6 +23,8 @@ def test_speed_harness_smoke(tmp_path):
     assert data["smoke"] and data["throughput"]["train"]["msunet"]["median"] > 0
     assert data["throughput"]["tiled_mpx_per_s"]["msunet_predict_tiled"]["median"] > 0
     assert data["conv_ceiling_gflops"] > 0
+    for engine in ("msunet_onnxruntime", "msunet_onnxruntime_int8", "msunet_litert"):  # make venv installs them
+        assert data["throughput"]["infer_b1"][engine]["median"] > 0, data["skipped"]
 
 
 def test_parts_harness_smoke(tmp_path):

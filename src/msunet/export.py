@@ -183,7 +183,7 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
     except ImportError as err:
         raise ValueError("--int8 needs onnx and onnxruntime: `pip install 'msunet[export]'`.") from err
     input_name = onnx.load(str(path), load_external_data=False).graph.input[0].name
-    prepared, quantized = path.with_name("prepared.onnx"), path.with_name("int8.onnx")
+    prepared, quantized = path.with_name(f".{path.stem}.prepared.onnx"), path.with_name(f".{path.stem}.int8.onnx")
 
     class Patches(CalibrationDataReader):
         def __init__(self) -> None:

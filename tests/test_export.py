@@ -41,7 +41,7 @@ def binary(tmp_path_factory):
 @pytest.mark.parametrize("size", [(1, 1), (37, 101), (255, 257)])
 def test_bundle_matches_keras_on_every_head_at_odd_sizes_and_through_tiling(binary, size):
     run, bundle = binary
-    predictor = Predictor(bundle)
+    predictor = Predictor(bundle, engine="onnxruntime")  # (OpenVINO, the default when installed: its own test)
     image = (np.random.default_rng(sum(size)).random((*size, 3)) * 255).astype(np.uint8)
     heads = run.model.output_names
     keras_probs = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, 64)
@@ -70,7 +70,7 @@ def test_multiclass_bf16_run_exports_a_float32_graph_with_its_metadata(tmp_path)
     assert [h["scale"] for h in meta["heads"]] == [1, 2] and meta["source"]["trained_precision"] == "mixed_bfloat16"
     assert meta["tiling"]["tile"] == 64 and len(meta["class_colours"]) == 4
     image = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype(np.uint8)
-    probs = Predictor(bundle).predict(image)
+    probs = Predictor(bundle, engine="onnxruntime").predict(image)
     np.testing.assert_allclose(probs["mask"].sum(-1), 1.0, atol=1e-5)  # softmax over 4 classes
     float32 = LoadedRun(build_model(run.config.model.replace(precision="float32")), run.config, run.normalization, None)
     float32.model.set_weights(run.model.get_weights())
@@ -123,14 +123,16 @@ def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_pa
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 0
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 2  # exists
     write_png(tmp_path / "in" / "odd.png", (np.random.default_rng(0).random((37, 101, 3)) * 255).astype(np.uint8))
-    for source, out in (("run", "k"), ("bundle", "b")):
+    for source, out, engine in (("run", "k", []), ("bundle", "b", ["--engine", "onnxruntime"]), ("bundle", "d", [])):
         assert main(["predict", "--model", str(tmp_path / source), "--input", str(tmp_path / "in"), "--out",
-                     str(tmp_path / out), "--quiet", "--tta"]) == 0
+                     str(tmp_path / out), "--quiet", "--tta", *engine]) == 0
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "k").iterdir()) == ["odd.png", "odd_overlay.png", "odd_s2.png"]
     for name in ("odd.png", "odd_s2.png"):
         keras_mask, bundle_mask = read_mask(tmp_path / "k" / name), read_mask(tmp_path / "b" / name)
         assert (keras_mask != bundle_mask).mean() < 0.001  # only probabilities at the threshold may flip
+        default = read_mask(tmp_path / "d" / name)  # the default engine (OpenVINO in bfloat16 when installed)
+        assert (keras_mask != default).mean() < 0.01  # this barely trained model's probabilities sit near 0.5
 
 
 NO_TENSORFLOW = r"""
@@ -198,6 +200,8 @@ def test_openvino_runs_onnx_and_its_own_bundles_as_keras_does(binary, tmp_path):
             np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
     with pytest.raises(BundleError, match="does not run with engine='onnxruntime'"):
         Predictor(ir_bundle, engine="onnxruntime")
+    # The faster engine is the default for float32 bundles (speed-2026-11-24-int8-litert.json).
+    assert Predictor(onnx_bundle).engine_name == Predictor(ir_bundle).engine_name == "openvino"
     with pytest.raises(BundleError, match="unknown engine 'tensorrt'"):
         Predictor(onnx_bundle, engine="tensorrt")
 
@@ -225,7 +229,8 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     from msunet.imageio import read_image
 
     image = read_image(sorted((data / "images").iterdir())[-1])  # an image like those calibrated on
-    reference = Predictor(tmp_path / "f32").predict(image)["mask"]
+    assert Predictor(tmp_path / "i8").engine_name == "onnxruntime"  # int8: ONNX Runtime, whatever is installed
+    reference = Predictor(tmp_path / "f32", engine="onnxruntime").predict(image)["mask"]
     quantized = Predictor(tmp_path / "i8").predict(image)["mask"]
     assert not np.array_equal(reference, quantized)  # it is another graph...
     print("int8 vs float32: mean |diff|", np.abs(reference - quantized).mean(), "max", np.abs(reference - quantized).max())

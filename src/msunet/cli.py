@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--engine", choices=("onnxruntime", "openvino", "litert"),
-                   help="with a bundle: ONNX Runtime or OpenVINO (default: the bundle's format's own)")
+                   help="with a bundle: ONNX Runtime, OpenVINO or LiteRT (default: OpenVINO for float32 ONNX bundles "
+                        "when installed, the faster; ONNX Runtime otherwise and for int8; LiteRT for LiteRT bundles)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
 

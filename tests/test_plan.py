@@ -43,8 +43,8 @@ def test_grayscale_index_masks_plan_channels_classes_patch_and_depth(tmp_path):
     assert (cfg.model.in_channels, cfg.model.num_classes, cfg.data.mask_encoding) == (1, 4, "index")
     assert (cfg.data.patch_size, cfg.model.depth) == (64, 2)  # small images shrink the patch, not the reverse
     assert plan.sources["model.in_channels"] == {"value": 1, "source": "data", "why": "6 of 6 images have 1 channel(s)"}
-    # 50 passes over 5 small training images are 50 steps: training gets at least 250 (25 epochs of 10).
-    assert (cfg.train.steps_per_epoch, cfg.train.epochs) == (10, 25) and plan.sources["train.epochs"]["source"] == "data"
+    # 50 passes over 5 small training images are 50 steps: training gets at least 300 (30 epochs of 10).
+    assert (cfg.train.steps_per_epoch, cfg.train.epochs) == (10, 30) and plan.sources["train.epochs"]["source"] == "data"
 
 
 def test_palette_masks_become_classes_black_first(tmp_path):

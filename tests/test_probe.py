@@ -85,16 +85,16 @@ def test_short_measured_epochs_are_regrouped_into_fewer_longer_ones(tmp_path, no
     found = survey(make_folder(tmp_path, count=12))  # 10 train images of 64 px: 2 steps a pass, 10 at least
     fast = FakeDevice({"float32": 0.1 / (8 * (64 / 256) ** 2)})  # 0.1 s at batch 8, 64 px
     plan = plan_run(found, RunConfig(), set(), measure=fast)
-    # 50 passes are 100 steps: at least 250 (MIN_TOTAL_STEPS), in 2 epochs of 125 (~10 s each at 0.1 s)
-    assert (plan.config.train.steps_per_epoch, plan.config.train.epochs) == (125, 2)
+    # 50 passes are 100 steps: at least 300 (MIN_TOTAL_STEPS), in 3 epochs of 100 (~10 s each at 0.1 s)
+    assert (plan.config.train.steps_per_epoch, plan.config.train.epochs) == (100, 3)
     assert plan.sources["train.epochs"]["source"] == "data" and "regrouped" in plan.sources["train.epochs"]["why"]
-    assert "at least 250" in plan.sources["train.epochs"]["why"]
-    assert plan.config.train.val_batches == 19
+    assert "at least 300" in plan.sources["train.epochs"]["why"]
+    assert plan.config.train.val_batches == 15
     slow = plan_run(found, RunConfig(), set(), measure=FakeDevice({"float32": 1.5 / (8 * (64 / 256) ** 2)}))
-    assert (slow.config.train.steps_per_epoch, slow.config.train.epochs) == (10, 25)  # 1.5 s steps: no regrouping
+    assert (slow.config.train.steps_per_epoch, slow.config.train.epochs) == (10, 30)  # 1.5 s steps: no regrouping
     budget = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"},
-                      measure=fast)  # 15 min at 12.5 s per epoch: 72 epochs fit; the budget, not the epochs, ends training
-    assert (budget.config.train.steps_per_epoch, budget.config.train.epochs) == (125, 144)
+                      measure=fast)  # 15 min at 10 s per epoch: 90 epochs fit; the budget, not the epochs, ends training
+    assert (budget.config.train.steps_per_epoch, budget.config.train.epochs) == (100, 180)
     assert "train.time_budget_min=15 ends training" in budget.sources["train.epochs"]["why"]
     unmeasured = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"})
     assert unmeasured.config.train.epochs == 10_000

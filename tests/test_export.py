@@ -198,7 +198,7 @@ def test_openvino_runs_onnx_and_its_own_bundles_as_keras_does(binary, tmp_path):
         probs = predictor.predict(image, heads=heads, tile_size=64)
         for head in heads:
             np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
-    with pytest.raises(BundleError, match="does not run with engine='onnxruntime'"):
+    with pytest.raises(BundleError, match="does not run with engine='onnxruntime'; use engine='openvino'"):
         Predictor(ir_bundle, engine="onnxruntime")
     # The faster engine is the default for float32 bundles (speed-2026-11-24-int8-litert.json).
     assert Predictor(onnx_bundle).engine_name == Predictor(ir_bundle).engine_name == "openvino"
@@ -264,7 +264,9 @@ def test_litert_bundle_runs_every_head_as_keras_does(binary, tmp_path):
     pytest.importorskip("ai_edge_litert", reason="LiteRT is an optional engine (pip install 'msunet[litert]')")
     run, onnx_bundle = binary
     bundle = export(run, tmp_path / "lite", format="litert")
-    assert (bundle / "model.tflite").is_file() and read_bundle(bundle)["engine"] == "litert"
+    meta = read_bundle(bundle)
+    assert (bundle / "model.tflite").is_file() and meta["engine"] == "litert"
+    assert all(h["litert_output"] for h in meta["heads"])  # which .tflite output is which head
     heads = run.model.output_names
     for size, tile in (((37, 101), 64), ((20, 24), 32)):  # two tile shapes: the interpreter is resized
         image = (np.random.default_rng(size[0]).random((*size, 3)) * 255).astype(np.uint8)
@@ -283,3 +285,17 @@ def test_litert_bundle_runs_every_head_as_keras_does(binary, tmp_path):
         Predictor(bundle, engine="onnxruntime")
     with pytest.raises(BundleError, match="--format litert"):
         Predictor(onnx_bundle, engine="litert")
+
+
+def test_litert_tells_full_size_heads_apart(tmp_path):
+    """`mask` and `mask_fused` have the same shape: the export matches each .tflite output by value."""
+    pytest.importorskip("ai_edge_litert", reason="LiteRT is an optional engine (pip install 'msunet[litert]')")
+    run = _run(depth=2, extra=["model.fused_head=true"])
+    heads = run.model.output_names
+    assert "mask_fused" in heads
+    bundle = export(run, tmp_path / "lite", format="litert")
+    image = (np.random.default_rng(7).random((40, 44, 3)) * 255).astype(np.uint8)
+    expected = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, 32)
+    probs = Predictor(bundle).predict(image, heads=heads, tile_size=32)
+    for head in heads:
+        np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)

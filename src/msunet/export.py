@@ -106,6 +106,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         target.parent.mkdir(parents=True, exist_ok=True)
         model.export(str(target), format=keras_format, verbose=False)
         quantization = quantize_int8(target, patches) if int8 else None
+        litert_outputs = litert_output_names(target, model, coarsest) if format == "litert" else None
         num_classes = config.model.num_classes
         meta = {
             "format": FORMAT, "bundle_version": BUNDLE_VERSION, "msunet_version": __version__,
@@ -120,7 +121,9 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
                 "normalization": loaded.normalization.to_dict(), "resample_step": config.data.resample_step,
                 "flip": config.data.flip,
             },
-            "heads": [{"name": name, "scale": head_scale(name)} for name in output_names(model)],
+            "heads": [{"name": name, "scale": head_scale(name),
+                       **({"litert_output": litert_outputs[name]} if litert_outputs else {})}
+                      for name in output_names(model)],
             "default_heads": trained_heads(loaded),
             "num_classes": num_classes, "activation": "sigmoid" if num_classes == 1 else "softmax",
             "threshold": config.train.threshold,
@@ -210,3 +213,33 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
     return {"method": "ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations",
             "calibration": "MinMax", "calibration_patches": int(len(patches)),
             "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared}
+
+
+def litert_output_names(path: pathlib.Path, model, coarsest: int) -> dict[str, str]:
+    """{head: the .tflite output tensor's name}: the converter names outputs after its own graph, so
+    each is matched to the Keras output it equals on a probe input (full-size heads such as `mask`
+    and `mask_fused` share a shape; their values tell them apart)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as err:
+        raise ValueError("exporting LiteRT needs ai-edge-litert to check the file: `pip install 'msunet[litert]'`.") from err
+    size = 3 * coarsest
+    x = np.random.default_rng(0).normal(0, 1, (1, size, size, model.inputs[0].shape[-1])).astype(np.float32)
+    expected = model.predict_on_batch(x)
+    expected = expected if isinstance(expected, dict) else dict(zip(model.output_names, expected))
+    interpreter = Interpreter(model_path=str(path))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape), strict=False)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    found = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    names = {}
+    for head, want in expected.items():
+        want = np.asarray(want, np.float32)
+        close = [n for n, got in found.items() if got.shape == want.shape and np.abs(got - want).max() < 1e-3
+                 and n not in names.values()]
+        if not close:
+            raise ValueError(f"the LiteRT file has no output equal to the model's {head!r}; export with --format onnx.")
+        names[head] = close[0]
+    return names

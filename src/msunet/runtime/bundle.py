@@ -147,12 +147,12 @@ class _LiteRT:
         return [type("Input", (), {"name": self.input["name"]})()]
 
     def _outputs_by_head(self, batch_shape: tuple[int, ...]) -> dict[str, int]:
-        # The converter names outputs after its own graph; the heads are told apart by their scale
-        # (one output per scale, `mask_fused` aside, which has the full size and comes last).
+        # The converter names outputs after its own graph: `msunet export` records which is which;
+        # without that record the heads are told apart by their size (one output per scale).
         outputs = self.interpreter.get_output_details()
-        by_name = {d["name"].split(":")[0].rpartition("/")[2]: d["index"] for d in outputs}
-        if all(h["name"] in by_name for h in self.heads):
-            return {h["name"]: by_name[h["name"]] for h in self.heads}
+        by_name = {d["name"]: d["index"] for d in outputs}
+        if all(h.get("litert_output") in by_name for h in self.heads):  # recorded by `msunet export`
+            return {h["name"]: by_name[h["litert_output"]] for h in self.heads}
         height = batch_shape[1]
         mapping, taken = {}, set()
         for head in self.heads:
@@ -220,12 +220,13 @@ class Predictor:
         self.meta = meta = read_bundle(self.root)
         if meta["engine"] not in RUNNABLE:
             raise BundleError(f"{self.root}: a {meta['engine']!r} bundle; this runtime runs {', '.join(RUNNABLE)} "
-                              "bundles (export with --format onnx or openvino).")
+                              "bundles (export with --format onnx, openvino or litert).")
         engine = engine or default_engine(meta)
         if engine not in ENGINES:
             raise BundleError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}.")
         if (engine == "litert") != (meta["engine"] == "litert") or (engine == "onnxruntime" and meta["engine"] != "onnx"):
-            fix = "use engine='litert'" if meta["engine"] == "litert" else "export it with --format litert"
+            fix = (f"use engine={meta['engine']!r}" if meta["engine"] in ("litert", "openvino")
+                   else "export it with --format litert")
             raise BundleError(f"{self.root}: a {meta['engine']} bundle does not run with engine={engine!r}; {fix}.")
         if engine == "openvino" and meta.get("precision") == "int8":
             raise BundleError(f"{self.root}: an int8 bundle runs with ONNX Runtime (engine='onnxruntime'): OpenVINO "

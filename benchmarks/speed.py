@@ -317,18 +317,14 @@ def main() -> None:
         "infer_b1": {name: i(1) for name, (_, i) in keras_rows.items()},
         f"infer_b{batch}": {name: i(batch) for name, (_, i) in keras_rows.items()},
     }
-    if ort_session is not None:
-        ops["infer_b1"]["msunet_onnxruntime"] = ort_infer(1)
-        ops[f"infer_b{batch}"]["msunet_onnxruntime"] = ort_infer(batch)
-    if ov_session is not None:
-        ops["infer_b1"]["msunet_openvino"] = ov_infer(1)
-        ops[f"infer_b{batch}"]["msunet_openvino"] = ov_infer(batch)
-    if int8_session is not None:
-        ops["infer_b1"]["msunet_onnxruntime_int8"] = int8_infer(1)
-        ops[f"infer_b{batch}"]["msunet_onnxruntime_int8"] = int8_infer(batch)
-    if litert_session is not None:
-        ops["infer_b1"]["msunet_litert"] = litert_infer(1)
-        ops[f"infer_b{batch}"]["msunet_litert"] = litert_infer(batch)
+    engines = {"msunet_onnxruntime": (ort_session, lambda b: ort_infer(b)),
+               "msunet_openvino": (ov_session, lambda b: ov_infer(b)),
+               "msunet_onnxruntime_int8": (int8_session, lambda b: int8_infer(b)),
+               "msunet_litert": (litert_session, lambda b: litert_infer(b))}
+    for name, (session, infer) in engines.items():
+        if session is not None:
+            ops["infer_b1"][name] = infer(1)
+            ops[f"infer_b{batch}"][name] = infer(batch)
     for name, c in contenders.items():
         ops["train"][name] = c.train_step
         ops["infer_b1"][name] = (lambda c=c: c.infer(1))

@@ -132,11 +132,16 @@ def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None) -> tuple[Ma
     return MaskInfo(path, kind, tuple(ints)), colours
 
 
+def _label_codes(raw: np.ndarray) -> np.ndarray:
+    """One integer per pixel: the class id, or the RGB colour code of a palette mask."""
+    return raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
+
+
 def object_depth(raw: np.ndarray, ignore_label: int | None = None) -> float:
     """How thick a mask's objects are: the median, over the pixels of its non-zero labels, of the
     distance to the nearest pixel with another label (a stripe w px wide gives ~w/4; vessels ~1,
     a road or a large object tens). NaN when the mask has no object pixel."""
-    labels = raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
+    labels = _label_codes(raw)
     objects = labels != 0
     if ignore_label is not None and raw.ndim == 2:
         objects &= labels != ignore_label
@@ -156,8 +161,7 @@ def object_depth(raw: np.ndarray, ignore_label: int | None = None) -> float:
 def label_layout(raw: np.ndarray, ignore_label: int | None = None, step: int = 4) -> dict[int, list[float]]:
     """Per label of a mask: [pixels, sum of row positions, sum of column positions], positions as
     fractions of the height and width, on every `step`-th row and column."""
-    labels = raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
-    labels = labels[::step, ::step]
+    labels = _label_codes(raw)[::step, ::step]
     height, width = labels.shape
     rows = np.broadcast_to(((np.arange(height) + 0.5) / height)[:, None], labels.shape)
     cols = np.broadcast_to(((np.arange(width) + 0.5) / width)[None, :], labels.shape)
@@ -165,7 +169,7 @@ def label_layout(raw: np.ndarray, ignore_label: int | None = None, step: int = 4
     if flat.size and 0 <= flat.min() and flat.max() < 65536:  # class ids: count them directly
         counts = np.bincount(flat)
         found = np.flatnonzero(counts)
-        counts, inverse = counts[found], flat
+        counts = counts[found]
         row_sums = np.bincount(flat, rows.ravel())[found]
         col_sums = np.bincount(flat, cols.ravel())[found]
     else:

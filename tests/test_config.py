@@ -34,6 +34,9 @@ def test_overrides_parse_values_by_type():
     assert (cfg.depth, cfg.dropout, cfg.deep_supervision, cfg.upsample) == (3, 0.1, False, "bilinear")
     assert cfg.filters_per_level == (4, 8, 16, 32)
     assert ModelConfig().override(["ds_heads=none"]).ds_heads is None
+    # "none" is a word of some string fields' own vocabulary, not null
+    cfg = ModelConfig().override(["encoder=resnet50v2", "encoder_weights=none", "norm=none"])
+    assert (cfg.encoder_weights, cfg.norm) == ("none", "none")
     assert ModelConfig().override(["input_size=64,80"]).input_size == (64, 80)
     assert ModelConfig().override(["filter_growth=2"]).filter_growth == 2.0
 

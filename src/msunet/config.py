@@ -218,11 +218,15 @@ class BaseConfig:
         ```
         """
         changes: dict[str, Any] = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for item in assignments:
             if "=" not in item:
                 raise ConfigError(f"Override {item!r} is not of the form key=value (e.g. depth=3).")
             key, _, value = item.partition("=")
-            changes[key.strip()] = parse_value(value)
+            key, parsed = key.strip(), parse_value(value)
+            if parsed is None and value.strip().lower() == "none" and isinstance(defaults.get(key), str):
+                parsed = "none"  # a word of the field's own vocabulary (norm=none, encoder_weights=none)
+            changes[key] = parsed
         return self.replace(**changes)
 
 

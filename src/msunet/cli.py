@@ -124,7 +124,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from msunet.runtime.files import list_inputs
 
     bundle = is_bundle(args.model)
-    if bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
+    ray = args.engine == "ray"
+    if (args.address or args.actors or args.actor_gpus) and not ray:
+        raise ValueError("--address, --actors and --actor-gpus go with --engine ray (prediction on a Ray cluster).")
+    if ray:  # an actor pool on Ray Data; each actor loads the run or the bundle once
+        from msunet.distributed import predict_ray as predict
+    elif bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
         from msunet.runtime import predict
     elif args.engine:
         raise ValueError("--engine chooses how an exported bundle runs; --model is a run (Keras). Export it first: "
@@ -139,7 +144,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                    progress=None if args.quiet else _Progress(len(files)))
     if args.threshold is not None:
         options["threshold"] = args.threshold
-    if bundle:
+    if ray:
+        options.pop("progress")
+        options.update(address=args.address, concurrency=args.actors, num_gpus=args.actor_gpus or 0,
+                       num_cpus=0 if args.actor_gpus else 1)
+    elif bundle:
         options["engine"] = args.engine
     summary = predict(args.model, args.input, args.out, **options)
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
@@ -257,9 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino", "litert"),
+    p.add_argument("--engine", choices=("onnxruntime", "openvino", "litert", "ray"),
                    help="with a bundle: ONNX Runtime, OpenVINO or LiteRT (default: OpenVINO for float32 ONNX bundles "
-                        "when installed, the faster; ONNX Runtime otherwise and for int8; LiteRT for LiteRT bundles)")
+                        "when installed, the faster; ONNX Runtime otherwise and for int8; LiteRT for LiteRT bundles); "
+                        "ray: a pool of actors on a Ray cluster, each loading the run or bundle once (msunet[ray])")
+    p.add_argument("--address", help="with --engine ray: the cluster (HOST:PORT, ray://HOST:PORT or auto; "
+                   "default: a Ray started on this machine)")
+    p.add_argument("--actors", type=int, help="with --engine ray: actors in the pool (default: one per CPU, or per GPU)")
+    p.add_argument("--actor-gpus", type=float, help="with --engine ray: GPUs per actor (e.g. 1; default 0: CPU actors)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_predict)
 

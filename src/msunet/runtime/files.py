@@ -224,6 +224,96 @@ def batch_function(call: Callable[[np.ndarray], dict], batch_size: int, tta: boo
     return run
 
 
+@dataclasses.dataclass(frozen=True)
+class FileJob:
+    """What every image of one `predict_files` call shares: the output folder, heads and options."""
+
+    out: pathlib.Path
+    heads: tuple[str, ...]
+    tile_size: int
+    overlap: float
+    batch_size: int
+    tta: bool | str
+    threshold: float
+    probabilities: bool
+    overlay_images: bool
+    overwrite: bool
+    blend: str
+
+
+def file_job(engine: Engine, out_dir: str | os.PathLike, tile_size: int | None = None, overlap: float = 0.25,
+             batch_size: int = 4, tta: bool = False, threshold: float = 0.5, scales: Sequence[str] | None = None,
+             probabilities: bool = False, overlay_images: bool = True, overwrite: bool = False,
+             blend: str = "gaussian") -> FileJob:
+    """Checks `msunet predict`'s options against the engine once (clear errors before any image)."""
+    check_tiling_args(tile_size, overlap, batch_size, threshold)
+    heads = list(scales) if scales else list(engine.default_heads)
+    for head in heads:
+        if head not in engine.heads:
+            raise ValueError(f"The model has no output {head!r}; valid: {', '.join(engine.heads)}.")
+    coarsest = max(head_scale(h) for h in heads)
+    tile_size = engine.default_tile if tile_size is None else tile_size
+    return FileJob(pathlib.Path(out_dir), tuple(heads), -(-int(tile_size) // coarsest) * coarsest, overlap,
+                   batch_size, tta_mode(tta, engine.flip), threshold, probabilities, overlay_images, overwrite, blend)
+
+
+@dataclasses.dataclass
+class FileOutcome:
+    """One input's result: status "written", "existing" (outputs kept), "ignored" (not an image) or "failed"."""
+
+    path: pathlib.Path
+    status: str
+    written: list[pathlib.Path] = dataclasses.field(default_factory=list)
+    reason: str = ""
+    megapixels: float = 0.0
+    outputs: list[pathlib.Path] = dataclasses.field(default_factory=list)  # all of the image's outputs
+
+    def add_to(self, summary: PredictSummary) -> None:
+        if self.status == "ignored":
+            summary.ignored.append(self.path)
+        elif self.status == "existing":
+            summary.existing.append(self.path)
+        elif self.status == "failed":
+            summary.failed.append((str(self.path), self.reason))
+        else:
+            summary.written.extend(self.written)
+            summary.megapixels += self.megapixels
+
+
+def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob,
+                 progress: Callable[[str, int, int], None] | None = None) -> FileOutcome:
+    """Predicts one input and writes its outputs (`fn` = `engine.make_fn(job.heads, job.batch_size, job.tta)`).
+
+    Never raises for a bad image: an unreadable file or one with the wrong channels is a "failed"
+    outcome with the reason (the path is the outcome's). The step `predict_files` and the Ray actors
+    (`msunet.distributed.ray_predict`) share.
+    """
+    if not is_image_file(path):
+        return FileOutcome(path, "ignored")
+    try:
+        source = open_image_lazy(path, max(engine.max_pixels, 2**34))
+        height, width, channels = source.shape
+        streamed = height * width > STREAM_PIXELS
+        paths = output_paths(job.out, stem, job.heads, streamed, job.probabilities)
+        if not job.overlay_images:
+            paths.pop("overlay")
+        outputs = list(paths.values())
+        if not job.overwrite:  # write what is missing (a deleted mask, newly asked probabilities), keep the rest
+            paths = {k: p for k, p in paths.items() if not p.exists()}
+            if not paths:
+                return FileOutcome(path, "existing", outputs=outputs)
+        if channels != engine.in_channels:
+            raise ValueError(f"{channels} channel(s), but the model takes {engine.in_channels}; "
+                             "convert the image or use a model trained on such images")
+        written = _predict_one(path, source, engine, fn, job.heads, paths, job.tile_size, job.overlap,
+                               job.batch_size, job.threshold, job.probabilities, job.overlay_images, streamed,
+                               job.blend, progress)
+        return FileOutcome(path, "written", written, megapixels=height * width / 1e6, outputs=outputs)
+    except (ImageReadError, ValueError, OSError) as err:
+        text = str(err)
+        return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
+
+
 def predict_files(
     engine: Engine,
     inputs: str | os.PathLike,
@@ -247,46 +337,15 @@ def predict_files(
     Returns:
         A `PredictSummary` (written files, images kept because outputs existed, failures with reasons).
     """
-    check_tiling_args(tile_size, overlap, batch_size, threshold)
-    heads = list(scales) if scales else list(engine.default_heads)
-    for head in heads:
-        if head not in engine.heads:
-            raise ValueError(f"The model has no output {head!r}; valid: {', '.join(engine.heads)}.")
-    coarsest = max(head_scale(h) for h in heads)
-    tile_size = engine.default_tile if tile_size is None else tile_size
-    tile_size = -(-int(tile_size) // coarsest) * coarsest
-    fn = engine.make_fn(heads, batch_size, tta_mode(tta, engine.flip))
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    job = file_job(engine, out_dir, tile_size, overlap, batch_size, tta, threshold, scales, probabilities,
+                   overlay_images, overwrite, blend)
+    fn = engine.make_fn(job.heads, job.batch_size, job.tta)
+    job.out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     start = time.perf_counter()
     files = list_inputs(inputs)
-    stems = output_stems(files)
-    for path in files:
-        if not is_image_file(path):
-            summary.ignored.append(path)
-            continue
-        try:
-            source = open_image_lazy(path, max(engine.max_pixels, 2**34))
-            height, width, channels = source.shape
-            streamed = height * width > STREAM_PIXELS
-            paths = output_paths(out, stems[path], heads, streamed, probabilities)
-            if not overlay_images:
-                paths.pop("overlay")
-            if not overwrite:  # write what is missing (a deleted mask, newly asked probabilities), keep the rest
-                paths = {k: p for k, p in paths.items() if not p.exists()}
-                if not paths:
-                    summary.existing.append(path)
-                    continue
-            if channels != engine.in_channels:
-                raise ValueError(f"{channels} channel(s), but the model takes {engine.in_channels}; "
-                                 "convert the image or use a model trained on such images")
-            summary.written.extend(_predict_one(path, source, engine, fn, heads, paths, tile_size, overlap, batch_size,
-                                                threshold, probabilities, overlay_images, streamed, blend, progress))
-            summary.megapixels += height * width / 1e6
-        except (ImageReadError, ValueError, OSError) as err:
-            text = str(err)
-            summary.failed.append((str(path), text.split(": ", 1)[1] if text.startswith(str(path)) else text))
+    for path, stem in output_stems(files).items():
+        predict_file(engine, fn, path, stem, job, progress).add_to(summary)
     summary.seconds = time.perf_counter() - start
     return summary
 

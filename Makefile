@@ -11,7 +11,7 @@ MSUNET_INSTALL_CHROMIUM ?= 1
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-slow test-backends browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
+.PHONY: venv demo test test-slow test-backends test-scale browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test-slow: venv
 test-backends: venv
 	$(PY) -m pip install --quiet "jax[cpu]" "torch==2.13.0"
 	$(PY) -m pytest -q tests/test_backends.py
+
+# Scale-out engines (optional, large downloads): keras.distribution on JAX (two virtual CPU devices,
+# two processes on localhost) and Ray Data batch prediction on a local Ray (tests/test_distributed.py,
+# tests/test_ray.py; without them these tests are skipped with the reason).
+test-scale: venv
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),jax,ray]"
+	$(PY) -m pytest -q tests/test_distributed.py tests/test_ray.py
 
 # Peers for the speed benchmark (never msunet's own dependencies): the CPU build of torch 2.13.0 and
 # MONAI, in a separate environment with msunet installed too, so one process can run all contenders.

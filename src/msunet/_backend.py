@@ -51,6 +51,8 @@ def quiet_stderr():
 
 
 def _after_keras_import(keras_module) -> None:
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1) > 1:
+        return  # a multi-process run: keras.distribution.initialize() must come before any computation
     keras_module.ops.convert_to_tensor(0.0)  # the first device use logs too (cuInit on CPU-only machines)
 
 

@@ -49,8 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.data or not args.out:
             raise ValueError("train needs --data DIR and --out RUN (or --resume RUN to continue a run).")
         out, config = args.out, args.config
+    if args.distributed and args.resume:
+        raise ValueError("--resume continues a run with its own config (train.distribution included); drop --distributed.")
+    overrides = [*(args.set or []), *(["train.distribution=data_parallel"] if args.distributed else [])]
     try:
-        result = train(config, args.data, out, overrides=args.set or [], resume=bool(args.resume),
+        result = train(config, args.data, out, overrides=overrides, resume=bool(args.resume),
                        overwrite=args.overwrite, verbose=_fit_verbosity(args.verbose))
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
@@ -242,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "train.epochs=5 or depth=3")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--distributed", action="store_true",
+                   help="data parallel over every device (and host: KERAS_DISTRIBUTION_* variables) with "
+                        "keras.distribution; JAX backend; train.batch_size is then per device")
     p.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
                    help="Keras progress output: auto (bar), 1 (bar), 2 (a line per epoch), 0 (none)")
     p.set_defaults(func=cmd_train)

@@ -596,6 +596,7 @@ class DataConfig(BaseConfig):
 LOSSES = ("dice_ce", "dice", "ce", "focal", "tversky", "dice_focal")
 DS_WEIGHTINGS = ("nnunet", "halving", "equal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DISTRIBUTIONS = ("none", "data_parallel")
 SCHEDULES = ("cosine", "poly", "constant")
 
 
@@ -627,6 +628,10 @@ class TrainConfig(BaseConfig):
             learning-rate schedule runs on the share of the budget used, so it anneals on time;
             `epochs` x `steps_per_epoch` stays an upper bound. A resumed run counts the time
             already spent.
+        distribution: "none" (one device) or "data_parallel": `keras.distribution.DataParallel`
+            over every device (and every host started with `keras.distribution.initialize`'s
+            environment variables); `batch_size` is then per device, the global batch
+            `batch_size` x devices. JAX backend (`msunet.distributed.training`).
     """
 
     epochs: int = 50
@@ -650,6 +655,7 @@ class TrainConfig(BaseConfig):
     seed: int = 0
     workers: int = 2
     time_budget_min: float = 0.0
+    distribution: str = "none"
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -687,6 +693,7 @@ class TrainConfig(BaseConfig):
         check_int(owner, "seed", self.seed, 0)
         check_int(owner, "workers", self.workers, 0, 64)
         check_float(owner, "time_budget_min", self.time_budget_min, 0.0, 100_000.0)
+        check_choice(owner, "distribution", self.distribution, DISTRIBUTIONS)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class SegmentationScore(keras.metrics.Metric):
 
     def reset_state(self):
         for v in (self.tp, self.fp, self.fn):
-            v.assign(ops.zeros_like(v))
+            v.assign(ops.zeros(v.shape, v.dtype))  # zeros_like(Variable) fails on JAX
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "kind": self.kind,

@@ -24,6 +24,7 @@ import math
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 
 from msunet import __version__
 from msunet.config import RunConfig, resolve_run_config, write_text_atomic
+from msunet.distributed import training as distributed
 from msunet.data import (
     CALIBRATION_FILE,
     DataError,
@@ -140,8 +142,9 @@ class TimeBudget(keras.callbacks.Callback):
     """
 
     def __init__(self, budget_s: float, spent_before: float, base_lr: float, schedule: str, total_steps: int,
-                 steps_before: int):
+                 steps_before: int, sync=None):
         super().__init__()
+        self.sync = sync  # multi-process: process 0's clock on every process (same learning rate, same stop)
         self.budget_s, self.spent_before = budget_s, spent_before
         self.base_lr, self.schedule = base_lr, schedule
         self.total_steps, self.step = max(total_steps, 1), steps_before
@@ -150,7 +153,8 @@ class TimeBudget(keras.callbacks.Callback):
 
     @property
     def spent(self) -> float:
-        return self.spent_before + (time.monotonic() - self._start if self._start is not None else 0.0)
+        value = self.spent_before + (time.monotonic() - self._start if self._start is not None else 0.0)
+        return self.sync(value) if self.sync else value
 
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
@@ -388,19 +392,48 @@ def train(
     """
     called = time.monotonic()  # train.time_budget_min counts from here: planning, probe, loading and build included
     run_dir = pathlib.Path(out_dir)
+    topology = None
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            _prepare_run_dir(run_dir, resume, overwrite)  # the error that says what a run folder is
+        config = RunConfig.from_json(run_dir / "config.json")
+    else:
+        config, written = resolve_run_config(config, overrides)
+        user_keys = written if user_keys is None else user_keys
+    if config.train.distribution != "none" or distributed.multi_process_environment() > 1:
+        # before any computation and before the run folder: a request that cannot run fails here
+        if config.train.distribution == "none":
+            raise distributed.DistributionError(
+                "the KERAS_DISTRIBUTION_* variables start a multi-process run: set train.distribution=data_parallel "
+                "(msunet train --distributed) on every process, or unset them.")
+        topology = distributed.start(config.train.batch_size)
+    writes = run_dir  # process 0 writes the run folder; other processes a private copy
+    if topology is not None and not topology.writer:
+        writes = pathlib.Path(tempfile.mkdtemp(prefix=f"msunet-process{topology.process_id}-"))
+        if resume:
+            shutil.copytree(run_dir, writes, dirs_exist_ok=True)
+    try:
+        return _start(config, data_dir, writes, resume, overwrite, state_from=run_dir, user_keys=user_keys,
+                      plan=plan, verbose=verbose, callbacks=callbacks, called=called, topology=topology)
+    finally:
+        if topology is not None:
+            distributed.stop()
+            if writes != run_dir:
+                shutil.rmtree(writes, ignore_errors=True)
+
+
+def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, overwrite: bool, state_from, user_keys,
+           plan: bool, verbose, callbacks, called: float, topology) -> TrainResult:
     _prepare_run_dir(run_dir, resume, overwrite)
     state = None
     if resume:
-        config = RunConfig.from_json(run_dir / "config.json")
         info = json.loads((run_dir / "run.json").read_text())
         data_dir = info["data_dir"]
         state = read_state(run_dir)
         if info.get("status") == "completed":
-            raise RunError(f"{run_dir}: this run already completed {state['epochs_done'] if state else '?'} epochs; "
-                           "raise train.epochs in a new run to train longer.")
+            raise RunError(f"{state_from}: this run already completed {state['epochs_done'] if state else '?'} "
+                           "epochs; raise train.epochs in a new run to train longer.")
     else:
-        config, written = resolve_run_config(config, overrides)
-        user_keys = written if user_keys is None else user_keys
         if data_dir is None:
             raise DataError("No dataset folder given (--data DIR).")
         sources = None
@@ -409,6 +442,8 @@ def train(
 
             planned = plan_dataset(data_dir, config, user_keys)
             config, sources = planned.config, planned.to_json_dict()
+            if topology is not None and topology.processes > 1:  # one plan: the probe's timings differ per process
+                config = RunConfig.from_dict(distributed.broadcast_json(config.to_dict(), topology))
             for line in planned.format().splitlines():
                 log.info("%s", line)
         write_json_atomic(run_dir / "config.json", {**config.to_dict(), **({"sources": sources} if sources else {})})
@@ -416,9 +451,10 @@ def train(
             "data_dir": str(pathlib.Path(data_dir).resolve()), "msunet_version": __version__,
             "backend": keras.backend.backend(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "status": "running",
+            **({"devices": len(topology.devices), "processes": topology.processes} if topology else {}),
         })
     try:
-        return _train(config, data_dir, run_dir, resume, state, verbose, callbacks, called)
+        return _train(config, data_dir, run_dir, resume, state, verbose, callbacks, called, topology)
     except BaseException as err:
         if read_state(run_dir) is None and (run_dir / "run.json").is_file():
             # Nothing trained yet: say so in the run, so a corrected re-run may replace it.
@@ -430,7 +466,7 @@ def train(
 
 
 def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state: dict | None, verbose,
-           callbacks, called: float) -> TrainResult:
+           callbacks, called: float, topology: distributed.Topology | None = None) -> TrainResult:
     keras.utils.set_random_seed(run.train.seed)
 
     # Data: a corrupt or unpaired file is reported and skipped, not fatal.
@@ -455,13 +491,15 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
         save_npz_atomic(run_dir / CALIBRATION_FILE,
                         patches=calibration_patches(train_samples, run.data.patch_size, seed=run.train.seed))
     cfg = run.train
-    train_data = PatchDataset(train_samples, run.model, run.data, normalization, cfg.batch_size, cfg.steps_per_epoch,
-                              seed=cfg.seed, workers=cfg.workers)
+    # Data parallel: this process feeds batch_size x its devices, its own patches (seed + process id).
+    batch = topology.process_batch(cfg.batch_size) if topology else cfg.batch_size
+    train_data = PatchDataset(train_samples, run.model, run.data, normalization, batch, cfg.steps_per_epoch,
+                              seed=cfg.seed + 7919 * (topology.process_id if topology else 0), workers=cfg.workers)
     val_data = None
     if val_samples:
-        limit = cfg.val_batches * cfg.batch_size if cfg.val_batches else 512
+        limit = cfg.val_batches * batch if cfg.val_batches else max(512, batch)
         images, masks = fixed_patches(val_samples, run.data.patch_size, limit=limit, seed=cfg.seed)
-        val_data = FixedPatchDataset(images, masks, run.model, run.data, normalization, cfg.batch_size)
+        val_data = FixedPatchDataset(images, masks, run.model, run.data, normalization, batch)
     monitor = "val_dice" if val_data is not None else "dice"
 
     # Model, optimizer, resume state.
@@ -484,7 +522,9 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
         setup_s = time.monotonic() - called
         clock = TimeBudget(cfg.time_budget_min * 60.0, ((state or {}).get("time_spent_s") or 0.0) + setup_s,
                            cfg.learning_rate,
-                           cfg.schedule, cfg.epochs * cfg.steps_per_epoch, (state or {}).get("steps_done") or 0)
+                           cfg.schedule, cfg.epochs * cfg.steps_per_epoch, (state or {}).get("steps_done") or 0,
+                           sync=(lambda v: float(distributed.broadcast(np.float64(v), topology)))
+                           if topology is not None and topology.processes > 1 else None)
     checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping, clock)
     history_cb = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
     freeze = []

@@ -149,6 +149,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         options["threshold"] = args.threshold
     if ray:
         options.pop("progress")
+        options["progress_bars"] = not args.quiet
         options.update(address=args.address, concurrency=args.actors, num_gpus=args.actor_gpus or 0,
                        num_cpus=0 if args.actor_gpus else 1)
     elif bundle:

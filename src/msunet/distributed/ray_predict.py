@@ -116,6 +116,7 @@ def predict_ray(
     overlay_images: bool = True,
     overwrite: bool = False,
     blend: str = "gaussian",
+    progress_bars: bool = True,
 ) -> PredictSummary:
     """`msunet predict` over a Ray cluster: the same outputs, files and summary, from a pool of actors.
 
@@ -132,6 +133,7 @@ def predict_ray(
         num_cpus, num_gpus: resources per actor (a GPU actor predicts on its GPU).
         images_per_task: images per Ray task (1: the finest retry and balance).
         engine, threads: a bundle's engine and threads per actor (`msunet.runtime.Predictor`).
+        progress_bars: Ray Data's progress bars on stderr.
         The other arguments are `msunet.predict`'s.
 
     Raises:
@@ -157,6 +159,7 @@ def predict_ray(
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     resources = ray.cluster_resources()
     if concurrency is None:
         by_cpu = int(resources.get("CPU", 1) // num_cpus) if num_cpus else 1 << 30

@@ -127,3 +127,34 @@ def test_two_processes_on_localhost_train_together_and_write_one_run(synth, tmp_
     assert json.loads((run / "config.json").read_text())["train"]["distribution"] == "data_parallel"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("msunet-process")]
     assert not leftovers  # process 1 wrote into a private folder, removed at the end
+
+
+RESUME_SCRIPT = r"""
+import json, sys, keras
+from msunet.train import train
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+data, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+try:
+    train(None, data, out, overrides=overrides, callbacks=[StopAfterFirstEpoch()], plan=False)
+except KeyboardInterrupt:
+    print("INTERRUPTED")
+result = train(None, None, out, resume=True)
+print("EPOCHS", result.epochs_done)
+"""
+
+
+@needs_jax
+def test_an_interrupted_data_parallel_run_resumes(synth, tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    overrides = [*TINY, "train.epochs=2", "train.steps_per_epoch=3", "train.batch_size=2",
+                 "train.distribution=data_parallel"]
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(synth), str(tmp_path / "run"),
+                             json.dumps(overrides)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "INTERRUPTED" in result.stdout and "EPOCHS 2" in result.stdout
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "completed" and info["devices"] == 2

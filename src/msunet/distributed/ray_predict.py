@@ -177,7 +177,8 @@ def predict_ray(
     start = time.perf_counter()
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // images_per_task)))
     results = dataset.map_batches(
-        _PredictWorker, batch_size=images_per_task, concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+        _PredictWorker, batch_size=images_per_task, compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=num_cpus, num_gpus=num_gpus,
         fn_constructor_kwargs=dict(model=str(pathlib.Path(model).resolve()), options=options,
                                    bundle_options=dict(engine=engine, threads=threads)),
     ).take_all()

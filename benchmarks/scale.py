@@ -6,10 +6,12 @@
     (exported into a temporary folder); alternated in every repeat, medians. Each Ray call starts
     its actor pool (the model loaded once per actor); Ray's own start is timed apart.
 `python benchmarks/scale.py data-parallel [--steps 40] [--repeats 2]`
-    JAX training steps of a depth-4, 16-filter U-Net at 128x128: one device with a batch of 8
+    JAX training steps of a depth-3, 8-filter U-Net at 64x64: one device with a batch of 8
     against `train.distribution=data_parallel` over two virtual CPU devices
     (XLA_FLAGS=--xla_force_host_platform_device_count=2) x 4, the same global batch on the same
-    cores: what the split and the all-reduce cost. Median step time after 5 warm-up steps.
+    cores: what the split and the all-reduce cost. Median step time after 5 warm-up steps. (At
+    depth 4, 16 filters, 128x128, XLA's in-process all-reduce between the two virtual devices timed
+    out after 40 s on 2 cores: one device's thread never got a core in time.)
 
 On 2 cores neither can gain: the numbers are the overhead. Real speed-ups need more devices or
 hosts (README: Scale out). Writes benchmarks/results/scale-KIND-DATE.json.
@@ -90,7 +92,7 @@ class Clock(keras.callbacks.Callback):
 data, out, mode, batch, steps = sys.argv[1:6]
 clock = Clock()
 train(None, data, out, plan=False, callbacks=[clock], verbose=0, overrides=[
-    "model.depth=4", "model.filters=16", "data.patch_size=128", "model.precision=float32", "train.epochs=1",
+    "model.depth=3", "model.filters=8", "data.patch_size=64", "model.precision=float32", "train.epochs=1",
     f"train.steps_per_epoch={steps}", f"train.batch_size={batch}", f"train.distribution={mode}",
     "train.val_batches=1", "train.workers=2"])
 steps = [b - a for a, b in zip(clock.t[5:], clock.t[6:])]
@@ -118,7 +120,7 @@ def bench_data_parallel(args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     table = {n: {"median_step_s": statistics.median(v), "img_per_s": 8 / statistics.median(v), "per_repeat": v}
              for n, v in step_s.items()}
-    return {"backend": "jax", "global_batch": 8, "patch": 128, "steps": args.steps, "steps_timed": args.steps - 6,
+    return {"backend": "jax", "global_batch": 8, "patch": 64, "steps": args.steps, "steps_timed": args.steps - 6,
             "table": table, "ratio data_parallel / one device (img/s)":
                 table["data_parallel_2x4"]["img_per_s"] / table["one_device_batch8"]["img_per_s"]}
 

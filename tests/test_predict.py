@@ -68,6 +68,20 @@ def test_predict_folder_with_a_corrupt_file_and_overwrite(loaded_run, tmp_path, 
     assert len(predict(loaded_run, src, tmp_path / "out", tile_size=32, overwrite=True).existing) == 0
 
 
+def test_inputs_may_be_a_glob_pattern(loaded_run, tmp_path):
+    from msunet.runtime.files import list_inputs
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png", "c.tif"):
+        write_png(src / name, np.zeros((8, 8, 3), np.uint8)) if name.endswith(".png") else (src / name).write_bytes(b"x")
+    assert [p.name for p in list_inputs(src / "*.png")] == ["a.png", "b.png"]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        list_inputs(src / "*.jpg")
+    summary = predict(loaded_run, str(src / "*.png"), tmp_path / "out", tile_size=32)
+    assert {p.name for p in summary.written} >= {"a.png", "b.png"} and not summary.failed
+
+
 def test_predict_cli_exit_codes(tmp_path, capsys):
     from msunet.synthetic import make_dataset
     from msunet.train import train

@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="masks at every scale for an image or a folder (tiled, any size)")
     p.add_argument("--model", required=True, help="run folder (uses best.keras, config.json, normalization.json), .keras "
                    "file, or an exported bundle (runs without TensorFlow)")
-    p.add_argument("--input", required=True, help="image file or folder of images")
+    p.add_argument("--input", required=True, help="image file, folder of images, or a quoted glob ('scans/*.tif')")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tile", type=int, help="tile side (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")

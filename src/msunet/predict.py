@@ -161,7 +161,7 @@ def predict(
 
     Args:
         model: a run folder, a .keras file, or a `LoadedRun`.
-        inputs: an image file or a folder of images.
+        inputs: an image file, a folder of images, or a glob pattern ("scans/*.tif").
         out_dir: output folder (created).
         tile_size: tile side (rounded up to a multiple of the coarsest scale); default: twice the
             run's training patch, at most 512.

@@ -16,6 +16,7 @@ batch -> {head: probabilities} function. NumPy only: no Keras, TensorFlow or Sci
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import pathlib
 import shutil
@@ -111,7 +112,13 @@ class PredictSummary:
 
 
 def list_inputs(inputs: str | os.PathLike) -> list[pathlib.Path]:
+    """The files to predict: a file, every file of a folder, or the files a glob pattern matches ("scans/*.tif")."""
     path = pathlib.Path(inputs)
+    if not path.exists() and glob.has_magic(str(inputs)):
+        files = sorted(pathlib.Path(p) for p in glob.glob(str(inputs), recursive=True) if os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"{inputs}: the pattern matches no file; check the folder and the extension.")
+        return files
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:

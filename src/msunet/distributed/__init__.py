@@ -2,9 +2,9 @@
 
 - `predict_ray(model, inputs, out_dir, address=...)`: `msunet predict --engine ray`, an actor pool
   on a Ray cluster (`msunet.distributed.ray_predict`; `pip install 'msunet[ray]'`).
-- `data_parallel(...)`: `train.distribution="data_parallel"`, `keras.distribution.DataParallel`
-  over every device, across hosts with `keras.distribution.initialize`
-  (`msunet.distributed.training`; JAX backend, `pip install 'msunet[jax]'`).
+- `train.distribution="data_parallel"` (`msunet train --distributed`): `msunet.train` sets
+  `keras.distribution.DataParallel` over every device, across hosts with
+  `keras.distribution.initialize` (`msunet.distributed.training`; JAX backend, `pip install 'msunet[jax]'`).
 
 Nothing here imports Ray or JAX until it is used.
 """

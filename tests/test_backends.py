@@ -31,6 +31,9 @@ model.save(sys.argv[2])
 again = keras.saving.load_model(sys.argv[2])
 y = keras.ops.convert_to_numpy(again(x, training=False)["mask"])
 np.testing.assert_allclose(y, keras.ops.convert_to_numpy(model(x, training=False)["mask"]), atol=1e-6)
+# Batch norm: msunet's layer is Keras' own on this backend (the fused kernel is TensorFlow's).
+bn = build_model(msunet.ModelConfig(depth=2, filters=4))
+assert keras.ops.convert_to_numpy(bn(x, training=True)["mask"]).shape == (2, 37, 41, 1)
 print("ok", sys.argv[1])
 """
 

@@ -27,8 +27,9 @@ def test_seed_examples_build_the_same_model(number, outputs):
     got = model(x, training=False)
     names = [k.split("/")[1] for k in outputs.files if k.startswith(f"seed{number}/")]
     assert sorted(got) == sorted(names)
-    for name in names:
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[name]), outputs[f"seed{number}/{name}"])
+    for name in names:  # batch norm now runs TensorFlow's fused kernel: same weights, float32 rounding only
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got[name]), outputs[f"seed{number}/{name}"],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_saved_run_config_and_model_load(outputs):

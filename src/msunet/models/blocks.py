@@ -13,7 +13,7 @@ import math
 from keras import layers
 
 from msunet.config import ModelConfig
-from msunet.models.layers import BilinearUpsampling2D, CropToMatch
+from msunet.models.layers import BatchNormalization, BilinearUpsampling2D, CropToMatch
 
 
 def conv_settings(cfg: ModelConfig) -> dict:
@@ -27,7 +27,8 @@ def apply_norm(x, norm: str, groups: int, name: str):
     if norm == "batch":
         # momentum 0.9 (PyTorch's 0.1): Keras' 0.99 leaves the moving statistics near their initial
         # values for the first few hundred steps, so short runs predicted poorly in inference mode.
-        return layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        # msunet's BatchNormalization: the fused kernel on TensorFlow, Keras' own layer elsewhere.
+        return BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     if norm == "group":
         return layers.GroupNormalization(groups=math.gcd(groups, x.shape[-1]), name=f"{name}_gn")(x)
     return x

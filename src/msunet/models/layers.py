@@ -145,3 +145,56 @@ class PadToMultiple(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="msunet")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that runs TensorFlow's fused kernel where it can.
+
+    Keras 3 writes batch normalisation as separate ops (a float32 copy of the input, two reductions
+    for the moments, an elementwise transform), and differentiates each of them; tf.keras used the
+    fused `FusedBatchNormV3` kernel, one pass forward and one backward, which takes bfloat16 and
+    float16 inputs directly (statistics in float32). On the TensorFlow backend, for 4-D
+    channels-last inputs without mask, renorm or synchronisation, this layer calls that kernel;
+    everywhere else it is Keras' layer unchanged. Weights, config and the moving-statistics update
+    (biased batch variance, `momentum`) are Keras' own, and so is the class name, which Keras uses
+    for the paths in `.weights.h5` files: checkpoints and resume states written with Keras' layer
+    (msunet before the fused kernel) load into this one and back.
+
+    Example:
+    ```python
+    x = BatchNormalization(momentum=0.9)(x)  # msunet.models.layers.BatchNormalization
+    ```
+    """
+
+    def _fused_ok(self, inputs, mask) -> bool:
+        return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
+                and not self.synchronized and len(inputs.shape) == 4 and self.axis in (-1, 3))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused_ok(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # TensorFlow backend only (checked above)
+
+        x = inputs
+        if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+            x = tf.cast(x, tf.float32)
+        channels = x.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones((channels,), tf.float32)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros((channels,), tf.float32)
+        if training and self.trainable:
+            y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+                variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            # The kernel returns the unbiased (n - 1) variance; Keras' moving variance uses the biased one.
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+            variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+        else:
+            y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, data_format="NHWC",
+                is_training=False)
+        return tf.cast(y, self.compute_dtype)

@@ -17,7 +17,8 @@ Op times are summed per step; with two cores TensorFlow runs some ops side by si
 exceed the wall time: shares are of the summed op time, and both are printed.
 
 Run: `.venv-bench/bin/python benchmarks/train_profile.py [--bn keras,fused] [--precision mixed_bfloat16,float32]`
-(writes `benchmarks/results/train-profile-<date>.json` and prints a markdown table).
+(writes `benchmarks/results/train-profile-<date>.json` and prints a markdown table; the table of
+2026-11-24 is in the README's Performance section). `--smoke`: a tiny run, the harness check of `make test`.
 """
 
 from __future__ import annotations
@@ -265,8 +266,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--filters", type=int, default=32)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, float32, no peers (a harness check)")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.smoke:
+        args.precision, args.steps, args.batch, args.size, args.depth, args.filters = "float32", 2, 2, 32, 2, 4
+        args.no_torch = True
     from speed import cpu_model_and_flags
 
     results = {}

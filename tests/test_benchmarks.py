@@ -27,6 +27,20 @@ def test_speed_harness_smoke(tmp_path):
         assert data["throughput"]["infer_b1"][engine]["median"] > 0, data["skipped"]
 
 
+def test_train_profile_harness_puts_the_op_time_in_families(tmp_path):
+    data = _smoke("train_profile.py", tmp_path)
+    for label in ("msunet float32, keras BN", "msunet float32, fused BN"):
+        r = data["results"][label]
+        fam = r["families_s"]
+        for family in ("conv forward", "conv backward data", "conv backward filter", "batch norm forward",
+                       "batch norm backward", "heads: losses + metrics", "optimizer update"):
+            assert fam[family] > 0, (label, family, fam)
+        assert fam["other"] <= 0.05 * r["op_sum_s"], fam  # every op found its family
+        assert 0 < r["graph_s"] and r["wall_s"] > 0
+    assert any("FusedBatchNorm" in op for op in data["results"]["msunet float32, fused BN"]["top_ops_s"])
+    assert not any("FusedBatchNorm" in op for op in data["results"]["msunet float32, keras BN"]["top_ops_s"])
+
+
 def test_parts_harness_smoke(tmp_path):
     data = _smoke("parts.py", tmp_path)
     assert set(data["combos"]) >= {"conv + unet", "conv + unetpp", "conv + unet3p"}

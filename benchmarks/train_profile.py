@@ -62,19 +62,26 @@ def keras_batch_norm():
         blocks.BatchNormalization = saved
 
 
-def make_trainer(depth, filters, batch, size, precision, bn):
-    from msunet.config import RunConfig
+def model_and_batch(run, batch, size, bn):
+    """msunet's model for `run` (Keras' or the fused batch norm) and one fixed batch of its targets."""
     from msunet.data import multiscale_targets
     from msunet.models import build_model
-    from msunet.train import MultiScaleTrainer, _optimizer
 
-    run = RunConfig().override([f"model.depth={depth}", f"model.filters={filters}", f"model.precision={precision}"])
     rng = np.random.default_rng(0)
     x = rng.random((batch, size, size, 3), dtype=np.float32)
     per = [multiscale_targets((rng.random((size, size)) > 0.7).astype(np.int16), run.model) for _ in range(batch)]
     y = {n: np.stack([p[n] for p in per]) for n in run.model.head_names}
     with keras_batch_norm() if bn == "keras" else contextlib.nullcontext():
         model = build_model(run.model)
+    return model, x, y
+
+
+def make_trainer(depth, filters, batch, size, precision, bn):
+    from msunet.config import RunConfig
+    from msunet.train import MultiScaleTrainer, _optimizer
+
+    run = RunConfig().override([f"model.depth={depth}", f"model.filters={filters}", f"model.precision={precision}"])
+    model, x, y = model_and_batch(run, batch, size, bn)
     trainer = MultiScaleTrainer(model, run)
     trainer.compile(optimizer=_optimizer(run, 10_000))
     return trainer, model, (lambda: trainer.train_on_batch(x, y))

@@ -33,7 +33,6 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -87,17 +86,13 @@ def contender(batch=8, size=256, precision="mixed_bfloat16", bn="fused", optimiz
 def alternate(fns: dict, repeats: int, images: dict) -> dict:
     for fn in fns.values():  # warm-up
         fn(), fn()
+    from speed import stats, timed
+
     times = {k: [] for k in fns}
-    for _ in range(repeats):
+    for _ in range(repeats):  # every contender once per repeat, in turn
         for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    out = {}
-    for k, ts in times.items():
-        rates = sorted(images[k] / t for t in ts)
-        out[k] = {"median": statistics.median(rates), "min": rates[0], "max": rates[-1], "n": len(rates)}
-    return out
+            times[k] += timed(fn, 1)
+    return {k: stats(ts, images[k]) for k, ts in times.items()}
 
 
 def child_rate(precision: str, repeats: int, fpmath: str | None) -> list[float]:
@@ -117,14 +112,11 @@ def main() -> None:
     parser.add_argument("--precision", default="float32")
     args = parser.parse_args()
     if args.lever == "single":  # child of `fpmath`: one contender, per-step rates as JSON
+        from speed import timed
+
         fn = contender(precision=args.precision)
         fn(), fn()
-        rates = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            fn()
-            rates.append(8 / (time.perf_counter() - start))
-        print(json.dumps(rates))
+        print(json.dumps([8 / t for t in timed(fn, args.repeats)]))
         return
     from speed import cpu_model_and_flags
 

@@ -36,11 +36,11 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import timed  # noqa: E402  (per-call seconds)
 
 FAMILIES = ["conv forward", "conv backward data", "conv backward filter", "batch norm forward",
             "batch norm backward", "pooling", "activation", "concat / crop / upsample", "casts",
@@ -107,17 +107,25 @@ def layer_kinds(model) -> dict:
     return kinds
 
 
+def layer_of(op_name: str, kinds: dict) -> str | None:
+    """The msunet layer an op belongs to (a second model in the process gets "_1" on its scopes)."""
+    for part in op_name.split("/"):
+        for candidate in (part, re.sub(r"_\d+$", "", part)):
+            if candidate in kinds:
+                return candidate
+    return None
+
+
 def tf_family(op_name: str, op_type: str, kinds: dict) -> str:
     backward = "gradient_tape/" in op_name
     if op_type == "Cast":
         return "casts"
     if re.match(r"^(adam_w|adam|sgd|loss_scale_optimizer)(_\d+)?/", op_name) or op_name.startswith("AssignAddVariableOp"):
         return "optimizer update"
-    parts = op_name.split("/")  # a second model in the process gets "_1" appended to its scopes
-    kind = next((kinds.get(p, kinds.get(re.sub(r"_\d+$", "", p))) for p in parts
-                 if p in kinds or re.sub(r"_\d+$", "", p) in kinds), None)
+    layer = layer_of(op_name, kinds)
+    kind = kinds[layer] if layer else None
     if kind is None:
-        in_model = any(p.startswith("multi_scale_trainer") for p in parts)
+        in_model = any(p.startswith("multi_scale_trainer") for p in op_name.split("/"))
         return "other" if in_model else "heads: losses + metrics"
     if kind == "conv":
         if not backward:
@@ -135,23 +143,15 @@ def profile_keras(trainer, model, step, steps: int) -> dict:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     step(), step()  # warm-up: traces, allocator pools
-    walls = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        walls.append(time.perf_counter() - start)
-    logdir = tempfile.mkdtemp(prefix="msunet-profile-")
-    tf.profiler.experimental.start(logdir)
-    step()  # dropped below: the profiler slows the first traced step
-    profiled = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        profiled.append(time.perf_counter() - start)
-    tf.profiler.experimental.stop()
-    path = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
+    walls = timed(step, steps)
     space = xplane_pb2.XSpace()
-    space.ParseFromString(pathlib.Path(path).read_bytes())
+    with tempfile.TemporaryDirectory(prefix="msunet-profile-") as logdir:
+        tf.profiler.experimental.start(logdir)
+        step()  # dropped below: the profiler slows the first traced step
+        profiled = timed(step, steps)
+        tf.profiler.experimental.stop()
+        path = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
+        space.ParseFromString(pathlib.Path(path).read_bytes())
     plane = next(p for p in space.planes if p.name == "/host:CPU")
     runs = []  # (start, end) of each graph run, in ps
     for line in plane.lines:
@@ -181,8 +181,7 @@ def profile_keras(trainer, model, step, steps: int) -> dict:
             by_family[tf_family(name, meta.display_name, kinds)] += seconds
             by_op[meta.display_name] += seconds
             if "Conv2D" in meta.display_name:
-                layer = next((re.sub(r"_\d+$", "", p) for p in name.split("/") if re.sub(r"_\d+$", "", p) in kinds), "?")
-                by_layer[f"{layer} {meta.display_name}"] += seconds
+                by_layer[f"{layer_of(name, kinds) or '?'} {meta.display_name}"] += seconds
     n = len(graph_s)
     wall = statistics.median(walls)
     graph = statistics.median(graph_s)
@@ -217,15 +216,10 @@ def torch_family(name: str) -> str | None:
 
 
 def profile_torch(contender, steps: int) -> dict:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     contender.train_step(), contender.train_step()
-    walls = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        contender.train_step()
-        walls.append(time.perf_counter() - start)
+    walls = timed(contender.train_step, steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             contender.train_step()
@@ -238,7 +232,6 @@ def profile_torch(contender, steps: int) -> dict:
         seconds = event.self_cpu_time_total / 1e6
         families[family] += seconds
         ops[event.key] += seconds
-    del torch
     return {"wall_s": statistics.median(walls), "op_sum_s": sum(families.values()) / steps,
             "families_s": {f: v / steps for f, v in families.items()},
             "top_ops_s": {k: v / steps for k, v in ops.most_common(25)}}

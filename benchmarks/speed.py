@@ -261,15 +261,15 @@ def main() -> None:
     if HAVE_ORT:  # the bundle's network: float32, the "mask" head, dynamic shapes, ONNX Runtime
         import tempfile
 
-        import onnxruntime as ort
-
         float32 = build_model(run.model.replace(precision="float32"))
         float32.set_weights(model.get_weights())
         mask_only = select_outputs(float32, ["mask"])
         mask_only.predict_on_batch(x[:1])
         onnx_path = os.path.join(tempfile.mkdtemp(prefix="msunet-speed-"), "model.onnx")
         mask_only.export(onnx_path, format="onnx", verbose=False)
-        ort_session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        from msunet.runtime.bundle import _onnx_session  # the runtime's session options
+
+        ort_session = _onnx_session(pathlib.Path(onnx_path), None)
         ort_input = ort_session.get_inputs()[0].name
         ort_infer = lambda b: lambda: ort_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
         if importlib.util.find_spec("openvino") is not None:  # the same ONNX file, OpenVINO's own precision choice
@@ -287,7 +287,7 @@ def main() -> None:
         int8_path = pathlib.Path(onnx_path).with_name("int8.onnx")
         int8_path.write_bytes(pathlib.Path(onnx_path).read_bytes())
         quantize_int8(int8_path, x[:8])
-        int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+        int8_session = _onnx_session(int8_path, None)
         int8_infer = lambda b: lambda: int8_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
         if importlib.util.find_spec("ai_edge_litert") is not None:  # `msunet export --format litert`
             from msunet.runtime.bundle import _LiteRT

@@ -123,7 +123,8 @@ def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_pa
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 0
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 2  # exists
     write_png(tmp_path / "in" / "odd.png", (np.random.default_rng(0).random((37, 101, 3)) * 255).astype(np.uint8))
-    for source, out, engine in (("run", "k", []), ("bundle", "b", ["--engine", "onnxruntime"]), ("bundle", "d", [])):
+    for source, out, engine in (("run", "k", ["--engine", "keras"]), ("bundle", "b", ["--engine", "onnxruntime"]),
+                                ("bundle", "d", [])):
         assert main(["predict", "--model", str(tmp_path / source), "--input", str(tmp_path / "in"), "--out",
                      str(tmp_path / out), "--quiet", "--tta", *engine]) == 0
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
@@ -224,8 +225,14 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8"), "--int8"]) == 0
     meta = read_bundle(tmp_path / "i8")
     assert meta["precision"] == "int8" and meta["quantization"]["calibration_patches"] == count
-    ops = {node.op_type for node in onnx.load(str(tmp_path / "i8" / "model.onnx")).graph.node}
+    graph = onnx.load(str(tmp_path / "i8" / "model.onnx")).graph
+    ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the two up-convolutions as 1x1 convs + pixel shuffles (ONNX Runtime has no int8 ConvTranspose) ...
+    assert "ConvTranspose" not in ops and meta["quantization"]["graph_rewrites"]["transposed_convs_as_pixel_shuffle"] == 2
+    producer = {out: node for node in graph.node for out in node.output}  # ... and no dequantize only for a Shape
+    assert not [n.name for n in graph.node if n.op_type == "Shape" and n.input[0] in producer
+                and producer[n.input[0]].op_type == "DequantizeLinear"]
     from msunet.imageio import read_image
 
     image = read_image(sorted((data / "images").iterdir())[-1])  # an image like those calibrated on
@@ -299,3 +306,118 @@ def test_litert_tells_full_size_heads_apart(tmp_path):
     probs = Predictor(bundle).predict(image, heads=heads, tile_size=32)
     for head in heads:
         np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
+
+
+def _onnx_outputs(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def test_transposed_convs_become_pixel_shuffles_with_the_same_outputs(binary, tmp_path):
+    """The int8 export's rewrite (msunet.onnx_rewrite) on a real tf2onnx graph: same outputs, any size."""
+    import onnx
+
+    from msunet.onnx_rewrite import pixel_shuffle_upsampling
+
+    _, bundle = binary  # depth 3: three 2x2 stride-2 up-convolutions
+    model = onnx.load(str(bundle / "model.onnx"))
+    assert sum(n.op_type == "ConvTranspose" for n in model.graph.node) == 3
+    assert pixel_shuffle_upsampling(model) == 3
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvTranspose" not in ops and "Pad" not in ops  # tf2onnx's crop + pad after each went with it
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "shuffled.onnx"))
+    for size in ((1, 1), (37, 101), (64, 64)):
+        x = np.random.default_rng(size[0]).normal(size=(2, *size, 3)).astype(np.float32)
+        for want, got in zip(_onnx_outputs(bundle / "model.onnx", x), _onnx_outputs(tmp_path / "shuffled.onnx", x)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel, stride, bias, rewritten", [(3, 3, True, 1), (2, 2, False, 1), (3, 2, True, 0)])
+def test_pixel_shuffle_rewrite_takes_any_kernel_equal_to_stride_and_leaves_the_rest(tmp_path, kernel, stride, bias,
+                                                                                   rewritten):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from msunet.onnx_rewrite import pixel_shuffle_upsampling
+
+    rng = np.random.default_rng(kernel + stride)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 5, kernel, kernel)).astype(np.float32), "w")]
+    if bias:
+        weights.append(numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "b"))
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"][: len(weights) + 1], ["y"], kernel_shape=[kernel] * 2,
+                            strides=[stride] * 2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    assert pixel_shuffle_upsampling(model) == rewritten
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    x = rng.normal(size=(2, 4, 7, 9)).astype(np.float32)
+    np.testing.assert_allclose(_onnx_outputs(tmp_path / "b.onnx", x)[0], _onnx_outputs(tmp_path / "a.onnx", x)[0],
+                               atol=1e-5, rtol=0)
+
+
+def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monkeypatch):
+    """`msunet predict --model RUN`: the int8 bundle (the fastest measured path), exported once and
+    again when the model changed; Keras when asked, or when the bundle cannot be made (saying why)."""
+    import importlib.util
+    import shutil
+
+    from msunet.cli import main
+    from msunet.imageio import read_image
+    from msunet.runtime.bundle import sha256_of
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=5, size=(48, 40))
+    run = tmp_path / "run"
+    train(RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "epochs=2",
+                                "steps_per_epoch=4", "batch_size=2"]), data, run, verbose=0)
+    args = ["predict", "--model", str(run), "--input", str(data / "images"), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "o1")]) == 0
+    out = capsys.readouterr().out
+    assert "the run's int8 bundle on ONNX Runtime" in out and "exported in" in out and "written: 5 image(s)" in out
+    meta = read_bundle(run / "bundle-int8")
+    assert meta["precision"] == "int8" and meta["source"]["model_sha256"] == sha256_of(run / "best.keras")
+    # Again, in a fresh process: no export, and TensorFlow and Keras are never imported.
+    script = NO_TENSORFLOW.split("bundle, images, out")[0] + (
+        "run, images, out = sys.argv[1:4]\n"
+        "assert main(['predict', '--model', run, '--input', images, '--out', out, '--quiet']) == 0\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)\nassert not heavy, heavy\nprint('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(run), str(data / "images"), str(tmp_path / "o2")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+    assert "made earlier from this model" in result.stdout
+    # The Keras model on request: the same files, masks nearly all the same.
+    assert main([*args, "--out", str(tmp_path / "o3"), "--engine", "keras"]) == 0
+    assert "engine:" not in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "o1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "o3").iterdir())
+    agree = [np.mean(read_image(tmp_path / "o1" / n) == read_image(tmp_path / "o3" / n)) for n in names
+             if n.endswith(".png") and "overlay" not in n]
+    assert min(agree) > 0.95, agree
+    # A bundle older than the model is made again.
+    meta["source"]["model_sha256"] = "0" * 64
+    (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))
+    assert main([*args, "--out", str(tmp_path / "o1"), "--overwrite"]) == 0
+    assert "exported in" in capsys.readouterr().out
+    # Without the exporter: Keras, and the reason said.
+    shutil.rmtree(run / "bundle-int8")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real_find_spec(name, *a))
+    assert main([*args, "--out", str(tmp_path / "o1"), "--overwrite"]) == 0
+    assert "engine: Keras (exporting the int8 bundle needs tf2onnx" in capsys.readouterr().out
+    assert not (run / "bundle-int8").exists()
+    monkeypatch.undo()
+    # Engines that do not fit the model are one clear error.
+    assert main([*args, "--out", str(tmp_path / "o4"), "--engine", "onnxruntime"]) == 2
+    assert "msunet export" in capsys.readouterr().err
+    export(run, tmp_path / "b")
+    assert main(["predict", "--model", str(tmp_path / "b"), "--input", str(data / "images"), "--out",
+                 str(tmp_path / "o4"), "--engine", "keras"]) == 2
+    assert "predicts with a run folder" in capsys.readouterr().err

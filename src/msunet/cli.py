@@ -128,15 +128,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     bundle = is_bundle(args.model)
     ray = args.engine == "ray"
+    engine = None if args.engine == "auto" else args.engine
     if (args.address or args.actors or args.actor_gpus) and not ray:
         raise ValueError("--address, --actors and --actor-gpus go with --engine ray (prediction on a Ray cluster).")
+    if bundle and engine == "keras":
+        raise ValueError(f"{args.model} is an exported bundle; --engine keras predicts with a run folder (or use "
+                         "--engine onnxruntime, openvino or litert).")
+    if not bundle and engine not in (None, "keras", "ray"):
+        raise ValueError(f"--engine {engine} runs an exported bundle; --model is a run (Keras). Export it first "
+                         f"(msunet export {args.model} --out BUNDLE), or leave --engine out: a run folder predicts "
+                         "with its int8 bundle, made once.")
+    if not bundle and engine is None:  # a run: its fastest measured path, the int8 bundle (msunet.run_bundle)
+        from msunet.run_bundle import run_bundle
+
+        found, how = run_bundle(args.model)
+        if found is not None:
+            print(f"engine: the run's int8 bundle on ONNX Runtime, {found} ({how}; `--engine keras` for the Keras model)")
+            args.model, bundle = str(found), True
+        elif how != "not a run folder":
+            print(f"engine: Keras ({how})")
     if ray:  # an actor pool on Ray Data; each actor loads the run or the bundle once
         from msunet.distributed import predict_ray as predict
     elif bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
         from msunet.runtime import predict
-    elif args.engine:
-        raise ValueError("--engine chooses how an exported bundle runs; --model is a run (Keras). Export it first: "
-                         f"msunet export {args.model} --out BUNDLE")
     else:
         from msunet.predict import predict
 
@@ -153,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         options.update(address=args.address, concurrency=args.actors, num_gpus=args.actor_gpus or 0,
                        num_cpus=0 if args.actor_gpus else 1)
     elif bundle:
-        options["engine"] = args.engine
+        options["engine"] = engine
     summary = predict(args.model, args.input, args.out, **options)
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
     rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
@@ -273,10 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino", "litert", "ray"),
-                   help="with a bundle: ONNX Runtime, OpenVINO or LiteRT (default: OpenVINO for float32 ONNX bundles "
-                        "when installed, the faster; ONNX Runtime otherwise and for int8; LiteRT for LiteRT bundles); "
-                        "ray: a pool of actors on a Ray cluster, each loading the run or bundle once (msunet[ray])")
+    p.add_argument("--engine", choices=("auto", "keras", "onnxruntime", "openvino", "litert", "ray"), default="auto",
+                   help="auto (default): a run folder predicts with its int8 bundle on ONNX Runtime (RUN/bundle-int8, "
+                        "exported once; the fastest measured path), or with Keras when that cannot be made; a bundle "
+                        "on OpenVINO for float32 ONNX bundles when installed, ONNX Runtime otherwise and for int8, "
+                        "LiteRT for LiteRT bundles. keras: the run's Keras model. onnxruntime, openvino, litert: a "
+                        "bundle on that engine. ray: a pool of actors on a Ray cluster, each loading the run or "
+                        "bundle once (msunet[ray])")
     p.add_argument("--address", help="with --engine ray: the cluster (HOST:PORT, ray://HOST:PORT or auto; "
                    "default: a Ray started on this machine)")
     p.add_argument("--actors", type=int, help="with --engine ray: actors in the pool (default: one per CPU, or per GPU)")
@@ -338,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="msunet: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "matplotlib", "PIL", "h5py"):
+    for noisy in ("absl", "tensorflow", "tf2onnx", "matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -16,7 +16,9 @@ Lite: `model.tflite` for phones and small devices, run by `msunet.runtime` with 
 `int8=True` (ONNX only) quantizes the exported graph with ONNX Runtime's static quantization (QDQ:
 per-channel int8 weights, uint8 activations, ranges calibrated by MinMax on the training patches
 the run keeps in `calibration.npz`, or on patches of a data folder for runs trained before it
-existed). Its accuracy cost is measured by `benchmarks/int8.py`.
+existed), after rewriting the transposed convolutions as 1x1 convolutions + pixel shuffles that
+quantize (`msunet.onnx_rewrite`). Its accuracy cost is measured by `benchmarks/int8.py`. A run's
+int8 bundle is also what `msunet predict --model RUN` uses by default (`msunet.run_bundle`).
 """
 
 from __future__ import annotations

@@ -401,6 +401,15 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     agree = [np.mean(read_image(tmp_path / "o1" / n) == read_image(tmp_path / "o3" / n)) for n in names
              if n.endswith(".png") and "overlay" not in n]
     assert min(agree) > 0.95, agree
+    # `evaluate --engine int8` scores that same bundle (no export: it is current); Keras by default.
+    scores = {}
+    for engine in ("keras", "int8"):
+        assert main(["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / f"e-{engine}"),
+                     "--engine", engine, "--quiet", "--no-distances"]) == 0
+        assert ("int8 bundle" in capsys.readouterr().out) == (engine == "int8")
+        summary = json.loads((tmp_path / f"e-{engine}" / "summary.json").read_text())
+        scores[engine] = summary["overall"]["dice_mean"]
+    assert abs(scores["int8"] - scores["keras"]) < 0.05, scores
     # A bundle older than the model is made again.
     meta["source"]["model_sha256"] = "0" * 64
     (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))

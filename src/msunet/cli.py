@@ -205,8 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")
         progress = None if args.quiet else _Progress(0)  # counts images as they come (the split is chosen inside)
         result = evaluate_run(args.model, args.data, args.out, split=args.split, tta=args.tta, roi_dir=args.roi,
-                              distances=not args.no_distances, progress=progress)
-        print(f"split: {result.summary['split']}" + (f" ({result.summary['split_note']})"
+                              distances=not args.no_distances, progress=progress, engine=args.engine)
+        print(f"split: {result.summary['split']}; predicted with {result.summary['engine']}" + (f" ({result.summary['split_note']})"
                                                        if result.summary.get("split_note") else ""))
     else:
         if not (args.pred and args.gt):
@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pred, multi-class: also score class 0 (a real class, e.g. CamVid's sky)")
     p.add_argument("--roi", help="region-of-interest masks (default with --model: DATA/fov if present)")
     p.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
+    p.add_argument("--engine", choices=("keras", "int8"), default="keras",
+                   help="with --model: keras (default, the model as trained) or int8 (the run's int8 bundle, what "
+                        "msunet predict --model RUN uses; made once)")
     p.add_argument("--no-distances", action="store_true", help="skip HD95 and surface distance (faster)")
     p.add_argument("--out", required=True, help="output folder for metrics.csv, summary.json, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress display")

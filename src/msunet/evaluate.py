@@ -486,14 +486,25 @@ def evaluate(model=None, data_dir=None, out_dir=None, *, pred_dir=None, gt_dir=N
 
 def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str | None = None,
                  tta: bool = False, tile_size: int | None = None, roi_dir: str | os.PathLike | None = None,
-                 distances: bool = True, progress=None) -> EvaluationResult:
+                 distances: bool = True, progress=None, engine: str = "keras") -> EvaluationResult:
     """Predicts a dataset's test split (else val, else all) with a run, then scores it.
 
     A `fov/` folder beside `images/` is used as the region of interest unless `roi_dir` is given.
+    `engine`: "keras" (the model as trained) or "int8" (the run's int8 bundle, what `msunet predict
+    --model RUN` uses by default; made once, `msunet.run_bundle`).
     """
     from msunet.predict import LoadedRun, load_run, predict
 
+    if engine not in ("keras", "int8"):
+        raise ValueError(f"unknown evaluation engine {engine!r}; valid: keras, int8.")
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    if engine == "int8":
+        from msunet.run_bundle import run_bundle
+        from msunet.runtime import predict as predict_bundle
+
+        bundle, how = run_bundle(loaded.run_dir, log=log.info) if loaded.run_dir else (None, "not a run folder")
+        if bundle is None:
+            raise ValueError(f"--engine int8 scores the run's int8 bundle, which cannot be made: {how}.")
     data = pathlib.Path(data_dir)
     chosen, split, split_note = choose_split(data, loaded.config.data, split)
     if split_note:
@@ -506,8 +517,12 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         link = inputs / src.name
         if not link.exists():
             link.symlink_to(src.resolve())
-    summary = predict(loaded, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
-                      progress=progress)
+    if engine == "int8":
+        summary = predict_bundle(bundle, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
+                                 progress=progress)
+    else:
+        summary = predict(loaded, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
+                          progress=progress)
     if roi_dir is None and (data / "fov").is_dir():
         roi_dir = data / "fov"
     result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
@@ -515,6 +530,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
                               run_dir=loaded.run_dir, distances=distances,
                               include_background=loaded.config.train.include_background)
     result.summary["split"] = split
+    result.summary["engine"] = "the run's int8 bundle (ONNX Runtime)" if engine == "int8" else "Keras"
     result.summary["split_note"] = split_note
     result.summary["prediction_failures"] = [{"image": p, "reason": r} for p, r in summary.failed]
     write_text_atomic(out / "summary.json", json.dumps(_finite(result.summary), indent=2) + "\n")

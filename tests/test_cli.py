@@ -93,7 +93,15 @@ def test_train_command_and_refusals(tmp_path, capsys):
             "--set", "model.depth=2", "--set", "model.filters=2", "--set", "data.patch_size=32",
             "--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "batch_size=2"]
     assert main(args) == 0
-    assert "trained 1 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained 1 epochs" in out
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx", "tf2onnx")):  # msunet[export] installed
+        assert f"int8 bundle for msunet predict: {tmp_path / 'run' / 'bundle-int8'}" in out
+        assert (tmp_path / "run" / "bundle-int8" / "bundle.json").is_file()  # predict's default engine, ready
+    else:
+        assert "no int8 bundle" in out and "will use Keras" in out
     assert main(args) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "run"), "--data", str(data)]) == 2

@@ -61,6 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
     print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
     print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
+    if not (args.no_bundle or args.distributed):  # what `msunet predict --model RUN` uses, made now, not on first use
+        from msunet.run_bundle import run_bundle
+
+        bundle, how = run_bundle(result.run_dir, log=lambda message: None)
+        print(f"int8 bundle for msunet predict: {bundle} ({how})" if bundle else
+              f"no int8 bundle ({how}): msunet predict --model {result.run_dir} will use Keras")
     return 0
 
 
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "train.epochs=5 or depth=3")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-bundle", action="store_true",
+                   help="do not export the run's int8 bundle at the end (msunet predict --model RUN then makes it "
+                        "on first use)")
     p.add_argument("--distributed", action="store_true",
                    help="data parallel over every device (and host: KERAS_DISTRIBUTION_* variables) with "
                         "keras.distribution; JAX backend; train.batch_size is then per device")

@@ -23,6 +23,7 @@ int8 bundle is also what `msunet predict --model RUN` uses by default (`msunet.r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -111,8 +112,8 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     try:
         target = tmp / filename / "model.xml" if format == "openvino" else tmp / filename  # Keras wants NAME.xml
         target.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object (a NumPy FutureWarning)
-            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+        with warnings.catch_warnings(), _traced_for_onnx(format == "onnx"):
+            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)  # Keras' tf2onnx shim
             model.export(str(target), format=keras_format, verbose=False)
         quantization = quantize_int8(target, patches) if int8 else None
         litert_outputs = litert_output_names(target, model, coarsest) if format == "litert" else None
@@ -157,6 +158,45 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _traced_for_onnx(active: bool):
+    """While exporting ONNX from the TensorFlow backend, two Keras ops are traced in forms tf2onnx
+    converts (the graph is converted, never run by TensorFlow), as keras.applications' ConvNeXt
+    needs: grouped convolutions (its depthwise 7x7) as `tf.nn.convolution` instead of inside the
+    nested XLA function Keras wraps them in (TensorFlow's CPU kernels lack grouped convs; ONNX's Conv
+    has groups), and the exact GELU as 0.5 x (1 + erf(x / sqrt 2)) instead of TensorFlow's erfc
+    form (ONNX has Erf, not Erfc; the same function)."""
+    import keras
+
+    if not active or keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    conv, gelu = tf_nn.conv, tf_nn.gelu
+
+    def plain_conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        data_format = data_format or keras.config.image_data_format()
+        channels = inputs.shape[-1] if data_format == "channels_last" else inputs.shape[1]
+        if channels == kernel.shape[-2]:
+            return conv(inputs, kernel, strides, padding, data_format, dilation_rate)
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(), dilations=dilation_rate,
+                                 data_format=tf_nn._convert_data_format(data_format, len(inputs.shape)))
+
+    def erf_gelu(x, approximate=True):
+        if approximate:
+            return gelu(x, approximate)
+        x = tf.convert_to_tensor(x)
+        return 0.5 * x * (1.0 + tf.math.erf(x * np.float32(1 / np.sqrt(2))))
+
+    tf_nn.conv, tf_nn.gelu = plain_conv, erf_gelu
+    try:
+        yield
+    finally:
+        tf_nn.conv, tf_nn.gelu = conv, gelu
 
 
 def calibration_inputs(loaded, data_dir: str | os.PathLike | None = None, count: int = 32) -> np.ndarray:

@@ -211,7 +211,9 @@ def _input_scaling(x, family: Family, channels: int, name: str):
         return keras.layers.Rescaling(2.0, offset=-1.0, name=f"{name}_scaling")(x)
     mean = np.resize(np.asarray(IMAGENET_MEAN), channels) if channels != 1 else np.asarray([np.mean(IMAGENET_MEAN)])
     std = np.resize(np.asarray(IMAGENET_STD), channels) if channels != 1 else np.asarray([np.mean(IMAGENET_STD)])
-    return keras.layers.Normalization(mean=mean.tolist(), variance=(std**2).tolist(), name=f"{name}_scaling")(x)
+    # (x - mean) / std as a Rescaling: Keras' Normalization keeps mean and variance as tensors made
+    # outside the traced graph, which tf2onnx turns into extra model inputs (an unusable ONNX bundle).
+    return keras.layers.Rescaling((1.0 / std).tolist(), offset=(-mean / std).tolist(), name=f"{name}_scaling")(x)
 
 
 def build_backbone_encoder(inputs, cfg: ModelConfig) -> Pyramid:
@@ -230,7 +232,9 @@ def build_backbone_encoder(inputs, cfg: ModelConfig) -> Pyramid:
     settings = conv_settings(cfg)
     pyramid = {1: apply_conv_block(inputs, cfg.filters, **settings, name="stem_full")}
     for stride, tensor in zip(features, outputs):
-        reference = keras.layers.MaxPooling2D(1, strides=stride, padding="same", name=f"ref_s{stride}")(inputs)
+        # Only its shape is used (ceil(H/stride)); a window as large as the stride keeps ONNX's SAME
+        # padding non-negative (a 1-pixel window with stride 8 made ONNX Runtime refuse the bundle).
+        reference = keras.layers.MaxPooling2D(stride, strides=stride, padding="same", name=f"ref_s{stride}")(inputs)
         pyramid[stride] = match_size(tensor, reference, name=f"backbone_s{stride}")
     if 2 not in pyramid and cfg.depth >= 1:  # ConvNeXt: a stride-4 stem, no stride-2 feature
         down = apply_down(pyramid[1], "maxpool", cfg.norm, cfg.groups, cfg.activation, name="stem_half_down")

@@ -415,6 +415,14 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))
     assert main([*args, "--out", str(tmp_path / "o1"), "--overwrite"]) == 0
     assert "exported in" in capsys.readouterr().out
+    # A bundle that moved the calibration patches' probabilities too far is not the default (Keras, saying why).
+    meta = read_bundle(run / "bundle-int8")
+    assert 0.95 <= meta["quantization"]["calibration_mask_agreement"] <= 1
+    meta["quantization"]["calibration_mean_abs_difference"] = 0.1
+    (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))
+    assert main([*args, "--out", str(tmp_path / "o5")]) == 0
+    out = capsys.readouterr().out
+    assert "engine: Keras (its int8 bundle" in out and "moves probabilities by 0.100" in out and "exported" not in out
     # Without the exporter: Keras, and the reason said.
     shutil.rmtree(run / "bundle-int8")
     real_find_spec = importlib.util.find_spec

@@ -286,6 +286,7 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
         model = onnx.load(str(quantized))
         rewrites["shapes_skip_dequantize"] = shapes_skip_dequantize(model)
         onnx.save(model, str(quantized))
+        agreement = _int8_agreement(path, quantized, input_name, patches[:8])
         os.replace(quantized, path)
     finally:
         for tmp in (rewritten_path, prepared, quantized):
@@ -293,7 +294,20 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
     return {"method": "ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations",
             "calibration": "MinMax", "calibration_patches": int(len(patches)),
             "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared,
-            "graph_rewrites": rewrites}
+            "graph_rewrites": rewrites, **agreement}
+
+
+def _int8_agreement(float_path: pathlib.Path, int8_path: pathlib.Path, input_name: str, patches: np.ndarray) -> dict:
+    """How far the int8 graph moves the full-resolution head on calibration patches: the fraction of
+    mask pixels unchanged (threshold 0.5, or the arg-max class) and the mean probability change."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (float_path, int8_path)]
+    name = "mask" if "mask" in [o.name for o in sessions[0].get_outputs()] else sessions[0].get_outputs()[0].name
+    want, got = (np.concatenate([s.run([name], {input_name: x[None]})[0] for x in patches]) for s in sessions)
+    masks = [p.argmax(-1) if p.shape[-1] > 1 else p[..., 0] > 0.5 for p in (want, got)]
+    return {"calibration_mask_agreement": float(np.mean(masks[0] == masks[1])),
+            "calibration_mean_abs_difference": float(np.abs(want - got).mean())}
 
 
 def litert_output_names(path: pathlib.Path, model, coarsest: int) -> dict[str, str]:

@@ -423,6 +423,9 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     assert main([*args, "--out", str(tmp_path / "o5")]) == 0
     out = capsys.readouterr().out
     assert "engine: Keras (its int8 bundle" in out and "moves probabilities by 0.100" in out and "exported" not in out
+    assert main(["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "e-strays"), "--engine",
+                 "int8", "--quiet", "--no-distances"]) == 0  # asked for by name, it is scored all the same
+    assert "predicted with the run's int8 bundle" in capsys.readouterr().out
     # Without the exporter: Keras, and the reason said.
     shutil.rmtree(run / "bundle-int8")
     real_find_spec = importlib.util.find_spec

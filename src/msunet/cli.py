@@ -212,8 +212,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress = None if args.quiet else _Progress(0)  # counts images as they come (the split is chosen inside)
         result = evaluate_run(args.model, args.data, args.out, split=args.split, tta=args.tta, roi_dir=args.roi,
                               distances=not args.no_distances, progress=progress, engine=args.engine)
-        print(f"split: {result.summary['split']}; predicted with {result.summary['engine']}" + (f" ({result.summary['split_note']})"
-                                                       if result.summary.get("split_note") else ""))
+        note = f" ({result.summary['split_note']})" if result.summary.get("split_note") else ""
+        print(f"split: {result.summary['split']}{note}; predicted with {result.summary['engine']}")
     else:
         if not (args.pred and args.gt):
             raise ValueError("evaluate takes --model RUN --data DIR, or --pred DIR --gt DIR.")

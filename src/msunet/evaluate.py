@@ -502,7 +502,8 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         from msunet.run_bundle import run_bundle
         from msunet.runtime import predict as predict_bundle
 
-        bundle, how = run_bundle(loaded.run_dir, log=log.info) if loaded.run_dir else (None, "not a run folder")
+        bundle, how = (run_bundle(loaded.run_dir, log=log.info, faithful_only=False) if loaded.run_dir
+                       else (None, "not a run folder"))
         if bundle is None:
             raise ValueError(f"--engine int8 scores the run's int8 bundle, which cannot be made: {how}.")
     data = pathlib.Path(data_dir)

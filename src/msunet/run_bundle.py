@@ -49,12 +49,14 @@ def current_bundle(run_dir: str | os.PathLike, which: str = "best") -> pathlib.P
     return bundle if meta.get("source", {}).get("model_sha256") == sha256_of(model_file) else None
 
 
-def run_bundle(run_dir: str | os.PathLike, which: str = "best",
-               log: Callable[[str], None] = print) -> tuple[pathlib.Path | None, str]:
+def run_bundle(run_dir: str | os.PathLike, which: str = "best", log: Callable[[str], None] = print,
+               faithful_only: bool = True) -> tuple[pathlib.Path | None, str]:
     """(the run's int8 bundle, how it was found) or (None, why prediction stays on Keras).
 
     Exports it (atomically, replacing an outdated one) when it is missing or older than the model.
+    `faithful_only=False` returns it even when it strays from float32 (to evaluate it).
     """
+    check = _if_faithful if faithful_only else (lambda bundle, how: (bundle, how))
     run_dir = pathlib.Path(run_dir)
     if not (run_dir.is_dir() and (run_dir / f"{which}.keras").is_file() and (run_dir / "config.json").is_file()):
         return None, "not a run folder"
@@ -62,7 +64,7 @@ def run_bundle(run_dir: str | os.PathLike, which: str = "best",
         return None, "ONNX Runtime is not installed (pip install 'msunet[export]' for the int8 path)"
     bundle = current_bundle(run_dir, which)
     if bundle is not None:
-        return _if_faithful(bundle, "made earlier from this model")
+        return check(bundle, "made earlier from this model")
     missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         return None, f"exporting the int8 bundle needs {', '.join(missing)} (pip install 'msunet[export]')"
@@ -75,7 +77,7 @@ def run_bundle(run_dir: str | os.PathLike, which: str = "best",
         export(run_dir, bundle, which=which, int8=True, overwrite=True)
     except Exception as err:  # noqa: BLE001 - the bundle is a speed-up: any failure leaves prediction on Keras
         return None, f"the int8 export failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:300]})"
-    return _if_faithful(bundle, f"exported in {time.perf_counter() - started:.1f} s")
+    return check(bundle, f"exported in {time.perf_counter() - started:.1f} s")
 
 
 def _if_faithful(bundle: pathlib.Path, how: str) -> tuple[pathlib.Path | None, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
+import functools
 import html
 import io
 import json
@@ -498,6 +499,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     if engine not in ("keras", "int8"):
         raise ValueError(f"unknown evaluation engine {engine!r}; valid: keras, int8.")
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    predict_with = functools.partial(predict, loaded)
     if engine == "int8":
         from msunet.run_bundle import run_bundle
         from msunet.runtime import predict as predict_bundle
@@ -506,6 +508,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
                        else (None, "not a run folder"))
         if bundle is None:
             raise ValueError(f"--engine int8 scores the run's int8 bundle, which cannot be made: {how}.")
+        predict_with = functools.partial(predict_bundle, bundle)
     data = pathlib.Path(data_dir)
     chosen, split, split_note = choose_split(data, loaded.config.data, split)
     if split_note:
@@ -518,12 +521,8 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         link = inputs / src.name
         if not link.exists():
             link.symlink_to(src.resolve())
-    if engine == "int8":
-        summary = predict_bundle(bundle, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
-                                 progress=progress)
-    else:
-        summary = predict(loaded, inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
-                          progress=progress)
+    summary = predict_with(inputs, out / "predictions", tile_size=tile_size, tta=tta, overwrite=True,
+                           progress=progress)
     if roi_dir is None and (data / "fov").is_dir():
         roi_dir = data / "fov"
     result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,

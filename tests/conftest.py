@@ -7,8 +7,20 @@ os.environ.setdefault("MSUNET_PRECISION", "float32")
 # The planner's device probe (a few timed training steps per precision) is tested on its own
 # (tests/test_probe.py); elsewhere the plan keeps its estimates, and no test writes ~/.cache.
 os.environ.setdefault("MSUNET_PROBE", "0")
+# Per-machine caches (the probe's step times, bundle self-checks and engine timings) go to a folder of
+# this test session's own: every run starts with none, and subprocesses of tests share it.
+import tempfile  # noqa: E402
+
+os.environ["MSUNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="msunet-test-cache-")
 
 import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    """The CPU the suite ran on, in the log (no test depends on it; tolerances say why they hold anywhere)."""
+    from msunet.runtime import machine
+
+    return [machine.summary_line()]
 
 
 def pytest_addoption(parser):

@@ -19,6 +19,7 @@ from msunet.models import build_model  # noqa: E402
 from msunet.predict import LoadedRun, make_predict_fn, run_engine  # noqa: E402
 from msunet.runtime import BundleError, Predictor, read_bundle  # noqa: E402
 from msunet.runtime.files import predict_image  # noqa: E402
+from helpers import make_int8_graph_stray  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -225,6 +226,12 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8"), "--int8"]) == 0
     meta = read_bundle(tmp_path / "i8")
     assert meta["precision"] == "int8" and meta["quantization"]["calibration_patches"] == count
+    # 7-bit weights (no x86 kernel saturates), and the machine it was checked on, recorded
+    assert meta["quantization"]["weights"] == "int7" and meta["quantization"]["reduce_range"] is True
+    assert set(meta["quantization"]["checked_on"]["features"]) >= {"avx2", "avx512", "vnni", "bf16", "amx"}
+    # it carries its float32 graph and a reference (calibration patches and every head's float32 outputs)
+    assert (tmp_path / "i8" / meta["float32_model"]["file"]).is_file()
+    assert meta["reference"]["heads"] == sorted(meta["default_heads"]) and meta["reference"]["inputs"] == 4
     graph = onnx.load(str(tmp_path / "i8" / "model.onnx")).graph
     ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -236,13 +243,21 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     from msunet.imageio import read_image
 
     image = read_image(sorted((data / "images").iterdir())[-1])  # an image like those calibrated on
-    assert Predictor(tmp_path / "i8").engine_name == "onnxruntime"  # int8: ONNX Runtime, whatever is installed
     reference = Predictor(tmp_path / "f32", engine="onnxruntime").predict(image)["mask"]
-    quantized = Predictor(tmp_path / "i8").predict(image)["mask"]
+    int8 = Predictor(tmp_path / "i8", check=False)  # the int8 graph as exported, on ONNX Runtime
+    assert int8.engine_name == "onnxruntime" and int8.graph == "int8"
+    quantized = int8.predict(image)["mask"]
     assert not np.array_equal(reference, quantized)  # it is another graph...
     print("int8 vs float32: mean |diff|", np.abs(reference - quantized).mean(), "max", np.abs(reference - quantized).max())
-    assert np.abs(reference - quantized).mean() < 0.03  # ...that predicts nearly the same
-    assert (Predictor(tmp_path / "i8").mask(quantized) == Predictor(tmp_path / "f32").mask(reference)).mean() > 0.97
+    # ...that predicts nearly the same on any x86 CPU: with 7-bit weights no kernel saturates, so the
+    # integer products are exact everywhere and only the float rescaling rounds (8-bit weights moved
+    # this model's probabilities by 0.055 on AVX2 and kept 89.6% of a mask; within 0.01 on VNNI).
+    assert np.abs(reference - quantized).mean() < 0.03
+    assert (int8.mask(quantized) == int8.mask(reference)).mean() > 0.95
+    # the default: checked on this machine, the int8 graph where it stays within the guard
+    checked = Predictor(tmp_path / "i8")
+    assert checked.check is not None and "on this CPU" in checked.choice
+    assert checked.graph == ("int8" if checked.check["faithful"] else "float32")
     # A run without calibration.npz calibrates on its data folder (run.json), or on --calibration.
     (tmp_path / "run" / "calibration.npz").unlink()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "i8b"), "--int8"]) == 0
@@ -285,8 +300,17 @@ def test_backbone_runs_export_bundles_that_match_keras_in_float32_and_int8(encod
     for head in heads:
         np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
     data = make_dataset(tmp_path / "d", count=3, size=(40, 44))
-    quantized = Predictor(export(run, tmp_path / "i8", int8=True, calibration=data)).predict(image, tile_size=64)
-    assert np.abs(quantized["mask"] - expected["mask"]).mean() < 0.05
+    # A backbone with random weights is no trained model: how far int8 moves it depends on the model and
+    # the CPU (0.059 for EfficientNetV2B0 with 8-bit weights on AVX2). What msunet promises is that the
+    # bundle checks itself here and runs the int8 graph only within the guard, else its float32 graph.
+    predictor = Predictor(export(run, tmp_path / "i8", int8=True, calibration=data))
+    quantized = predictor.predict(image, heads=heads, tile_size=64)
+    print(encoder, predictor.choice)
+    if predictor.graph == "float32":
+        for head in heads:
+            np.testing.assert_allclose(quantized[head], expected[head], atol=1e-4, rtol=0)
+    else:  # within the guard on the reference patches (0.02); this image is noise, unlike them: 0.05
+        assert predictor.check["faithful"] and np.abs(quantized["mask"] - expected["mask"]).mean() < 0.05
 
 
 def test_litert_bundle_runs_every_head_as_keras_does(binary, tmp_path):
@@ -403,7 +427,8 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     args = ["predict", "--model", str(run), "--input", str(data / "images"), "--quiet"]
     assert main([*args, "--out", str(tmp_path / "o1")]) == 0
     out = capsys.readouterr().out
-    assert "the run's int8 bundle on ONNX Runtime" in out and "exported in" in out and "written: 5 image(s)" in out
+    assert "on this CPU" in out and "exported in" in out and "written: 5 image(s)" in out
+    assert out.splitlines()[-2].startswith("engine: ") and f"the run's bundle {run / 'bundle-int8'}" in out
     meta = read_bundle(run / "bundle-int8")
     assert meta["precision"] == "int8" and meta["source"]["model_sha256"] == sha256_of(run / "best.keras")
     # Again, in a fresh process: no export, and TensorFlow and Keras are never imported.
@@ -438,16 +463,17 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))
     assert main([*args, "--out", str(tmp_path / "o1"), "--overwrite"]) == 0
     assert "exported in" in capsys.readouterr().out
-    # A bundle that moved the calibration patches' probabilities too far is not the default (Keras, saying why).
-    meta = read_bundle(run / "bundle-int8")
-    assert 0.95 <= meta["quantization"]["calibration_mask_agreement"] <= 1
-    meta["quantization"]["calibration_mean_abs_difference"] = 0.1
-    (run / "bundle-int8" / "bundle.json").write_text(json.dumps(meta))
+    # A bundle whose int8 graph strays on this machine runs its float32 graph instead, saying why.
+    assert make_int8_graph_stray(run / "bundle-int8") > 0
     assert main([*args, "--out", str(tmp_path / "o5")]) == 0
     out = capsys.readouterr().out
-    assert "engine: Keras (its int8 bundle" in out and "moves probabilities by 0.100" in out and "exported" not in out
+    assert "engine: float32 graph on" in out and "its int8 graph moves probabilities by" in out, out
+    assert "exported" not in out
+    float32 = [np.mean(read_image(tmp_path / "o5" / n) == read_image(tmp_path / "o3" / n)) for n in names
+               if n.endswith(".png") and "overlay" not in n]
+    assert min(float32) > 0.99, float32  # the float32 graph: Keras' masks (but for pixels at the threshold)
     assert main(["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "e-strays"), "--engine",
-                 "int8", "--quiet", "--no-distances"]) == 0  # asked for by name, it is scored all the same
+                 "int8", "--quiet", "--no-distances"]) == 0  # asked for by name, its int8 graph is scored all the same
     assert "predicted with the run's int8 bundle" in capsys.readouterr().out
     # Without the exporter: Keras, and the reason said.
     shutil.rmtree(run / "bundle-int8")
@@ -464,3 +490,109 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     assert main(["predict", "--model", str(tmp_path / "b"), "--input", str(data / "images"), "--out",
                  str(tmp_path / "o4"), "--engine", "keras"]) == 2
     assert "predicts with a run folder" in capsys.readouterr().err
+
+
+def test_a_bundle_checks_itself_where_it_runs_and_falls_back_to_its_float32_graph(tmp_path, monkeypatch):
+    """An int8 graph that strays on the machine it is loaded on (made to: scaled weights, so on any CPU)
+    is replaced by the bundle's float32 graph on the faster engine, saying why; the check is cached
+    per machine and runs again on another CPU."""
+    from msunet.runtime import machine, selfcheck
+    from msunet.synthetic import make_dataset
+
+    run = _run(depth=2)
+    data = make_dataset(tmp_path / "d", count=3, size=(40, 44))
+    bundle = export(run, tmp_path / "i8", int8=True, calibration=data)
+    assert make_int8_graph_stray(bundle) > 0
+    predictor = Predictor(bundle)
+    print(predictor.choice)
+    assert predictor.graph == "float32" and "its int8 graph moves probabilities by" in predictor.choice
+    assert predictor.check["faithful"] and predictor.check["mean_abs_difference"] < 1e-3
+    cache = json.loads(selfcheck.cache_path().read_text())
+    int8_entry = next(v for k, v in cache.items() if k.startswith("int8 | " + read_bundle(bundle)["sha256"][:16]))
+    assert not int8_entry["faithful"] and int8_entry["mean_abs_difference"] > selfcheck.MAX_MEAN_CHANGE
+    assert int8_entry["machine"]["cpu"] == machine.cpu_model()
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:  # the faster of the two engines, timed here
+        timing = next(v for k, v in cache.items() if k.startswith("fastest | "))
+        assert set(timing["seconds_per_batch"]) == {"onnxruntime", "openvino"}
+        assert predictor.engine_name == timing["fastest"]
+    image = (np.random.default_rng(3).random((37, 101, 3)) * 255).astype(np.uint8)
+    heads = run.model.output_names
+    expected = predict_image(run_engine(run), make_predict_fn(run.model, heads, 4), image, heads, 64)
+    got = predictor.predict(image, heads=heads, tile_size=64)
+    for head in heads:  # float32 on ONNX Runtime (1e-6 here), or OpenVINO in bfloat16 where the CPU has it (~2e-4)
+        assert np.abs(got[head] - expected[head]).mean() < 1e-3
+    # Cached: the next load on this machine does not run the reference.
+    calls = []
+    real_compare = selfcheck.compare
+    monkeypatch.setattr(selfcheck, "compare", lambda *a: calls.append(1) or real_compare(*a))
+    again = Predictor(bundle)
+    assert not calls and "(cached)" in again.choice and again.graph == "float32"
+    # Another CPU (model or flags): checked again.
+    monkeypatch.setattr(machine, "fingerprint", lambda: "Another CPU | x86_64 | avx2 avx512f avx512_vnni")
+    assert Predictor(bundle).graph == "float32" and calls
+    # Asked for by name (check=False), the int8 graph runs as exported: visibly not float32
+    assert Predictor(bundle, check=False).graph == "int8"
+
+
+def test_float32_bundles_check_themselves_on_openvino_and_litert(binary, tmp_path):
+    """Where a float32 graph strays from its reference (made to: the reference altered), OpenVINO
+    drops to float32 precision, and every engine says so on its choice line."""
+    from msunet.runtime import selfcheck
+    from msunet.runtime.bundle import sha256_of
+
+    run, onnx_bundle = binary
+    checked = Predictor(onnx_bundle)
+    assert checked.graph == "float32" and checked.check["faithful"] and "checked on this CPU" in checked.choice
+
+    def alter(bundle):
+        meta = json.loads((bundle / "bundle.json").read_text())
+        path = bundle / meta["reference"]["file"]
+        with np.load(path) as stored:
+            arrays = {k: (1 - stored[k]) if k.startswith("head/") else stored[k] for k in stored.files}
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        meta["reference"]["sha256"] = sha256_of(path)
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+        return bundle
+
+    engines = [("onnxruntime", "onnx")]
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:
+        engines.append(("openvino", "openvino"))
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        engines.append(("litert", "litert"))
+    for engine, fmt in engines:
+        bundle = alter(export(run, tmp_path / fmt, format=fmt))
+        predictor = Predictor(bundle, engine=engine)
+        assert predictor.engine_name == engine and "STRAYS" in predictor.choice and not predictor.check["faithful"]
+        if engine == "openvino":
+            assert "so float32" in predictor.choice
+    assert selfcheck.MAX_MEAN_CHANGE == 0.02 and selfcheck.MIN_MASK_AGREEMENT == 0.95
+
+
+def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, capsys, monkeypatch):
+    """Keras only when no bundle can be made: a failed quantization leaves a float32 bundle, named."""
+    import importlib
+
+    from msunet.cli import main
+    from msunet.synthetic import make_dataset
+    from msunet.train import train
+
+    data = make_dataset(tmp_path / "d", count=4, size=(40, 40))
+    run = tmp_path / "run"
+    train(RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "epochs=1",
+                                "steps_per_epoch=2", "batch_size=2"]), data, run, verbose=0)
+
+    def broken(*args, **kwargs):
+        raise ValueError("quantization broke")
+
+    monkeypatch.setattr(importlib.import_module("msunet.export"), "quantize_int8", broken)  # (the package binds
+    # msunet.export to the function)
+    assert main(["predict", "--model", str(run), "--input", str(data / "images"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "engine: float32 graph on" in out and "the int8 export failed (ValueError: quantization broke)" in out
+    assert "a float32 bundle exported instead" in out and read_bundle(run / "bundle-int8")["precision"] == "float32"

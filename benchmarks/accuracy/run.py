@@ -2,7 +2,7 @@
 
 `python benchmarks/accuracy/run.py DATASET [--budget MIN] [--variant NAME --set KEY=VALUE ...]`
 (or `make bench-accuracy DATASET=drive`; DATASET=all runs them in turn). DATASET is one of
-drive, hrf, isbi2012-membrane, dsb2018-nuclei, camvid; the data come from ../shared/data.
+drive, hrf, isbi2012-membrane, dsb2018-nuclei, camvid, busi-subset; the data come from ../shared/data.
 
 Each dataset's protocol (as the papers use it) is a split written into a *view* folder of links
 under benchmarks/accuracy/work/ (nothing is copied):
@@ -15,7 +15,9 @@ under benchmarks/accuracy/work/ (nothing is copied):
 - dsb2018-nuclei: a seeded 80/20 split stratified by image size; Dice, IoU and object F1 at IoU 0.5
   (connected components against the instance masks);
 - camvid: the 101 `train` images (SegNet val sequence) to train, the 62 `test` images to test;
-  mean IoU over the 11 classes with void ignored, and per-class IoU.
+  mean IoU over the 11 classes with void ignored, and per-class IoU;
+- busi-subset: the dataset's split.csv (192 train / 48 test ultrasound images, one large lesion
+  each); Dice and IoU of the lesion, pooled and per image.
 
 The config is benchmarks/accuracy/configs/DATASET.json; `--set` overrides it (a variant, e.g.
 `--variant nods --set model.deep_supervision=false`). `--newcomer` trains what a new user gets:
@@ -44,7 +46,7 @@ ROOT = HERE.parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 WORK = HERE / "work"
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
-DATASETS = ("drive", "hrf", "isbi2012-membrane", "dsb2018-nuclei", "camvid")
+DATASETS = ("drive", "hrf", "isbi2012-membrane", "dsb2018-nuclei", "camvid", "busi-subset")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
 
 
@@ -77,7 +79,7 @@ def protocol(dataset: str) -> list[tuple[str, dict[str, str]]]:
     """[(fold name, {stem: split})] for the dataset's test protocol."""
     src = SHARED / dataset
     stems = sorted(_stems(src / "images"))
-    if dataset in ("drive", "camvid"):
+    if dataset in ("drive", "camvid", "busi-subset"):
         rows = [line.split(",") for line in (src / "split.csv").read_text().split()[1:]]
         return [("", {stem: split for stem, split in rows})]
     if dataset == "hrf":  # image 05 of each category (healthy, glaucoma, diabetic retinopathy) held out

@@ -133,6 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from msunet.runtime.files import list_inputs
 
     bundle = is_bundle(args.model)
+    source = f"the bundle {args.model}"
     ray = args.engine == "ray"
     engine = None if args.engine == "auto" else args.engine
     if (args.address or args.actors or args.actor_gpus) and not ray:
@@ -149,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         found, how = run_bundle(args.model)
         if found is not None:
-            print(f"engine: the run's int8 bundle on ONNX Runtime, {found} ({how}; `--engine keras` for the Keras model)")
+            source = f"the run's bundle {found} ({how}; `--engine keras` for the Keras model)"
             args.model, bundle = str(found), True
         elif how != "not a run folder":
             print(f"engine: Keras ({how})")
@@ -172,9 +173,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         options["progress_bars"] = not args.quiet
         options.update(address=args.address, concurrency=args.actors, num_gpus=args.actor_gpus or 0,
                        num_cpus=0 if args.actor_gpus else 1)
-    elif bundle:
-        options["engine"] = engine
-    summary = predict(args.model, args.input, args.out, **options)
+    model = args.model
+    if bundle and not ray:  # opened here, so that the first line says which graph runs on which engine, and why
+        from msunet.runtime import Predictor
+
+        model = Predictor(args.model, engine=engine)
+        print(f"engine: {model.choice}; {source}")
+    summary = predict(model, args.input, args.out, **options)
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
     rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
     print(f"written: {images} image(s), {len(summary.written)} file(s) in {args.out} "

@@ -503,12 +503,14 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     if engine == "int8":
         from msunet.run_bundle import run_bundle
         from msunet.runtime import predict as predict_bundle
+        from msunet.runtime import read_bundle
 
-        bundle, how = (run_bundle(loaded.run_dir, log=log.info, faithful_only=False) if loaded.run_dir
+        bundle, how = (run_bundle(loaded.run_dir, log=log.info) if loaded.run_dir
                        else (None, "not a run folder"))
-        if bundle is None:
+        if bundle is None or read_bundle(bundle, verify=False).get("precision") != "int8":
             raise ValueError(f"--engine int8 scores the run's int8 bundle, which cannot be made: {how}.")
-        predict_with = functools.partial(predict_bundle, bundle)
+        # its int8 graph as exported, also where the self-check would run its float32 graph: that is when it matters
+        predict_with = functools.partial(predict_bundle, bundle, check=False)
     data = pathlib.Path(data_dir)
     chosen, split, split_note = choose_split(data, loaded.config.data, split)
     if split_note:

@@ -35,16 +35,28 @@ import numpy as np
 
 from msunet import __version__
 from msunet.heads import head_scale
+from msunet.runtime import machine, selfcheck
 from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
 from msunet.runtime.files import class_palette
 
 FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model"),
            "openvino": ("openvino", "openvino"), "litert": ("model.tflite", "litert")}
+FLOAT32_MODEL = "model.float32.onnx"
+REFERENCE_SIDE = 256  # reference inputs are cropped to at most this side: the self-check stays well under 1 s
+# The int8 graph's weights. ONNX Runtime's U8S8 kernels on AVX2 and on AVX-512 without VNNI multiply
+# with VPMADDUBSW, which adds pairs of uint8 x int8 products into 16 bits with saturation: 2 x 255 x
+# 127 > 32767, so full-range int8 weights can saturate there (its quantization docs recommend 7-bit
+# weights or U8U8 on such CPUs); 2 x 255 x 63 < 32767 cannot. VNNI CPUs accumulate in 32 bits.
+WEIGHTS = {
+    "int7": ("int8 per-channel weights in a 7-bit range (reduce_range): no x86 kernel can saturate", True, "QInt8"),
+    "int8": ("int8 per-channel weights, full range: saturates on x86 CPUs without VNNI", False, "QInt8"),
+    "uint8": ("uint8 per-channel weights (U8U8 kernels)", False, "QUInt8"),
+}
 
 
 def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
            tile_size: int | None = None, overlap: float = 0.25, int8: bool = False,
-           calibration: str | os.PathLike | None = None) -> pathlib.Path:
+           calibration: str | os.PathLike | None = None, weights: str = "int7") -> pathlib.Path:
     """Writes the bundle of a run; returns its folder.
 
     Example:
@@ -63,6 +75,9 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         int8: quantize the ONNX graph to int8 (static QDQ, calibrated on the run's training patches).
         calibration: a data folder to calibrate on when the run has no `calibration.npz`
             (default: the run's data folder from run.json).
+        weights: the int8 graph's weights (`WEIGHTS`): "int7" (default: int8 with a 7-bit range, which
+            no x86 kernel can saturate), "int8" (the full range: saturates on AVX2 / AVX-512 without
+            VNNI) or "uint8" (U8U8 kernels).
 
     Raises:
         ValueError: an unknown format, an existing bundle, a missing exporter (named with its pip package).
@@ -97,6 +112,8 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     model_sha256 = sha256_of(model_file) if model_file is not None and model_file.is_file() else None  # before loading
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which)
     config = loaded.config
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown int8 weights {weights!r}; valid: {', '.join(WEIGHTS)}.")
     patches = calibration_inputs(loaded, calibration) if int8 else None
     # float32 graph, random-free rebuild (no backbone weights fetched), then the run's weights.
     model = build_model(config.model.replace(precision="float32", encoder_weights="none"))
@@ -115,14 +132,19 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
         with warnings.catch_warnings(), _traced_for_onnx(format == "onnx"):
             warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)  # Keras' tf2onnx shim
             model.export(str(target), format=keras_format, verbose=False)
-        quantization = quantize_int8(target, patches) if int8 else None
+        float32_model = None
+        if int8:  # the int8 bundle keeps its float32 graph: what runs where int8 strays (runtime.selfcheck)
+            shutil.copyfile(target, tmp / FLOAT32_MODEL)
+            float32_model = {"file": FLOAT32_MODEL, "sha256": sha256_of(tmp / FLOAT32_MODEL)}
+        quantization = quantize_int8(target, patches, weights) if int8 else None
+        reference = _reference(tmp, model, loaded, patches, calibration, coarsest)
         litert_outputs = litert_output_names(target, model, coarsest) if format == "litert" else None
         num_classes = config.model.num_classes
         meta = {
             "format": FORMAT, "bundle_version": BUNDLE_VERSION, "msunet_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "engine": format, "model_file": filename,
             "sha256": sha256_of(tmp / filename), "precision": "int8" if int8 else "float32",
-            "quantization": quantization,
+            "quantization": quantization, "float32_model": float32_model, "reference": reference,
             "input": {
                 "name": model.inputs[0].name, "channels": config.model.in_channels, "layout": "NHWC",
                 "dtype": "float32",
@@ -231,7 +253,29 @@ def calibration_inputs(loaded, data_dir: str | os.PathLike | None = None, count:
     return np.stack([loaded.normalization.apply(x) for x in unit]).astype(np.float32)
 
 
-def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
+def _reference(folder: pathlib.Path, model, loaded, patches, calibration, coarsest: int) -> dict:
+    """The bundle's self-check reference (`msunet.runtime.selfcheck`): a few calibration patches
+    (or, where a run has none, seeded noise) and the float32 Keras outputs of every head for them."""
+    source = "the run's calibration patches"
+    if patches is None:
+        try:
+            patches = calibration_inputs(loaded, calibration, count=selfcheck.REFERENCE_COUNT)
+        except (ValueError, OSError):
+            patches = None
+    if patches is None or not len(patches):
+        side = 4 * coarsest
+        patches = np.random.default_rng(0).normal(0, 1, (selfcheck.REFERENCE_COUNT, side, side,
+                                                         loaded.config.model.in_channels)).astype(np.float32)
+        source = "seeded noise (no calibration patches or data folder for this run)"
+    side = max(coarsest, min(REFERENCE_SIDE, patches.shape[1], patches.shape[2]) // coarsest * coarsest)
+    inputs = np.ascontiguousarray(patches[: selfcheck.REFERENCE_COUNT, :side, :side], np.float32)
+    outputs = model.predict_on_batch(inputs)
+    outputs = outputs if isinstance(outputs, dict) else dict(zip(model.output_names, outputs))
+    entry = selfcheck.write_reference(folder, inputs, {k: np.asarray(v, np.float32) for k, v in outputs.items()})
+    return {**entry, "sha256": sha256_of(folder / entry["file"]), "source": source}
+
+
+def quantize_int8(path: pathlib.Path, patches: np.ndarray, weights: str = "int7") -> dict:
     """Replaces the ONNX model at `path` by its static int8 quantization (QDQ) calibrated on `patches`.
 
     Before quantizing, the graph's kernel == stride transposed convolutions become 1x1 convolutions
@@ -285,9 +329,10 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
             source = prepared
         except Exception:  # noqa: BLE001 - quantization works without it, a little slower
             pass
+        description, reduce_range, weight_type = WEIGHTS[weights]
         quantize_static(str(source), str(quantized), Patches(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weight_type),
+                        per_channel=True, reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(quantized))
         rewrites["shapes_skip_dequantize"] = shapes_skip_dequantize(model)
         onnx.save(model, str(quantized))
@@ -296,10 +341,14 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray) -> dict:
     finally:
         for tmp in (rewritten_path, prepared, quantized):
             tmp.unlink(missing_ok=True)
-    return {"method": "ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations",
+    import onnxruntime
+
+    return {"method": "ONNX Runtime static quantization, QDQ, uint8 activations", "weights": weights,
+            "weights_detail": description, "reduce_range": reduce_range,
             "calibration": "MinMax", "calibration_patches": int(len(patches)),
             "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared,
-            "graph_rewrites": rewrites, **agreement}
+            "graph_rewrites": rewrites, **agreement,
+            "checked_on": {**machine.describe(), "onnxruntime": onnxruntime.__version__}}
 
 
 def _int8_agreement(float_session, int8_path: pathlib.Path, input_name: str, patches: np.ndarray) -> dict:

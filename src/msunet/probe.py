@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import pathlib
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import keras
 import numpy as np
 
 from msunet.config import RunConfig, write_text_atomic
+from msunet.runtime import machine
 
 log = logging.getLogger(__name__)
 ROUNDS = 3
@@ -39,19 +39,13 @@ def probing_enabled() -> bool:
 
 
 def cache_path() -> pathlib.Path:
-    root = os.environ.get("MSUNET_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "msunet")
-    return pathlib.Path(root) / "probe.json"
+    return machine.cache_dir() / "probe.json"
 
 
 def machine_id() -> str:
-    """CPU model and usable cores, accelerators, backend and Keras version: what step times depend on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    """CPU model, its flags that kernels choose by (a VM may show one model name for CPUs with and
+    without AVX-512), usable cores, accelerators, backend and Keras version: what step times depend on."""
+    cpu = machine.fingerprint()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     from msunet.models import accelerators
 

@@ -65,7 +65,9 @@ def test_reload_in_a_fresh_process_without_custom_objects(saved):
         "    model = keras.saving.load_model(path)\n"
         "    x = np.load(path[:-6] + '.x.npy'); want = np.load(path[:-6] + '.y.npz')\n"
         "    out = model(x, training=False)\n"
-        "    for k in want.files: np.testing.assert_array_equal(keras.ops.convert_to_numpy(out[k]), want[k])\n"
+        # another process on this machine: equal up to float32 rounding (oneDNN may split work otherwise)
+        "    for k in want.files: np.testing.assert_allclose(keras.ops.convert_to_numpy(out[k]), want[k], rtol=1e-5,"
+        " atol=1e-6)\n"
         "print('reloaded', len(json.loads(sys.argv[1])))\n"
     )
     result = subprocess.run([sys.executable, "-c", script, json.dumps(files)], capture_output=True, text=True,

@@ -38,8 +38,9 @@ def test_saved_run_config_and_model_load(outputs):
     assert "architecture" not in run.to_dict()["model"]
     model = load_model(FIXTURE / "tiny.keras")
     got = model(outputs["input"], training=False)
-    for name in run.model.head_names:
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[name]), outputs[f"tiny/{name}"])
+    for name in run.model.head_names:  # stored on another CPU: its kernels round float32 differently (6e-8 seen
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got[name]), outputs[f"tiny/{name}"],  # on AVX2)
+                                   rtol=1e-5, atol=1e-6)
     keras.utils.set_random_seed(0)  # and rebuilding it from its config gives the same weights
     rebuilt = build_model(run.model)
     for a, b in zip(rebuilt.weights, model.weights):

@@ -9,6 +9,7 @@ file (checked on load: a missing or altered model file is refused). Written by `
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from msunet.heads import head_scale
+from msunet.runtime import selfcheck
 from msunet.runtime.files import (Engine, PredictSummary, batch_function, check_tiling_args, predict_files,
                                   predict_image, probabilities_to_mask, tta_mode)
 from msunet.runtime.preprocessing import Normalization
@@ -70,14 +72,20 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
     if meta.get("bundle_version", 0) > BUNDLE_VERSION:
         raise BundleError(f"{meta_path}: bundle version {meta.get('bundle_version')} is newer than this msunet reads "
                           f"({BUNDLE_VERSION}); upgrade msunet.")
-    model_file = root / meta["model_file"]
     if verify:
-        if not model_file.exists():
-            raise BundleError(f"{model_file}: the bundle's model file is missing; copy the whole bundle folder or "
-                              "export it again.")
-        if sha256_of(model_file) != meta["sha256"]:
-            raise BundleError(f"{model_file}: the model file does not match the checksum in {BUNDLE_FILE} (altered or "
-                              "truncated); export the bundle again.")
+        files = [(meta["model_file"], meta["sha256"])]
+        if meta.get("float32_model"):
+            files.append((meta["float32_model"]["file"], meta["float32_model"]["sha256"]))
+        if meta.get("reference"):
+            files.append((meta["reference"]["file"], meta["reference"]["sha256"]))
+        for name, checksum in files:
+            model_file = root / name
+            if not model_file.exists():
+                raise BundleError(f"{model_file}: a file of the bundle is missing; copy the whole bundle folder or "
+                                  "export it again.")
+            if sha256_of(model_file) != checksum:
+                raise BundleError(f"{model_file}: the file does not match the checksum in {BUNDLE_FILE} (altered or "
+                                  "truncated); export the bundle again.")
     return meta
 
 
@@ -183,11 +191,10 @@ class _LiteRT:
 
 
 def default_engine(meta: dict) -> str:
-    """The engine a bundle runs on when none is asked for: its own for OpenVINO and LiteRT bundles;
-    for a float32 ONNX bundle OpenVINO when it is installed (the faster here: 10.0 against 7.1
-    images/s at batch 1, 13.6 against 7.7 at batch 8, 0.49 against 0.27 Mpx/s tiled, computing in
-    bfloat16 on CPUs that have it: probabilities within ~2e-4 of float32; README, Performance),
-    else ONNX Runtime; ONNX Runtime for int8 bundles."""
+    """The engine a bundle runs on when none is asked for and it cannot be timed here (a bundle
+    exported before bundles carried a reference): its own for OpenVINO and LiteRT bundles; for a
+    float32 ONNX bundle OpenVINO when it is installed, else ONNX Runtime; ONNX Runtime for int8.
+    Bundles with a reference run on the engine that ran it faster on this machine (`selfcheck`)."""
     import importlib.util
 
     if meta["engine"] in ("openvino", "litert"):
@@ -195,6 +202,9 @@ def default_engine(meta: dict) -> str:
     if meta.get("precision", "float32") == "float32" and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "onnxruntime"
+
+
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
 
 
 class Predictor:
@@ -206,53 +216,124 @@ class Predictor:
     predictor = Predictor("bundle/")
     probs = predictor.predict(image)          # {"mask": (H, W, K), "mask_s2": (ceil(H/2), ceil(W/2), K), ...}
     mask = predictor.mask(probs["mask"])      # uint8: 0/255 (binary) or class ids
+    print(predictor.choice)                   # which graph on which engine, and why
     ```
+
+    On the first load on a machine the bundle checks itself (`msunet.runtime.selfcheck`): its
+    reference inputs must give the float32 reference outputs within the guard; an int8 graph that
+    strays here is replaced by the bundle's float32 graph, OpenVINO's bfloat16 by its float32.
 
     Args:
         bundle: a folder written by `msunet export`.
         threads: the engine's threads (default: all cores).
-        engine: "onnxruntime", "openvino" or "litert"; default (`default_engine`): the bundle's own
-            for OpenVINO and LiteRT bundles; for a float32 ONNX bundle OpenVINO when installed (the
-            faster), else ONNX Runtime; ONNX Runtime for int8. OpenVINO also runs ONNX bundles.
+        engine: "onnxruntime", "openvino" or "litert"; default: the bundle's own for OpenVINO and
+            LiteRT bundles, ONNX Runtime for an int8 graph, and for a float32 ONNX graph the engine
+            that ran the bundle's reference faster on this machine (measured once, cached).
         precision: OpenVINO's inference precision: None (its choice: bfloat16 on CPUs with bfloat16
             instructions) or "f32" (float32, what parity with Keras is checked in).
+        check: run the self-check (default; `MSUNET_BUNDLE_CHECK=0` turns it off everywhere).
+            False runs the bundle's main graph as exported, as `msunet evaluate --engine int8` does.
     """
 
     def __init__(self, bundle: str | os.PathLike, threads: int | None = None, engine: str | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, check: bool = True):
         self.root = pathlib.Path(bundle)
         self.meta = meta = read_bundle(self.root)
         if meta["engine"] not in RUNNABLE:
             raise BundleError(f"{self.root}: a {meta['engine']!r} bundle; this runtime runs {', '.join(RUNNABLE)} "
                               "bundles (export with --format onnx, openvino or litert).")
-        engine = engine or default_engine(meta)
-        if engine not in ENGINES:
+        if engine is not None and engine not in ENGINES:
             raise BundleError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}.")
-        if (engine == "litert") != (meta["engine"] == "litert") or (engine == "onnxruntime" and meta["engine"] != "onnx"):
+        wanted = engine or default_engine(meta)
+        if (wanted == "litert") != (meta["engine"] == "litert") or (wanted == "onnxruntime" and meta["engine"] != "onnx"):
             fix = (f"use engine={meta['engine']!r}" if meta["engine"] in ("litert", "openvino")
                    else "export it with --format litert")
-            raise BundleError(f"{self.root}: a {meta['engine']} bundle does not run with engine={engine!r}; {fix}.")
+            raise BundleError(f"{self.root}: a {meta['engine']} bundle does not run with engine={wanted!r}; {fix}.")
         if engine == "openvino" and meta.get("precision") == "int8":
             raise BundleError(f"{self.root}: an int8 bundle runs with ONNX Runtime (engine='onnxruntime'): OpenVINO "
                               "computed wrong masks from its QDQ graph (F1 0.04 instead of 0.81 on DRIVE, "
                               "benchmarks/int8.py); for OpenVINO, export without --int8 (it runs in bfloat16).")
-        self.engine_name = engine
-        if engine == "openvino":
-            self.session = _OpenVINO(self.root / meta["model_file"], threads, precision)
-        elif engine == "litert":
-            self.session = _LiteRT(self.root / meta["model_file"], threads, meta["heads"])
-        else:
-            self.session = _onnx_session(self.root / meta["model_file"], threads)
-        self.input_name = self.session.get_inputs()[0].name
+        self.threads = threads
         self.heads = [h["name"] for h in meta["heads"]]
+        self.threshold = float(meta["threshold"])
+        self.check: dict | None = None  # the self-check's result on this machine (None: not checked)
+        reference = (selfcheck.read_reference(self.root, meta) if check and selfcheck.checks_enabled() else None)
+        self.session, self.engine_name, self.graph, self.choice = self._choose(engine, precision, reference)
+        self.input_name = self.session.get_inputs()[0].name
         self.default_heads = list(meta["default_heads"])
         self.in_channels = int(meta["input"]["channels"])
         self.num_classes = int(meta["num_classes"])
-        self.threshold = float(meta["threshold"])
         self.normalization = Normalization.from_dict(meta["input"]["normalization"])
         self.resample_step = int(meta["input"].get("resample_step", 1))
         self.flip = meta["input"].get("flip", True)  # training's flips: the ones test-time augmentation uses
         self.tile, self.overlap = int(meta["tiling"]["tile"]), float(meta["tiling"]["overlap"])
+
+    def _open(self, engine: str, model_file: str, precision: str | None = None):
+        path = self.root / model_file
+        if engine == "openvino":
+            return _OpenVINO(path, self.threads, precision)
+        if engine == "litert":
+            return _LiteRT(path, self.threads, self.meta["heads"])
+        return _onnx_session(path, self.threads)
+
+    def _verdict(self, session, kind: str, checksum: str, engine: str, precision: str | None,
+                 reference) -> tuple[dict, bool]:
+        inputs, outputs = reference
+        names = [h for h in self.heads if h in outputs]
+        key = selfcheck.cache_key(kind, checksum, engine, precision)
+        return selfcheck.checked(key, lambda: selfcheck.compare(
+            {h: outputs[h] for h in names},
+            selfcheck.run_reference(session, session.get_inputs()[0].name, inputs, names), self.threshold))
+
+    def _choose(self, engine: str | None, precision: str | None, reference):
+        """(session, engine, "int8" | "float32", why): the bundle's main graph where it is faithful on
+        this machine, else its float32 graph on the faster engine (int8 bundles) or OpenVINO in
+        float32 (bfloat16 that strays)."""
+        meta = self.meta
+        graph = "int8" if meta.get("precision") == "int8" else "float32"
+        name = engine or default_engine(meta)
+        if reference is None:  # not checked: an older bundle, or the check turned off
+            why = ("the check is off" if meta.get("reference") else "a bundle without a reference (exported before "
+                   "msunet checked bundles where they run): not checked on this CPU")
+            return self._open(name, meta["model_file"], precision), name, graph, \
+                f"{graph} graph on {ENGINE_NAMES[name]} ({why})"
+        float_file = (meta.get("float32_model") or {}).get("file") if graph == "int8" else meta["model_file"]
+        float_sha = (meta.get("float32_model") or {}).get("sha256") if graph == "int8" else meta["sha256"]
+        note = ""
+        if graph == "int8":
+            session = self._open("onnxruntime", meta["model_file"])
+            stats, cached = self._verdict(session, "int8", meta["sha256"], "onnxruntime", None, reference)
+            self.check = stats
+            if stats["faithful"] or float_file is None:
+                state = "checked" if stats["faithful"] else "STRAYS from float32 and the bundle has no float32 graph"
+                return session, "onnxruntime", "int8", (
+                    f"int8 graph on ONNX Runtime ({state} on this CPU{' (cached)' if cached else ''}: mean change "
+                    f"{stats['mean_abs_difference']:.4f}, {100 * stats['mask_agreement']:.2f}% of mask pixels kept)")
+            note = f"its int8 graph {selfcheck.describe_stray(stats)}; "
+            del session
+        if engine is None and meta["engine"] == "onnx" and importlib.util.find_spec("openvino") is not None:
+            inputs, outputs = reference
+            names = [h for h in self.heads if h in outputs]
+            key = selfcheck.cache_key("fastest", float_sha, "onnxruntime", None) + " | " + selfcheck.engine_version(
+                "openvino") + f" | threads {self.threads or 'all'}"
+            openers = {e: (lambda e=e: self._open(e, float_file, precision)) for e in ("onnxruntime", "openvino")}
+            name, seconds, _ = selfcheck.fastest(key, openers, lambda s: s.get_inputs()[0].name, inputs, names)
+            if len(seconds) > 1:
+                other = next(e for e in seconds if e != name)
+                note += (f"{ENGINE_NAMES[name]} ran the reference {seconds[other] / max(seconds[name], 1e-9):.2f}x "
+                         f"as fast as {ENGINE_NAMES[other]} here; ")
+        session = self._open(name, float_file, precision)
+        stats, cached = self._verdict(session, "float32", float_sha, name, precision, reference)
+        if not stats["faithful"] and name == "openvino" and precision != "f32":
+            note += f"OpenVINO in its default precision {selfcheck.describe_stray(stats)}, so float32; "
+            precision = "f32"
+            session = self._open(name, float_file, precision)
+            stats, cached = self._verdict(session, "float32", float_sha, name, precision, reference)
+        self.check = stats
+        state = "checked" if stats["faithful"] else f"STRAYS: it {selfcheck.describe_stray(stats)}"
+        return session, name, "float32", (
+            f"float32 graph on {ENGINE_NAMES[name]} ({note}{state} on this CPU{' (cached)' if cached else ''}: "
+            f"mean change {stats['mean_abs_difference']:.2g}, {100 * stats['mask_agreement']:.2f}% of mask pixels kept)")
 
     def predict_batch(self, batch: np.ndarray, heads: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The network alone: a preprocessed float32 (B, h, w, C) batch -> {head: (B, h/s, w/s, K)}."""
@@ -299,12 +380,13 @@ class Predictor:
         return probabilities_to_mask(np.asarray(probs), self.threshold)
 
 
-def predict(bundle: str | os.PathLike, inputs: str | os.PathLike, out_dir: str | os.PathLike,
+def predict(bundle: str | os.PathLike | Predictor, inputs: str | os.PathLike, out_dir: str | os.PathLike,
             threads: int | None = None, engine: str | None = None, precision: str | None = None,
-            **options) -> PredictSummary:
-    """`msunet predict` for a bundle: the same outputs and options (`msunet.predict`'s keyword arguments)."""
+            check: bool = True, **options) -> PredictSummary:
+    """`msunet predict` for a bundle (a folder, or a `Predictor` already open): the same outputs and
+    options (`msunet.predict`'s keyword arguments). `check=False` skips the bundle's self-check."""
     check_tiling_args(options.get("tile_size"), options.get("overlap", 0.25), options.get("batch_size", 4),
                       options.get("threshold", 0.5))  # once, before the bundle is loaded
-    predictor = Predictor(bundle, threads, engine, precision)
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, threads, engine, precision, check)
     options.setdefault("threshold", predictor.threshold)
     return predict_files(predictor.engine(), inputs, out_dir, **options)

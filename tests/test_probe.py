@@ -142,3 +142,23 @@ def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypat
     assert entry["source"] == "device" and entry["value"] in entry["seconds_per_step"]
     assert entry["seconds_per_step"][entry["value"]] == min(entry["seconds_per_step"].values())  # the faster
     assert sources["train.steps_per_epoch"]["value"] == 10 and sources["train.steps_per_epoch"]["source"] == "data"
+
+
+def test_the_probe_says_once_what_it_measures_and_when_the_cache_answers(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from msunet.check import plan_dataset
+
+    monkeypatch.setenv("MSUNET_PROBE", "1")
+    monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", count=6, size=(32, 32))
+    config = RunConfig().override(["model.filters=4", "model.depth=2", "model.precision=float32"])
+    with caplog.at_level(logging.INFO, logger="msunet"):
+        plan_dataset(data, config, {"model.filters", "model.depth", "model.precision"})
+    first = [r.getMessage() for r in caplog.records if "training step" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="msunet"):
+        plan_dataset(data, config, {"model.filters", "model.depth", "model.precision"})
+    second = [r.getMessage() for r in caplog.records if "training step" in r.getMessage()]
+    assert len(first) == 1 and first[0].startswith("measuring a few training steps (float32, batch")
+    assert len(second) == 1 and "from the cache" in second[0] and "measuring" not in second[0]

@@ -61,8 +61,13 @@ def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iter
     measure = None
     if probe.probing_enabled():
         def measure(run: RunConfig, precisions):
-            log.info("measuring a few training steps (%s, batch %d, %d px; cached in %s)", " and ".join(precisions),
-                     run.train.batch_size, run.data.patch_size, probe.cache_path())
+            what = (f"{' and '.join(precisions)}, batch {run.train.batch_size}, {run.data.patch_size} px, "
+                    f"{run.model.filters} filters")
+            if set(probe.cached_steps(run, precisions)) == set(precisions):
+                log.info("training step times (%s) from the cache %s, measured on this machine earlier", what,
+                         probe.cache_path())
+            else:
+                log.info("measuring a few training steps (%s); cached in %s", what, probe.cache_path())
             return probe.measure_steps(run, precisions)
     return plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator(), measure=measure,
                     precisions=probe.precision_candidates() if measure else ("float32",))

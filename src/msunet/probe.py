@@ -93,15 +93,21 @@ def _trainer(run: RunConfig, precision: str):
     return trainer
 
 
+def cached_steps(run: RunConfig, precisions: Sequence[str]) -> dict[str, float]:
+    """{precision: seconds per step} of those `measure_steps` would read from the cache."""
+    cache = _read_cache()
+    keys = {p: _key(run, p) for p in precisions}
+    return {p: cache[k]["seconds"] for p, k in keys.items() if k in cache}
+
+
 def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUNDS) -> dict[str, float]:
     """Seconds per training step of `run`'s model at its patch and batch, for each precision.
 
     Cached results are returned without measuring; the others are measured together (one traced
     step each, then `rounds` timed steps, alternating) and added to the cache.
     """
-    cache = _read_cache()
     keys = {p: _key(run, p) for p in precisions}
-    found = {p: cache[k]["seconds"] for p, k in keys.items() if k in cache}
+    found = cached_steps(run, precisions)
     todo = [p for p in precisions if p not in found]
     if not todo:
         return found

@@ -1,9 +1,8 @@
-"""The public API: functions named like the CLI commands, a cheap `import msunet`, README blocks that run."""
+"""The public API: functions named like the CLI commands, a cheap `import msunet` (README and docs blocks: test_docs.py)."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
@@ -99,21 +98,3 @@ def test_config_forms_are_equivalent(tmp_path):
                 "sources": {"model.in_channels": {"value": 1, "source": "data"},
                             "train.epochs": {"value": 3, "source": "user"}}}
     assert resolve_run_config(run_json)[1] == {"train.epochs"}
-
-
-def _python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
-
-
-def test_readme_python_blocks_run(tmp_path):
-    """Every ```python block of the README, in order, in one namespace, in an empty folder."""
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    assert len(blocks) >= 3 and any("msunet.train(" in b for b in blocks)
-    script = "\n".join(f"# --- README block {i}\n{block}" for i, block in enumerate(blocks, 1))
-    (tmp_path / "readme_blocks.py").write_text(script)
-    result = subprocess.run([sys.executable, "readme_blocks.py"], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert (tmp_path / "runs" / "first" / "best.keras").is_file()
-    assert (tmp_path / "eval" / "report.html").is_file()
-    assert (tmp_path / "unet.keras").is_file()

@@ -522,7 +522,8 @@ class DataConfig(BaseConfig):
         flip: random flips: true (both axes), "horizontal" (left-right only, for images with an up and
             a down such as street scenes), "vertical" or false.
         rot90: random 90-degree rotations.
-        scale: random zoom range +-scale (0 disables); rotate: random rotation in degrees.
+        scale: random zoom range +-scale (0 disables).
+        rotate: random rotation in degrees (0 disables).
         brightness, contrast, gamma: intensity augmentation strengths (0 disables each).
         target_downsampling: how coarse heads' targets are made: "average" (soft class fractions,
             the default: thin structures keep their mass), "nearest" or "max".

@@ -73,18 +73,18 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
         raise BundleError(f"{meta_path}: bundle version {meta.get('bundle_version')} is newer than this msunet reads "
                           f"({BUNDLE_VERSION}); upgrade msunet.")
     if verify:
-        files = [(meta["model_file"], meta["sha256"])]
+        files = [("model file", meta["model_file"], meta["sha256"])]
         if meta.get("float32_model"):
-            files.append((meta["float32_model"]["file"], meta["float32_model"]["sha256"]))
+            files.append(("float32 model file", meta["float32_model"]["file"], meta["float32_model"]["sha256"]))
         if meta.get("reference"):
-            files.append((meta["reference"]["file"], meta["reference"]["sha256"]))
-        for name, checksum in files:
-            model_file = root / name
-            if not model_file.exists():
-                raise BundleError(f"{model_file}: a file of the bundle is missing; copy the whole bundle folder or "
+            files.append(("reference file", meta["reference"]["file"], meta["reference"]["sha256"]))
+        for what, name, checksum in files:
+            path = root / name
+            if not path.exists():
+                raise BundleError(f"{path}: the bundle's {what} is missing; copy the whole bundle folder or "
                                   "export it again.")
-            if sha256_of(model_file) != checksum:
-                raise BundleError(f"{model_file}: the file does not match the checksum in {BUNDLE_FILE} (altered or "
+            if sha256_of(path) != checksum:
+                raise BundleError(f"{path}: the {what} does not match the checksum in {BUNDLE_FILE} (altered or "
                                   "truncated); export the bundle again.")
     return meta
 
@@ -280,7 +280,7 @@ class Predictor:
                  reference) -> tuple[dict, bool]:
         inputs, outputs = reference
         names = [h for h in self.heads if h in outputs]
-        key = selfcheck.cache_key(kind, checksum, engine, precision)
+        key = selfcheck.cache_key(kind, checksum + self.meta["reference"]["sha256"], engine, precision)
         return selfcheck.checked(key, lambda: selfcheck.compare(
             {h: outputs[h] for h in names},
             selfcheck.run_reference(session, session.get_inputs()[0].name, inputs, names), self.threshold))

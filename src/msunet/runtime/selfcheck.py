@@ -122,9 +122,11 @@ def _write_cache(key: str, value: dict) -> None:
         log.info("could not write the bundle check cache %s: %s", cache_path(), err)
 
 
-def cache_key(kind: str, graph_sha256: str, engine: str, precision: str | None) -> str:
-    return " | ".join((kind, graph_sha256[:16], engine_version(engine), f"precision {precision or 'default'}",
-                       machine.fingerprint()))
+def cache_key(kind: str, checksums: str, engine: str, precision: str | None) -> str:
+    """`checksums`: the graph's SHA-256 (and the reference's, for a check): another graph or
+    reference is another entry."""
+    return " | ".join((kind, checksums[:16] + (f"+{checksums[64:76]}" if len(checksums) > 64 else ""),
+                       engine_version(engine), f"precision {precision or 'default'}", machine.fingerprint()))
 
 
 def checked(key: str, run: Callable[[], dict]) -> tuple[dict, bool]:

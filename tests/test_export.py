@@ -604,3 +604,25 @@ def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, 
     out = capsys.readouterr().out
     assert "engine: float32 graph on" in out and "the int8 export failed (ValueError: quantization broke)" in out
     assert "a float32 bundle exported instead" in out and read_bundle(run / "bundle-int8")["precision"] == "float32"
+
+
+def test_an_onnx_conversion_with_wrong_output_shapes_is_done_again_then_refused(binary, tmp_path, monkeypatch):
+    """tf2onnx now and then drops a Squeeze (PYTHONHASHSEED-dependent): export checks every output's
+    shape at an odd size, converts again, and refuses with the reason when it stays wrong."""
+    import importlib
+
+    module = importlib.import_module("msunet.export")
+    run, bundle = binary
+    assert module.onnx_shape_errors(bundle / "model.onnx", run.model, 4) == []  # a right graph passes
+    real, calls = module.onnx_shape_errors, []
+
+    def wrong_once(*args):
+        calls.append(1)
+        return ["mask_s2: (1, 3, 7, 10, 1), want (3, 7, 10, 1)"] if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(module, "onnx_shape_errors", wrong_once)
+    assert read_bundle(export(run, tmp_path / "again"))["engine"] == "onnx" and len(calls) == 2
+    monkeypatch.setattr(module, "onnx_shape_errors", lambda *a: ["mask_s2: (1, 3, 7, 10, 1), want (3, 7, 10, 1)"])
+    with pytest.raises(ValueError, match="wrong shape 3 times .*mask_s2"):
+        export(run, tmp_path / "never")
+    assert not (tmp_path / "never").exists()

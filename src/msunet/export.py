@@ -42,6 +42,7 @@ from msunet.runtime.files import class_palette
 FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model"),
            "openvino": ("openvino", "openvino"), "litert": ("model.tflite", "litert")}
 FLOAT32_MODEL = "model.float32.onnx"
+CONVERSION_ATTEMPTS = 3  # ONNX conversions whose output shapes are checked (`onnx_shape_errors`)
 REFERENCE_SIDE = 256  # reference inputs are cropped to at most this side: the self-check stays well under 1 s
 # The int8 graph's weights. ONNX Runtime's U8S8 kernels on AVX2 and on AVX-512 without VNNI multiply
 # with VPMADDUBSW, which adds pairs of uint8 x int8 products into 16 bits with saturation: 2 x 255 x
@@ -129,9 +130,16 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     try:
         target = tmp / filename / "model.xml" if format == "openvino" else tmp / filename  # Keras wants NAME.xml
         target.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings(), _traced_for_onnx(format == "onnx"):
-            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)  # Keras' tf2onnx shim
-            model.export(str(target), format=keras_format, verbose=False)
+        for attempt in range(1, CONVERSION_ATTEMPTS + 1):
+            with warnings.catch_warnings(), _traced_for_onnx(format == "onnx"):
+                warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)  # Keras' tf2onnx shim
+                model.export(str(target), format=keras_format, verbose=False)
+            wrong = onnx_shape_errors(target, model, coarsest) if format == "onnx" else []
+            if not wrong:
+                break
+            if attempt == CONVERSION_ATTEMPTS:
+                raise ValueError(f"the ONNX conversion gave outputs of the wrong shape {CONVERSION_ATTEMPTS} times "
+                                 f"({'; '.join(wrong)}); export again, or use --format openvino or litert.")
         float32_model = None
         if int8:  # the int8 bundle keeps its float32 graph: what runs where int8 strays (runtime.selfcheck)
             shutil.copyfile(target, tmp / FLOAT32_MODEL)
@@ -251,6 +259,30 @@ def calibration_inputs(loaded, data_dir: str | os.PathLike | None = None, count:
             raise ValueError(f"{data_dir}: no readable image/mask pair to calibrate the int8 ranges on.")
         unit = calibration_patches(samples, config.data.patch_size, count, config.data.seed).astype(np.float32)
     return np.stack([loaded.normalization.apply(x) for x in unit]).astype(np.float32)
+
+
+def onnx_shape_errors(path: pathlib.Path, model, coarsest: int) -> list[str]:
+    """The outputs of an exported ONNX graph whose shapes break the contract on a batch of 3 at an
+    odd, non-square size (`mask_s{s}`: (3, ceil(H/s), ceil(W/s), K)), as "name: got, want".
+
+    tf2onnx's graph optimiser now and then drops a Squeeze after a one-channel head's 1x1
+    convolution, which leaves a (1, B, h, w, 1) output: it depends on the order in which Python
+    iterates sets of node names (PYTHONHASHSEED 2 reproduces it for a ConvNeXt U-Net's `mask_s2`;
+    a second conversion, with other node names, was right). `export` converts again when this
+    finds anything."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    height, width = 2 * coarsest + 5, 3 * coarsest + 3
+    x = np.zeros((3, height, width, model.inputs[0].shape[-1]), np.float32)
+    names = [o.name for o in session.get_outputs()]
+    errors = []
+    for name, value in zip(names, session.run(None, {session.get_inputs()[0].name: x})):
+        scale = head_scale(name)
+        want = (3, -(-height // scale), -(-width // scale), int(model.outputs[0].shape[-1]))
+        if tuple(value.shape) != want:
+            errors.append(f"{name}: {tuple(value.shape)}, want {want}")
+    return errors
 
 
 def _reference(folder: pathlib.Path, model, loaded, patches, calibration, coarsest: int) -> dict:

@@ -22,7 +22,7 @@ from msunet.config import RunConfig
 from msunet.data import compute_normalization, find_pairs, load_samples, split_pairs
 from msunet.feeding import PatchDataset
 from msunet.models import build_model
-from msunet.train import MultiScaleTrainer, _optimizer
+from msunet.trainer import MultiScaleTrainer, make_optimizer
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,7 +56,7 @@ def measure_data_wait(run: RunConfig, samples, steps: int, rounds: int) -> dict:
     live = PatchDataset(samples, run.model, run.data, norm, cfg.batch_size, steps, workers=cfg.workers)
     memory = InMemory([live[i] for i in range(steps)])
     trainer = MultiScaleTrainer(build_model(run.model), run)
-    trainer.compile(optimizer=_optimizer(run, 10_000))
+    trainer.compile(optimizer=make_optimizer(run, 10_000))
     timer = StepTimer()
     trainer.fit(memory, epochs=1, verbose=0, callbacks=[timer])  # warm-up: tracing
     times = {"pipeline": [], "in_memory": []}

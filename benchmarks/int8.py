@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(HERE / "accuracy" / "work"))
     parser.add_argument("--out", default=str(HERE / "results" / f"int8-{datetime.date.today().isoformat()}.json"))
     args = parser.parse_args(argv)
-    from msunet.runtime import machine
+    from msunet import machine
 
     results = {"date": datetime.date.today().isoformat(), "machine": machine.describe(), "datasets": []}
     for item in args.runs:

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from msunet.config import RunConfig  # noqa: E402
 from msunet.data import multiscale_targets  # noqa: E402
 from msunet.models import build_model, select_outputs  # noqa: E402
-from msunet.train import MultiScaleTrainer, _optimizer  # noqa: E402
+from msunet.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
 
 run = RunConfig().override(["model.precision=float32"] if mode == "float32" else [])
 rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ per = [multiscale_targets((rng.random((256, 256)) > 0.7).astype(np.int16), run.m
 y = {n: np.stack([p[n] for p in per]) for n in run.model.head_names}
 model = build_model(run.model)
 trainer = MultiScaleTrainer(model, run)
-trainer.compile(optimizer=_optimizer(run, 1000), jit_compile=(mode == "xla_train"))
+trainer.compile(optimizer=make_optimizer(run, 1000), jit_compile=(mode == "xla_train"))
 infer = select_outputs(model, ["mask"])
 if mode == "xla_infer":
     infer.compile(jit_compile=True)

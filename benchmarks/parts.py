@@ -29,7 +29,7 @@ from speed import stats, timed  # noqa: E402
 from msunet.config import RunConfig  # noqa: E402
 from msunet.data import multiscale_targets  # noqa: E402
 from msunet.models import build_model, resolve_precision, select_outputs  # noqa: E402
-from msunet.train import MultiScaleTrainer, _optimizer  # noqa: E402
+from msunet.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
 
 COMBOS = {
     "conv + unet": [],
@@ -114,7 +114,7 @@ def main() -> None:
         y = {h: np.stack([p[h] for p in per]) for h in run.model.head_names}
         model = build_model(run.model)
         trainer = MultiScaleTrainer(model, run)
-        trainer.compile(optimizer=_optimizer(run, 10_000))
+        trainer.compile(optimizer=make_optimizer(run, 10_000))
         infer = select_outputs(model, ["mask"])
         ops["train"][name] = lambda t=trainer, y=y: t.train_on_batch(x, y)
         ops["infer"][name] = lambda m=infer: m.predict_on_batch(x)

@@ -43,7 +43,7 @@ from msunet.config import RunConfig
 from msunet.data import multiscale_targets
 from msunet.models import build_model, resolve_precision, select_outputs
 from msunet.tiling import predict_tiled, window_starts
-from msunet.train import MultiScaleTrainer, _optimizer
+from msunet.trainer import MultiScaleTrainer, make_optimizer
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tf2onnx") is not None
@@ -244,7 +244,7 @@ def main() -> None:
     def keras_contender(cfg):
         model = build_model(cfg.model)
         trainer = MultiScaleTrainer(model, cfg)
-        trainer.compile(optimizer=_optimizer(cfg, 10_000))
+        trainer.compile(optimizer=make_optimizer(cfg, 10_000))
         infer_model = select_outputs(model, ["mask"])
         return (model, infer_model, (lambda: trainer.train_on_batch(x, y)),
                 (lambda b: lambda: infer_model.predict_on_batch(x[:b])))

@@ -65,7 +65,7 @@ def fused_adamw(cfg_optimizer):
 def contender(batch=8, size=256, precision="mixed_bfloat16", bn="fused", optimizer="keras", metrics=True,
               xla_loss=False):
     from msunet.config import RunConfig
-    from msunet.train import MultiScaleTrainer, _optimizer
+    from msunet.trainer import MultiScaleTrainer, make_optimizer
     from train_profile import model_and_batch
 
     run = RunConfig().override([f"model.precision={precision}"])
@@ -78,7 +78,7 @@ def contender(batch=8, size=256, precision="mixed_bfloat16", bn="fused", optimiz
         trainer.compute_loss = lambda x=None, y=None, y_pred=None, sample_weight=None, training=True: jit_loss(y, y_pred)
     if not metrics:
         trainer.scores, trainer._score_heads = [], []
-    opt = _optimizer(run, 10_000)
+    opt = make_optimizer(run, 10_000)
     trainer.compile(optimizer=fused_adamw(opt) if optimizer == "fused" else opt)
     return lambda: trainer.train_on_batch(x, y)
 

@@ -78,12 +78,12 @@ def model_and_batch(run, batch, size, bn):
 
 def make_trainer(depth, filters, batch, size, precision, bn):
     from msunet.config import RunConfig
-    from msunet.train import MultiScaleTrainer, _optimizer
+    from msunet.trainer import MultiScaleTrainer, make_optimizer
 
     run = RunConfig().override([f"model.depth={depth}", f"model.filters={filters}", f"model.precision={precision}"])
     model, x, y = model_and_batch(run, batch, size, bn)
     trainer = MultiScaleTrainer(model, run)
-    trainer.compile(optimizer=_optimizer(run, 10_000))
+    trainer.compile(optimizer=make_optimizer(run, 10_000))
     return trainer, model, (lambda: trainer.train_on_batch(x, y))
 
 

@@ -11,7 +11,7 @@ jit_compile=False.
 import time, statistics, numpy as np, sys
 from msunet.config import RunConfig
 from msunet.models import build_model
-from msunet.train import MultiScaleTrainer, _optimizer
+from msunet.trainer import MultiScaleTrainer, make_optimizer
 from msunet.data import multiscale_targets
 mode = sys.argv[1]
 run = RunConfig()
@@ -22,7 +22,7 @@ per = [multiscale_targets(m, run.model) for m in masks]
 y = {n: np.stack([p[n] for p in per]) for n in run.model.head_names}
 if mode in ("xla", "noxla"):
     t = MultiScaleTrainer(build_model(run.model), run)
-    t.compile(optimizer=_optimizer(run, 1000), jit_compile=(mode == "xla"))
+    t.compile(optimizer=make_optimizer(run, 1000), jit_compile=(mode == "xla"))
     data = (x, y)
 else:  # plain single-output model with built-in BCE: the "Keras U-Net" baseline
     run2 = run.override(["model.deep_supervision=false"])

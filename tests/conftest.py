@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 def pytest_report_header(config):
     """The CPU the suite ran on, in the log (no test depends on it; tolerances say why they hold anywhere)."""
-    from msunet.runtime import machine
+    from msunet import machine
 
     return [machine.summary_line()]
 

@@ -182,7 +182,7 @@ def test_invalid_tiling_options_are_one_usage_error(tmp_path, capsys, option, va
 def test_training_dice_counts_the_background_as_evaluate_does(include_background):
     """Training-time Dice ignored train.include_background while evaluate honoured it."""
     from msunet.models import build_model
-    from msunet.train import MultiScaleTrainer
+    from msunet.trainer import MultiScaleTrainer
 
     run = RunConfig().override(["model.depth=1", "model.filters=2", "model.num_classes=3",
                                 f"train.include_background={str(include_background).lower()}"])

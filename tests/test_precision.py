@@ -62,19 +62,19 @@ def test_auto_on_a_gpu_is_mixed_precision_by_compute_capability(monkeypatch):
         assert resolve_precision("auto") == expected
         assert probe.precision_candidates() == ["float32", expected]
     monkeypatch.setattr(models, "accelerators", lambda: [])
-    monkeypatch.setattr(models, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto") == "float32" and probe.precision_candidates() == ["float32"]
 
 
 def test_float16_training_scales_the_loss(tmp_path):
-    from msunet.train import _optimizer
+    from msunet.trainer import make_optimizer
 
     run = RunConfig().override(["model.precision=mixed_float16", "train.time_budget_min=1"])
-    optimizer = _optimizer(run, 100)
+    optimizer = make_optimizer(run, 100)
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     optimizer.learning_rate = 0.5  # TimeBudget drives the rate through the wrapper
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.5)
-    assert not isinstance(_optimizer(RunConfig().override(["model.precision=float32"]), 100),
+    assert not isinstance(make_optimizer(RunConfig().override(["model.precision=float32"]), 100),
                           keras.optimizers.LossScaleOptimizer)
     data = make_dataset(tmp_path / "data", count=6, size=(32, 32), seed=1)
     result = train(run.override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2",

@@ -14,7 +14,8 @@ from msunet.data import multiscale_targets
 from msunet.losses import segmentation_loss
 from msunet.models import build_model
 from msunet.synthetic import make_dataset
-from msunet.train import MultiScaleTrainer, RunError, train
+from msunet.train import RunError, train
+from msunet.trainer import MultiScaleTrainer
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=4", "train.steps_per_epoch=4",
         "train.workers=1"]
@@ -153,7 +154,7 @@ def test_time_budget_stops_training_and_anneals_on_time(synth, tmp_path):
 
 
 def test_schedule_factor_matches_keras_cosine_decay():
-    from msunet.train import schedule_factor
+    from msunet.trainer import schedule_factor
 
     decay = keras.optimizers.schedules.CosineDecay(1.0, decay_steps=100, alpha=0.01)
     for step in (0, 10, 50, 99, 100):

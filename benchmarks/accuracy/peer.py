@@ -96,7 +96,7 @@ def build_net(arch: str, cfg):
 def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
     from msunet.data import compute_normalization, find_pairs, fixed_patches, load_samples, split_pairs
     from msunet.feeding import FixedPatchDataset, PatchDataset
-    from msunet.train import schedule_factor
+    from msunet.trainer import schedule_factor
 
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -169,7 +169,7 @@ class BaseConfig:
     # Round trip ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as a dict of JSON-compatible plain values (tuples become lists)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
@@ -230,9 +230,9 @@ class BaseConfig:
         return self.replace(**changes)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -371,7 +371,7 @@ class ModelConfig(BaseConfig):
             levels = self.filters_per_level
             if not isinstance(levels, tuple) or len(levels) != self.depth + 1:
                 raise ConfigError(
-                    f"{owner}.filters_per_level={_jsonable(levels)!r} must list {self.depth + 1} positive integers "
+                    f"{owner}.filters_per_level={jsonable(levels)!r} must list {self.depth + 1} positive integers "
                     f"(one per level: depth={self.depth} downsamplings + the bottleneck)."
                 )
             for i, value in enumerate(levels):
@@ -402,7 +402,7 @@ class ModelConfig(BaseConfig):
         if self.input_size is not None:
             size = self.input_size
             if not isinstance(size, tuple) or len(size) != 2:
-                raise ConfigError(f"{owner}.input_size={_jsonable(size)!r} must be [height, width] or null.")
+                raise ConfigError(f"{owner}.input_size={jsonable(size)!r} must be [height, width] or null.")
             check_int(owner, "input_size[0]", size[0], 1)
             check_int(owner, "input_size[1]", size[1], 1)
         self._validate_combination(owner)

@@ -511,12 +511,3 @@ def downscale_labels(mask: np.ndarray, step: int, num_classes: int) -> np.ndarra
     probs, valid = soft[..., :-1], soft[..., -1]
     labels = (probs[..., 0] >= 0.5).astype(np.int16) if num_classes == 1 else probs.argmax(-1).astype(np.int16)
     return np.where(valid >= 0.5, labels, IGNORE).astype(np.int16)
-
-
-def __getattr__(name: str):
-    """`PatchDataset` and `FixedPatchDataset` (Keras) live in `msunet.feeding`; importable from here too."""
-    if name in ("PatchDataset", "FixedPatchDataset"):
-        from msunet import feeding
-
-        return getattr(feeding, name)
-    raise AttributeError(f"module 'msunet.data' has no attribute {name!r}")

@@ -35,7 +35,8 @@ import numpy as np
 
 from msunet import __version__
 from msunet.heads import head_scale
-from msunet.runtime import machine, selfcheck
+from msunet import machine
+from msunet.runtime import selfcheck
 from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
 from msunet.runtime.files import class_palette
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import BACKBONES, SECTIONS, DataConfig, RunConfig, _jsonable, non_default_keys, user_keys_of  # noqa: F401
+from msunet.config import BACKBONES, SECTIONS, DataConfig, RunConfig, jsonable, non_default_keys, user_keys_of  # noqa: F401
 from msunet.data import find_pairs, split_pairs
 from msunet.imageio import ImageReadError, read_image, read_mask
 
@@ -393,7 +393,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             key = f"{section}.{f.name}"
             source = ("user" if key in user and not (key == "model.precision" and measured)
                       else ("device" if key in DEVICE_KEYS else "data") if key in values else "default")
-            entry = {"value": _jsonable(getattr(getattr(resolved, section), f.name)), "source": source}
+            entry = {"value": jsonable(getattr(getattr(resolved, section), f.name)), "source": source}
             if key in why:
                 entry["why"] = why[key]
             if key == "model.precision" and measured:

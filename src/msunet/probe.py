@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from msunet.config import RunConfig, write_text_atomic
-from msunet.runtime import machine
+from msunet import machine
 
 log = logging.getLogger(__name__)
 ROUNDS = 3
@@ -85,11 +85,11 @@ def _synthetic_batch(run: RunConfig, seed: int = 0):
 
 def _trainer(run: RunConfig, precision: str):
     from msunet.models import build_model
-    from msunet.train import MultiScaleTrainer, _optimizer
+    from msunet.trainer import MultiScaleTrainer, make_optimizer
 
     run = RunConfig(run.model.replace(precision=precision), run.data, run.train)
     trainer = MultiScaleTrainer(build_model(run.model), run)
-    trainer.compile(optimizer=_optimizer(run, 1000), jit_compile=False)  # training's (loss scaling for float16)
+    trainer.compile(optimizer=make_optimizer(run, 1000), jit_compile=False)  # training's (loss scaling for float16)
     return trainer
 
 
@@ -142,10 +142,10 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
 def precision_candidates() -> list[str]:
     """The precisions worth measuring here: float32 and the device's mixed precision (bfloat16 on
     a CPU with bfloat16 instructions or a GPU from Ampere on, float16 on older GPUs), else float32."""
-    from msunet.models import _cpu_has_bf16, accelerators, mixed_precision_for_gpu
+    from msunet.models import cpu_has_bf16, accelerators, mixed_precision_for_gpu
 
     if any(d.lower().startswith("gpu") for d in accelerators()):
         return ["float32", mixed_precision_for_gpu()]
-    if accelerators() or _cpu_has_bf16():
+    if accelerators() or cpu_has_bf16():
         return ["float32", "mixed_bfloat16"]
     return ["float32"]

@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import pathlib
 import shutil
@@ -47,10 +46,8 @@ from msunet.data import (
     split_pairs,
 )
 from msunet.feeding import FixedPatchDataset, PatchDataset
-from msunet.losses import deep_supervision_weights, segmentation_loss
-from msunet.heads import metric_name, parse_head
-from msunet.metrics import SegmentationScore
-from msunet.models import build_model, logits_model, resolve_precision
+from msunet.models import build_model
+from msunet.trainer import MultiScaleTrainer, ScaledSchedule, make_optimizer, schedule_factor
 
 log = logging.getLogger(__name__)
 FINE_TUNE_LR_FACTOR = 0.1  # the learning rate once a frozen backbone starts to train
@@ -58,51 +55,6 @@ FINE_TUNE_LR_FACTOR = 0.1  # the learning rate once a frozen backbone starts to 
 
 class RunError(ValueError):
     """The run folder cannot be used as asked (exists, incomplete, ...); the message says what to do."""
-
-
-# --------------------------------------------------------------------------------------------------
-# The training model: per-head targets and weights through a compute_loss override
-# --------------------------------------------------------------------------------------------------
-class MultiScaleTrainer(keras.Model):
-    """Wraps a msunet model's logits view; each head gets its own target and weight.
-
-    `compute_loss` sums `weight[head] * loss(y[head], logits[head])` over the heads with y a dict of
-    per-head targets of each head's own size; this avoids the multi-output `compile()` routing
-    (keras issues 21675, 22625). `compute_metrics` updates a Dice and an IoU per head.
-    """
-
-    def __init__(self, model: keras.Model, run: RunConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.model_cfg, self.train_cfg = run.model, run.train
-        self.net = logits_model(model)
-        self.head_weights = deep_supervision_weights(run.model.head_names, run.train.ds_weights)
-        for head, weight in self.head_weights.items():
-            if weight == 0:  # e.g. the coarsest head under "nnunet" weights: say so instead of a gradient warning
-                self.net.get_layer(parse_head(head).logits_name).trainable = False
-        self.scores = [
-            SegmentationScore(run.model.num_classes, kind, run.train.threshold,
-                              include_background=run.train.include_background, name=metric_name(kind, head))
-            for head in run.model.head_names
-            for kind in ("dice", "iou")
-        ]
-        self._score_heads = [head for head in run.model.head_names for _ in ("dice", "iou")]
-
-    def call(self, inputs, training=False):
-        return self.net(inputs, training=training)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        total = 0.0
-        for head, weight in self.head_weights.items():
-            if weight > 0:
-                total = total + weight * segmentation_loss(y[head], y_pred[head], self.train_cfg)
-        for extra in self.losses:  # weight decay terms, if any layer has them
-            total = total + extra
-        return total
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for head, score in zip(self._score_heads, self.scores):
-            score.update_state(y[head], y_pred[head])
-        return self.get_metrics_result()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,16 +74,6 @@ def save_npz_atomic(path: pathlib.Path, **arrays: np.ndarray) -> None:
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def schedule_factor(schedule: str, progress: float) -> float:
-    """Learning-rate multiplier at `progress` in [0, 1] (the same curves as `_optimizer`'s schedules)."""
-    p = min(max(progress, 0.0), 1.0)
-    if schedule == "cosine":
-        return 0.99 * 0.5 * (1.0 + math.cos(math.pi * p)) + 0.01
-    if schedule == "poly":
-        return (1.0 - p) ** 0.9
-    return 1.0
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -168,16 +110,6 @@ class TimeBudget(keras.callbacks.Callback):
         if self.spent >= self.budget_s:
             self.exhausted = True
             self.model.stop_training = True
-
-
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`factor` times another learning-rate schedule (not saved: the trainer's optimizer is rebuilt on resume)."""
-
-    def __init__(self, schedule, factor: float):
-        self.schedule, self.factor = schedule, factor
-
-    def __call__(self, step):
-        return self.schedule(step) * self.factor
 
 
 class BackboneFreeze(keras.callbacks.Callback):
@@ -310,27 +242,6 @@ def _prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
         else:
             raise RunError(f"{out} is not empty and not a msunet run; --overwrite only replaces run folders.")
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    cfg = run.train
-    if cfg.time_budget_min > 0:
-        lr = cfg.learning_rate  # a variable that TimeBudget sets before every step
-    elif cfg.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps, alpha=0.01)
-    elif cfg.schedule == "poly":
-        lr = keras.optimizers.schedules.PolynomialDecay(cfg.learning_rate, total_steps, end_learning_rate=0.0, power=0.9)
-    else:
-        lr = cfg.learning_rate
-    if cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(lr)
-    else:
-        optimizer = keras.optimizers.SGD(lr, momentum=0.99, nesterov=True)
-    if resolve_precision(run.model.precision) == "mixed_float16":  # float16 gradients underflow without it
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def _trim_history(path: pathlib.Path, epochs_done: int) -> None:
@@ -505,7 +416,7 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
     # Model, optimizer, resume state.
     model = build_model(run.model)
     trainer = MultiScaleTrainer(model, run)
-    trainer.compile(optimizer=_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=False)
+    trainer.compile(optimizer=make_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=False)
     x0, y0 = train_data[0]
     trainer(x0[:1], training=False)
     trainer.optimizer.build(trainer.trainable_variables)

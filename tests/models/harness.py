@@ -21,7 +21,7 @@ from msunet.losses import segmentation_loss
 from msunet.models import DECODERS, ENCODERS, build_model, logits_model, output_names
 from msunet.predict import make_predict_fn
 from msunet.tiling import predict_tiled
-from msunet.train import MultiScaleTrainer
+from msunet.trainer import MultiScaleTrainer
 
 SIZES = [(1, 1), (37, 101), (255, 257)]
 

@@ -33,6 +33,7 @@ import zipfile
 
 import keras
 
+from msunet import machine
 from msunet.config import PRECISIONS, ConfigError, ModelConfig, close_matches
 from msunet.heads import parse_head, sort_names
 from msunet.models.decoders import DECODERS, get_decoder
@@ -43,13 +44,9 @@ from msunet.models.seeds import SEED_EXAMPLES, seed_example
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+def cpu_has_bf16() -> bool:
+    """True on a CPU with bfloat16 instructions (AVX512-BF16 or AMX; `msunet.machine`)."""
+    return bool(machine.features()["bf16"])
 
 
 def accelerators() -> list[str]:
@@ -102,7 +99,7 @@ def resolve_precision(precision: str = "auto") -> str:
         return precision
     if any(d.lower().startswith("gpu") for d in accelerators()):
         return mixed_precision_for_gpu()
-    if keras.backend.backend() == "tensorflow" and _cpu_has_bf16():
+    if keras.backend.backend() == "tensorflow" and cpu_has_bf16():
         return "mixed_bfloat16"
     return "float32"
 

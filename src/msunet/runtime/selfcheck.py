@@ -10,7 +10,7 @@ How: `msunet export` writes `reference.npz` into every bundle: a few of the run'
 patches (normalised, as the network takes them) and the float32 outputs of every head for them,
 computed by the Keras model at export. The first time a bundle is loaded on a machine (keyed by the
 graph's SHA-256, the engine and its version, the precision asked for, and the CPU model and flags:
-`msunet.runtime.machine.fingerprint`), `Predictor` runs those inputs and compares every head with
+`msunet.machine.fingerprint`), `Predictor` runs those inputs and compares every head with
 the reference: the mean probability change must stay at most MAX_MEAN_CHANGE and at least
 MIN_MASK_AGREEMENT of the mask's pixels (threshold or arg-max) unchanged. The result is cached in
 `$MSUNET_CACHE_DIR/bundle-checks.json` (like the training-step probe), so later loads read it.
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from msunet.runtime import machine
+from msunet import machine
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ AVX512-BF16 or AMX. `features()` names the flags that matter, recorded in bundle
 results; `fingerprint()` keys the caches of measurements that hold for one machine only (the
 bundle self-check, the engine timing, the training-step probe).
 
-`python -m msunet.runtime.machine` prints the CPU model and those flags (the first lines of CI's log).
+`python -m msunet.machine` prints the CPU model and those flags (the first lines of CI's log).
 """
 
 from __future__ import annotations

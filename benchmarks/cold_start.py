@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                                              f"cold-start-{datetime.date.today().isoformat()}.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from msunet.export import export
+    from msunet.exporting import export
     from msunet.run_bundle import RUN_BUNDLE, run_bundle
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="msunet-cold-"))

@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import tempfile
 
-from msunet.predict import load_run, predict
+from msunet.prediction import load_run, predict
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hrf" / "images"
 

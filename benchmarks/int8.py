@@ -37,7 +37,7 @@ import run as accuracy  # noqa: E402  (benchmarks/accuracy/run.py: views, protoc
 
 def bench(dataset: str, run_dir: pathlib.Path, work: pathlib.Path) -> dict:
     from msunet.config import RunConfig
-    from msunet.export import export
+    from msunet.exporting import export
     from msunet.imageio import read_image, read_mask
     from msunet.runtime import Predictor
     from msunet.runtime.files import predict_files
@@ -114,8 +114,8 @@ VARIANTS = ("float32", "int8", "int7", "uint8")  # int8: full-range weights (msu
 def throughput(bundles: dict, run_dir: pathlib.Path, batch: int = 8, rounds: int = 7) -> dict:
     """Images/s of each bundle's graph on ONNX Runtime at batch 1 and `batch`, on the run's
     calibration patches (16, normalised), the graphs alternating round by round; medians."""
-    from msunet.export import calibration_inputs
-    from msunet.predict import load_run
+    from msunet.exporting import calibration_inputs
+    from msunet.prediction import load_run
     from msunet.runtime import Predictor
 
     patches = calibration_inputs(load_run(run_dir))[:16]

@@ -40,8 +40,8 @@ def bench_ray(args) -> dict:
     import ray
 
     from msunet.distributed import predict_ray
-    from msunet.export import export
-    from msunet.predict import predict
+    from msunet.exporting import export
+    from msunet.prediction import predict
     from msunet.runtime import predict as predict_bundle
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="msunet-scale-"))
@@ -81,7 +81,7 @@ def bench_ray(args) -> dict:
 STEP_SCRIPT = r"""
 import json, sys, time, keras
 from msunet.synthetic import make_dataset
-from msunet.train import train
+from msunet.training import train
 
 class Clock(keras.callbacks.Callback):
     def __init__(self):

@@ -282,7 +282,7 @@ def main() -> None:
             ov_session = None
             skipped["msunet_openvino"] = "openvino is not installed (pip install 'msunet[openvino]')"
         # `msunet export --int8`: the same graph quantized (static QDQ; calibration values do not change its speed).
-        from msunet.export import quantize_int8
+        from msunet.exporting import quantize_int8
 
         int8_path = pathlib.Path(onnx_path).with_name("int8.onnx")
         int8_path.write_bytes(pathlib.Path(onnx_path).read_bytes())

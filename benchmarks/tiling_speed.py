@@ -20,7 +20,7 @@ import numpy as np
 
 from msunet.config import ModelConfig, head_scale
 from msunet.models import build_model
-from msunet.predict import make_predict_fn
+from msunet.prediction import make_predict_fn
 from msunet.tiling import predict_tiled, window_starts
 
 

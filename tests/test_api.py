@@ -29,18 +29,21 @@ def test_import_help_and_the_numpy_modules_start_no_keras_or_tensorflow():
         "assert 'evaluate' in out.getvalue() and '--data' in out.getvalue()\n"
         "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
-        "import msunet.plan, msunet.config, msunet.heads, msunet.tiling, msunet.data, msunet.check, msunet.evaluate\n"
+        "import msunet.plan, msunet.config, msunet.heads, msunet.tiling, msunet.data, msunet.checking, msunet.evaluation\n"
         "assert 'keras' not in sys.modules, 'a NumPy module imported keras'\n"
     )
     result = _python(code)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_public_functions_stay_functions_after_their_modules_are_imported():
+def test_public_functions_are_functions_and_no_module_shares_their_names():
     code = (
-        "import inspect, msunet\n"
-        "import msunet.train, msunet.predict, msunet.evaluate, msunet.check, msunet.export\n"
-        "from msunet.predict import load_run\n"
+        "import inspect, importlib, pkgutil, msunet\n"
+        "import msunet.training, msunet.prediction, msunet.evaluation, msunet.checking, msunet.exporting\n"
+        "from msunet.prediction import load_run\n"
+        "modules = {m.name for m in pkgutil.iter_modules(msunet.__path__)}\n"
+        "assert not modules & set(msunet.__all__), modules & set(msunet.__all__)\n"
+        "assert type(msunet) is type(inspect)  # a plain module: no class swapped in\n"
         "for name in ('train', 'predict', 'evaluate', 'check', 'export'):\n"
         "    assert inspect.isfunction(getattr(msunet, name)), (name, getattr(msunet, name))\n"
         "assert msunet.check is msunet.check_dataset\n"

@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import shared_dataset
-from msunet.check import check_dataset, format_report
+from msunet.checking import check_dataset, format_report
 from msunet.config import RunConfig
 from msunet.synthetic import make_dataset
 

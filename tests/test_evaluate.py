@@ -9,7 +9,7 @@ from scipy.spatial.distance import directed_hausdorff
 
 from msunet.cli import main
 from msunet.config import DataConfig
-from msunet.evaluate import class_metrics, evaluate_folders, surface_distances
+from msunet.evaluation import class_metrics, evaluate_folders, surface_distances
 
 
 def test_hand_built_values():
@@ -105,7 +105,7 @@ def test_folders_multiclass_with_ignore_and_scales(tmp_path):
 def test_evaluate_cli_on_a_trained_run(tmp_path, capsys):
     from msunet.config import RunConfig
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=6, size=(40, 40))
     (data / "split.csv").write_text("name,split\nsynth_000,test\nsynth_001,test\n")
@@ -148,11 +148,9 @@ def test_roi_folder_excludes_pixels_outside_the_field_of_view(tmp_path):
 def test_surface_distances_k_d_tree_and_distance_transform_agree(monkeypatch, sigma):
     """Two exact paths (nearest boundary pixel by k-d tree, or by distance transforms over the
     boundaries' bounding box) give the same HD95 and MSD."""
-    import importlib
-
     from scipy import ndimage
 
-    ev = importlib.import_module("msunet.evaluate")  # `msunet.evaluate` is the public function
+    from msunet import evaluation as ev
 
     rng = np.random.default_rng(int(sigma))
     pred = ndimage.gaussian_filter(rng.random((90, 120)), sigma) > 0.5

@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime", reason="the runtime needs onnxruntime (pip in
 
 from msunet.config import RunConfig  # noqa: E402
 from msunet.data import Normalization  # noqa: E402
-from msunet.export import export  # noqa: E402
+from msunet.exporting import export  # noqa: E402
 from msunet.models import build_model  # noqa: E402
-from msunet.predict import LoadedRun, make_predict_fn, run_engine  # noqa: E402
+from msunet.prediction import LoadedRun, make_predict_fn, run_engine  # noqa: E402
 from msunet.runtime import BundleError, Predictor, read_bundle  # noqa: E402
 from msunet.runtime.files import predict_image  # noqa: E402
 from helpers import make_int8_graph_stray  # noqa: E402
@@ -116,7 +116,7 @@ def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_pa
     from msunet.cli import main
     from msunet.imageio import read_mask, write_png
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=4, size=(40, 44))
     train(RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "epochs=1",
@@ -222,7 +222,7 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
 
     from msunet.cli import main
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=6, size=(48, 48))
     train(RunConfig().override(["model.depth=2", "model.filters=8", "data.patch_size=32", "epochs=4",
@@ -426,7 +426,7 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     from msunet.imageio import read_image
     from msunet.runtime.bundle import sha256_of
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=5, size=(48, 40))
     run = tmp_path / "run"
@@ -584,11 +584,10 @@ def test_float32_bundles_check_themselves_on_openvino_and_litert(binary, tmp_pat
 
 def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, capsys, monkeypatch):
     """Keras only when no bundle can be made: a failed quantization leaves a float32 bundle, named."""
-    import importlib
-
+    from msunet import exporting
     from msunet.cli import main
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=4, size=(40, 40))
     run = tmp_path / "run"
@@ -598,8 +597,7 @@ def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, 
     def broken(*args, **kwargs):
         raise ValueError("quantization broke")
 
-    monkeypatch.setattr(importlib.import_module("msunet.export"), "quantize_int8", broken)  # (the package binds
-    # msunet.export to the function)
+    monkeypatch.setattr(exporting, "quantize_int8", broken)
     assert main(["predict", "--model", str(run), "--input", str(data / "images"), "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -610,9 +608,7 @@ def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, 
 def test_an_onnx_conversion_with_wrong_output_shapes_is_done_again_then_refused(binary, tmp_path, monkeypatch):
     """tf2onnx now and then drops a Squeeze (PYTHONHASHSEED-dependent): export checks every output's
     shape at an odd size, converts again, and refuses with the reason when it stays wrong."""
-    import importlib
-
-    module = importlib.import_module("msunet.export")
+    from msunet import exporting as module
     run, bundle = binary
     assert module.onnx_shape_errors(bundle / "model.onnx", run.model, 4) == []  # a right graph passes
     real, calls = module.onnx_shape_errors, []

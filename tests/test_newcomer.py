@@ -11,7 +11,7 @@ from msunet.config import RunConfig
 from msunet.imageio import write_png, write_tiff
 from msunet.synthetic import make_dataset
 from msunet.config import user_keys_of
-from msunet.train import RunError, train
+from msunet.training import RunError, train
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",
         "train.workers=1", "train.epochs=1"]
@@ -56,7 +56,7 @@ def test_each_skipped_file_is_reported_once_with_its_path_once(tmp_path, caplog)
 def loaded_run():
     from msunet.data import Normalization
     from msunet.models import build_model
-    from msunet.predict import LoadedRun
+    from msunet.prediction import LoadedRun
 
     cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.ds_weights=halving"])
     return LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None)
@@ -66,7 +66,7 @@ def test_a_deliberately_untrained_head_is_not_written(loaded_run, tmp_path):
     """Under nnU-Net's weights the coarsest head has weight 0: its mask (Dice ~0.02) was written anyway."""
     import dataclasses
 
-    from msunet.predict import predict
+    from msunet.prediction import predict
 
     untrained = dataclasses.replace(loaded_run, config=loaded_run.config.override(["train.ds_weights=nnunet"]))
     write_png(tmp_path / "in" / "a.png", np.zeros((20, 18, 3), np.uint8))
@@ -77,7 +77,7 @@ def test_a_deliberately_untrained_head_is_not_written(loaded_run, tmp_path):
 
 
 def test_predict_rewrites_only_missing_outputs_and_adds_probabilities_on_a_rerun(loaded_run, tmp_path):
-    from msunet.predict import predict
+    from msunet.prediction import predict
 
     inputs = tmp_path / "in"
     write_png(inputs / "a.png", np.random.default_rng(0).integers(0, 255, (20, 18, 3), dtype=np.uint8))
@@ -95,7 +95,7 @@ def test_predict_rewrites_only_missing_outputs_and_adds_probabilities_on_a_rerun
 
 
 def test_inputs_sharing_a_stem_do_not_overwrite_each_other(loaded_run, tmp_path):
-    from msunet.predict import predict
+    from msunet.prediction import predict
 
     inputs = tmp_path / "in"
     write_png(inputs / "a.png", np.zeros((20, 18, 3), np.uint8))
@@ -107,7 +107,7 @@ def test_inputs_sharing_a_stem_do_not_overwrite_each_other(loaded_run, tmp_path)
 def test_a_bare_keras_file_gives_its_own_channels_classes_and_heads(tmp_path):
     from msunet.config import ModelConfig
     from msunet.models import build_model
-    from msunet.predict import load_run
+    from msunet.prediction import load_run
 
     cfg = ModelConfig(depth=3, filters=4, in_channels=1, num_classes=3, ds_heads=1, fused_head=True)
     build_model(cfg).save(tmp_path / "model.keras")  # no config.json beside it
@@ -132,7 +132,7 @@ def test_progress_redirected_to_a_file_has_no_carriage_returns(monkeypatch, caps
 def test_evaluate_without_split_csv_scores_the_held_out_images_and_says_so(tmp_path, caplog):
     """It used to score every image, training images included, and say so only in summary.json."""
     from msunet.data import find_pairs, split_pairs
-    from msunet.evaluate import choose_split
+    from msunet.evaluation import choose_split
 
     data = make_dataset(tmp_path / "data", count=10, size=(24, 24), seed=2)
     cfg = RunConfig().data
@@ -149,7 +149,7 @@ def test_evaluate_without_split_csv_scores_the_held_out_images_and_says_so(tmp_p
 
 
 def test_evaluate_folders_lists_predictions_without_ground_truth(tmp_path):
-    from msunet.evaluate import evaluate_folders
+    from msunet.evaluation import evaluate_folders
 
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 255

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from msunet.check import check_dataset, format_report
+from msunet.checking import check_dataset, format_report
 from msunet.config import RunConfig
 from msunet.imageio import write_png
 from msunet.plan import plan_run, survey, user_keys_of
-from msunet.train import train
+from msunet.training import train
 
 COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",

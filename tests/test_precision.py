@@ -7,7 +7,7 @@ import pytest
 from msunet.config import ConfigError, ModelConfig, RunConfig
 from msunet.models import build_model, resolve_precision
 from msunet.synthetic import make_dataset
-from msunet.train import train
+from msunet.training import train
 
 
 def test_explicit_precision_wins_and_env_replaces_auto(monkeypatch):

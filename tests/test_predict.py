@@ -3,7 +3,7 @@ import numpy as np
 from helpers import tiny_config
 from msunet.data import Normalization
 from msunet.models import build_model
-from msunet.predict import overlay, predict_probabilities, probabilities_to_mask, write_prediction
+from msunet.prediction import overlay, predict_probabilities, probabilities_to_mask, write_prediction
 
 
 def test_probabilities_masks_and_files(tmp_path):
@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 from msunet.cli import main  # noqa: E402
 from msunet.imageio import write_png  # noqa: E402
 from msunet.config import RunConfig  # noqa: E402
-from msunet.predict import LoadedRun, make_predict_fn, predict  # noqa: E402
+from msunet.prediction import LoadedRun, make_predict_fn, predict  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_inputs_may_be_a_glob_pattern(loaded_run, tmp_path):
 
 def test_predict_cli_exit_codes(tmp_path, capsys):
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
 
     data = make_dataset(tmp_path / "d", count=5, size=(40, 40))
     train(RunConfig().override(["model.depth=2", "model.filters=2", "data.patch_size=32", "epochs=1",
@@ -135,7 +135,7 @@ def test_an_image_smaller_than_the_tile_is_predicted_as_training_saw_it(tmp_path
     whole = run.model.predict_on_batch(run.normalization.apply(image[None] / 255.0).astype(np.float32))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "a_prob.tif")[..., 0], whole["mask"][0, ..., 0], atol=1e-5)
     # 40x24 in a 64 tile: cut to 48x32 (16 px steps), padded with normalised black (-2.5, -1.6, -1)
-    from msunet.predict import fitted_tile
+    from msunet.prediction import fitted_tile
 
     assert fitted_tile((40, 24), 64, 2) == (48, 32) and fitted_tile((100, 24), 64, 32) == (64, 32)
     image = (np.random.default_rng(4).random((40, 24, 3)) * 255).astype(np.uint8)

@@ -130,7 +130,7 @@ def test_probe_measures_both_precisions_once_then_reads_the_cache(tmp_path, monk
 
 
 def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypatch, no_env_precision):
-    from msunet.train import train
+    from msunet.training import train
 
     monkeypatch.setenv("MSUNET_PROBE", "1")
     monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -147,7 +147,7 @@ def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypat
 def test_the_probe_says_once_what_it_measures_and_when_the_cache_answers(tmp_path, monkeypatch, caplog):
     import logging
 
-    from msunet.check import plan_dataset
+    from msunet.checking import plan_dataset
 
     monkeypatch.setenv("MSUNET_PROBE", "1")
     monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))

@@ -71,7 +71,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(run_dir, tmp_path_factory):
-    from msunet.export import export
+    from msunet.exporting import export
 
     return export(run_dir, tmp_path_factory.mktemp("b") / "bundle")
 
@@ -157,7 +157,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, bundle,
 
 @needs_ray
 def test_actors_load_a_keras_run_too(ray_local, run_dir, images, tmp_path):
-    from msunet.predict import predict
+    from msunet.prediction import predict
 
     few = tmp_path / "few"
     few.mkdir()

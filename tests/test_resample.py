@@ -72,9 +72,9 @@ def test_large_objects_are_planned_at_a_lower_resolution_thin_ones_are_not(tmp_p
 
 
 def test_train_and_predict_at_half_resolution_give_masks_at_the_original_size(tmp_path):
-    from msunet.evaluate import evaluate_run
-    from msunet.predict import predict
-    from msunet.train import train
+    from msunet.evaluation import evaluate_run
+    from msunet.prediction import predict
+    from msunet.training import train
 
     data = _folder(tmp_path / "data", 6, (70, 90), 40)
     (data / "split.csv").write_text("name,split\n" + "".join(

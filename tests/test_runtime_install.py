@@ -31,9 +31,9 @@ print("ok", probs["mask"].shape, probs["mask_s2"].shape)
 def test_runtime_extra_installs_and_predicts_without_tensorflow(tmp_path):
     from msunet.config import RunConfig
     from msunet.data import Normalization
-    from msunet.export import export
+    from msunet.exporting import export
     from msunet.models import build_model
-    from msunet.predict import LoadedRun
+    from msunet.prediction import LoadedRun
 
     cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32"])
     bundle = export(LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None), tmp_path / "bundle")

@@ -14,7 +14,7 @@ from msunet.data import multiscale_targets
 from msunet.losses import segmentation_loss
 from msunet.models import build_model
 from msunet.synthetic import make_dataset
-from msunet.train import RunError, train
+from msunet.training import RunError, train
 from msunet.trainer import MultiScaleTrainer
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=4", "train.steps_per_epoch=4",
@@ -95,7 +95,7 @@ def test_existing_run_is_never_clobbered(synth, tmp_path):
 KILLER = r"""
 import os, signal, sys, keras
 from msunet.config import RunConfig
-from msunet.train import train
+from msunet.training import train
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):

@@ -166,7 +166,7 @@ def predict_peer(net, norm, view: pathlib.Path, names: list[str], out: pathlib.P
     from monai.inferers import sliding_window_inference
 
     from msunet.imageio import read_image, write_image
-    from msunet.predict import preprocess
+    from msunet.prediction import preprocess
 
     out.mkdir(parents=True, exist_ok=True)
     tile = min(2 * config.data.patch_size, 512)

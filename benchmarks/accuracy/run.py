@@ -153,7 +153,7 @@ def object_f1(pred_paths, instance_paths, iou: float = 0.5) -> dict:
 def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pathlib.Path, names: list[str],
           num_classes: int, data_cfg, include_background: bool = False) -> dict:
     """The dataset's reported metrics for the masks in pred_dir (NAME.png, NAME_prob.tif if present)."""
-    from msunet.evaluate import evaluate_folders
+    from msunet.evaluation import evaluate_folders
 
     roi = view / "fov" if (view / "fov").is_dir() else None
     result = evaluate_folders(pred_dir, view / "masks", eval_dir, num_classes, data_cfg, roi, names=names,
@@ -195,8 +195,8 @@ def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pa
 def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool,
              newcomer: list[str] | None = None) -> dict:
     import msunet
-    from msunet.check import check_dataset
-    from msunet.predict import load_run, predict
+    from msunet.checking import check_dataset
+    from msunet.prediction import load_run, predict
 
     view = make_view(dataset, labels, name)
     run_dir = WORK / name / "run"

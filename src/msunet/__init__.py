@@ -23,29 +23,26 @@ starts no TensorFlow. It does arrange for msunet's layers to be registered the m
 imported, so saved models reload with plain `keras.saving.load_model(path)` and no
 `custom_objects` (as with keras-hub).
 
-`msunet.train`, `msunet.predict`, `msunet.evaluate`, `msunet.check` and `msunet.export` are always these functions;
-their modules stay importable by name: `from msunet.predict import load_run`, or
-`importlib.import_module("msunet.predict")` for the module itself (`from msunet import predict`
-gives the function).
+`msunet.train`, `msunet.check`, `msunet.predict`, `msunet.evaluate` and `msunet.export` are these
+functions; their modules have other names (`msunet.training`, `msunet.checking`,
+`msunet.prediction`, `msunet.evaluation`, `msunet.exporting`), so nothing shadows anything.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 # name -> (module, attribute): loaded on first use, so that `import msunet` imports no keras.
 _LAZY = {
-    "train": ("msunet.train", "train"),
-    "check": ("msunet.check", "check_dataset"),
-    "predict": ("msunet.predict", "predict"),
-    "evaluate": ("msunet.evaluate", "evaluate"),
-    "export": ("msunet.export", "export"),
+    "train": ("msunet.training", "train"),
+    "check": ("msunet.checking", "check_dataset"),
+    "predict": ("msunet.prediction", "predict"),
+    "evaluate": ("msunet.evaluation", "evaluate"),
+    "export": ("msunet.exporting", "export"),
     "run_demo": ("msunet.demo", "run_demo"),
-    "check_dataset": ("msunet.check", "check_dataset"),
+    "check_dataset": ("msunet.checking", "check_dataset"),
     "ConfigError": ("msunet.config", "ConfigError"),
     "DataConfig": ("msunet.config", "DataConfig"),
     "ModelConfig": ("msunet.config", "ModelConfig"),
@@ -58,9 +55,6 @@ _LAZY = {
     "seed_example": ("msunet.models", "seed_example"),
     "select_outputs": ("msunet.models", "select_outputs"),
 }
-# Public functions that share their name with a module of the package.
-_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"train", "check", "predict", "evaluate", "export"})
-
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
@@ -69,27 +63,13 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'msunet' has no attribute {name!r}")
     module_name, attribute = _LAZY[name]
     value = getattr(importlib.import_module(module_name), attribute)
-    if name not in _FUNCTIONS_NAMED_LIKE_MODULES:
-        globals()[name] = value
+    globals()[name] = value
     return value
 
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
-
-class _Package(types.ModuleType):
-    """Keeps `msunet.train`, `msunet.predict`, ... the public functions: Python's import system binds
-    a submodule to its package's attribute of the same name after importing it (`msunet.predict`
-    would become the module the first time anything imports it)."""
-
-    def __setattr__(self, name, value):
-        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 from msunet._backend import install_keras_hook  # noqa: E402
 

@@ -39,7 +39,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from msunet.train import train
+    from msunet.training import train
 
     if args.resume:
         if args.data or args.config or args.set:
@@ -79,7 +79,7 @@ def _fit_verbosity(verbose):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from msunet.check import check_dataset, format_report
+    from msunet.checking import check_dataset, format_report
 
     report = check_dataset(args.data, args.config, overrides=args.set or [])
     print(format_report(report))
@@ -159,7 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
         from msunet.runtime import predict
     else:
-        from msunet.predict import predict
+        from msunet.prediction import predict
 
     scales = [s.strip() for s in args.scales.split(",")] if args.scales else None
     files = list_inputs(args.input)
@@ -198,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from msunet.export import export
+    from msunet.exporting import export
 
     if args.calibration and not args.int8:
         raise ValueError("--calibration DATA is for --int8 (the folder the int8 ranges are calibrated on).")
@@ -209,7 +209,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from msunet.evaluate import evaluate_folders, evaluate_run
+    from msunet.evaluation import evaluate_folders, evaluate_run
 
     if args.model:
         if not args.data or args.pred or args.gt:

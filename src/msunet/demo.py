@@ -12,11 +12,11 @@ import numpy as np
 
 from msunet.config import RunConfig
 from msunet.heads import parse_head
-from msunet.evaluate import evaluate_folders
+from msunet.evaluation import evaluate_folders
 from msunet.imageio import read_image
-from msunet.predict import load_run, predict_probabilities, write_prediction
+from msunet.prediction import load_run, predict_probabilities, write_prediction
 from msunet.synthetic import make_dataset
-from msunet.train import train
+from msunet.training import train
 
 # Chosen so that 2 CPU cores reach a Dice above 0.85 in about two and a half minutes of training.
 DEMO_OVERRIDES = [

@@ -19,7 +19,7 @@ from msunet.data import batch_targets
 from msunet.heads import parse_head
 from msunet.losses import segmentation_loss
 from msunet.models import DECODERS, ENCODERS, build_model, logits_model, output_names
-from msunet.predict import make_predict_fn
+from msunet.prediction import make_predict_fn
 from msunet.tiling import predict_tiled
 from msunet.trainer import MultiScaleTrainer
 

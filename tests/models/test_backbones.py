@@ -105,7 +105,7 @@ def test_the_model_takes_unit_images_and_scales_them_as_imagenet_expects(tmp_pat
 
 def test_a_frozen_backbone_keeps_its_weights_then_trains_at_a_lower_rate(tmp_path):
     from msunet.synthetic import make_dataset
-    from msunet.train import train
+    from msunet.training import train
     from msunet.trainer import ScaledSchedule
 
     name = "mobilenetv3small"

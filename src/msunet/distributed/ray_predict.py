@@ -76,7 +76,7 @@ class _PredictWorker:
             options.setdefault("threshold", predictor.threshold)
             self.engine = predictor.engine()
         else:
-            from msunet.predict import load_run, run_engine
+            from msunet.prediction import load_run, run_engine
 
             self.engine = run_engine(load_run(model))
         self.job = file_job(self.engine, **options)

@@ -362,7 +362,7 @@ def _bars(summary: dict, classes: list[int]) -> str:
 
 def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run_dir, data_cfg=None) -> str:
     """A self-contained HTML page: summary table, curves, per-class bars, best and worst images."""
-    from msunet.predict import overlay
+    from msunet.prediction import overlay
 
     classes = summary["classes"]
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"  # noqa: E731
@@ -494,7 +494,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     `engine`: "keras" (the model as trained) or "int8" (the run's int8 bundle, what `msunet predict
     --model RUN` uses by default; made once, `msunet.run_bundle`).
     """
-    from msunet.predict import LoadedRun, load_run, predict
+    from msunet.prediction import LoadedRun, load_run, predict
 
     if engine not in ("keras", "int8"):
         raise ValueError(f"unknown evaluation engine {engine!r}; valid: keras, int8.")

@@ -69,7 +69,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     ```
 
     Args:
-        run: a run folder, a .keras file, or a `msunet.predict.LoadedRun`.
+        run: a run folder, a .keras file, or a `msunet.prediction.LoadedRun`.
         out: the bundle folder to write (refused if it exists, unless `overwrite`).
         format: "onnx", "openvino", "saved_model" or "litert".
         which: "best" or "last" model of a run folder.
@@ -87,7 +87,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     import keras
 
     from msunet.models import build_model, output_names
-    from msunet.predict import LoadedRun, load_run, trained_heads
+    from msunet.prediction import LoadedRun, load_run, trained_heads
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}.")

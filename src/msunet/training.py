@@ -349,7 +349,7 @@ def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, ove
             raise DataError("No dataset folder given (--data DIR).")
         sources = None
         if plan:
-            from msunet.check import plan_dataset
+            from msunet.checking import plan_dataset
 
             planned = plan_dataset(data_dir, config, user_keys)
             config, sources = planned.config, planned.to_json_dict()

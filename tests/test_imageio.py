@@ -65,3 +65,21 @@ def test_truncated_png_and_pixel_limit(tmp_path):
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     write_png(tmp_path / "sub" / "x.png", np.zeros((3, 3), np.uint8))
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]
+
+
+def test_atomic_writes_replace_whole_files_or_leave_them_untouched(tmp_path):
+    """`msunet.atomic`, the one way msunet writes files: a failure mid-write keeps the old file and no temporary."""
+    from msunet.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+
+    target = tmp_path / "sub" / "out.json"
+    write_text_atomic(target, "old")
+    try:
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.suffix == ".json"  # writers that pick a format by suffix
+            tmp.write_text("half")
+            raise OSError("disk full")
+    except OSError:
+        pass
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+    write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"new" and len(list(target.parent.iterdir())) == 1

@@ -25,6 +25,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from msunet.atomic import write_text_atomic
 from msunet.heads import contract_heads, head_scale  # noqa: F401  (head_scale: kept importable from here)
 
 C = TypeVar("C", bound="BaseConfig")
@@ -95,14 +96,6 @@ def parse_value(text: str) -> Any:
     if "," in text:  # bare comma list: 16,32,64
         return [parse_value(part) for part in text.split(",") if part.strip()]
     return text
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def read_json_source(source: str | os.PathLike) -> Any:

@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msunet.config import DataConfig, write_text_atomic
+from msunet.atomic import write_text_atomic
+from msunet.config import DataConfig
 from msunet.data import IGNORE, decode_mask, downsample_target, find_pairs, one_hot_target, split_pairs
 from msunet.heads import head_from_suffix
 from msunet.imageio import is_image_file, read_image, read_mask

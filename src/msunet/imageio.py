@@ -15,6 +15,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from msunet.atomic import write_bytes_atomic
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_PIXELS = 250_000_000  # about 15800 x 15800; raise it for larger images (predict streams)
 
@@ -158,20 +160,6 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
         ) from err
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def encode_png(array: np.ndarray, palette: np.ndarray | None = None) -> bytes:
     """PNG bytes of a (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8/uint16 array.
 
@@ -201,14 +189,14 @@ def encode_png(array: np.ndarray, palette: np.ndarray | None = None) -> bytes:
 
 def write_png(path: str | os.PathLike, array: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Writes a PNG atomically (see `encode_png`)."""
-    atomic_write_bytes(path, encode_png(array, palette))
+    write_bytes_atomic(path, encode_png(array, palette))
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
     """Writes a TIFF atomically (float32 probabilities, 16-bit images, ...)."""
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.asarray(array))
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from msunet.config import RunConfig, write_text_atomic
+from msunet.atomic import write_text_atomic
+from msunet.config import RunConfig
 from msunet import machine
 
 log = logging.getLogger(__name__)

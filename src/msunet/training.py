@@ -32,7 +32,8 @@ import keras
 import numpy as np
 
 from msunet import __version__
-from msunet.config import RunConfig, resolve_run_config, write_text_atomic
+from msunet.atomic import atomic_path, write_text_atomic
+from msunet.config import RunConfig, resolve_run_config
 from msunet.distributed import training as distributed
 from msunet.data import (
     CALIBRATION_FILE,
@@ -61,15 +62,13 @@ class RunError(ValueError):
 # Checkpoints and resume state
 # --------------------------------------------------------------------------------------------------
 def save_keras_atomic(model: keras.Model, path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def save_npz_atomic(path: pathlib.Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
@@ -253,10 +252,8 @@ def _trim_history(path: pathlib.Path, epochs_done: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
-    os.replace(tmp, path)
 
 
 def train(
@@ -275,7 +272,7 @@ def train(
 
     Example:
     ```python
-    from msunet.config import RunConfig, write_text_atomic
+    from msunet.config import RunConfig
     result = msunet.train(RunConfig().override(["epochs=5"]), "data/", "runs/first")
     result.best_dice
     ```
@@ -518,7 +515,6 @@ def plot_curves(history_csv: pathlib.Path, out_png: pathlib.Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, out_png)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tifffile
 
+from msunet.atomic import atomic_path
 from msunet.heads import file_suffix, head_scale
 from msunet.imageio import ImageReadError, RowBandReader, is_image_file, open_image_lazy, write_png, write_tiff
 from msunet.runtime.preprocessing import (Normalization, compute_normalization, downscale_image, resize_probabilities,
@@ -469,14 +470,9 @@ def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: in
     """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF, atomically."""
     height, width = reader.shape[:2]
     shape = (height, width) if channels is None else (height, width, channels)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, _tiles(_band_view(reader), transform, dtype), shape=shape, dtype=dtype,
                          tile=(256, 256), compression="zlib")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _stream_mask_tiff(path: pathlib.Path, probs, threshold: float) -> None:

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from msunet.config import write_text_atomic
+from msunet.atomic import write_text_atomic
 
 
 class DataError(ValueError):

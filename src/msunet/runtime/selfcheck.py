@@ -111,7 +111,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, value: dict) -> None:
-    from msunet.config import write_text_atomic
+    from msunet.atomic import write_text_atomic
 
     cache = _read_cache()  # another process may have written meanwhile
     cache[key] = value

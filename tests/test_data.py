@@ -7,7 +7,6 @@ from msunet.config import DataConfig, ModelConfig
 from msunet.data import (
     IGNORE,
     DataError,
-    PatchDataset,
     Sample,
     compute_normalization,
     decode_mask,
@@ -20,6 +19,7 @@ from msunet.data import (
     sample_patch,
     split_pairs,
 )
+from msunet.feeding import PatchDataset
 from msunet.models import build_model, output_shapes
 
 

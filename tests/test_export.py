@@ -505,7 +505,7 @@ def test_a_bundle_checks_itself_where_it_runs_and_falls_back_to_its_float32_grap
     is replaced by the bundle's float32 graph on the faster engine, saying why; the check is cached
     per machine and runs again on another CPU."""
     from msunet import machine
-from msunet.runtime import selfcheck
+    from msunet.runtime import selfcheck
     from msunet.synthetic import make_dataset
 
     run = _run(depth=2)

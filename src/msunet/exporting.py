@@ -374,14 +374,12 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray, weights: str = "int7"
     finally:
         for tmp in (rewritten_path, prepared, quantized):
             tmp.unlink(missing_ok=True)
-    import onnxruntime
-
     return {"method": "ONNX Runtime static quantization, QDQ, uint8 activations", "weights": weights,
             "weights_detail": description, "reduce_range": reduce_range,
             "calibration": "MinMax", "calibration_patches": int(len(patches)),
             "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared,
             "graph_rewrites": rewrites, **agreement,
-            "checked_on": {**machine.describe(), "onnxruntime": onnxruntime.__version__}}
+            "checked_on": {**machine.describe(), "onnxruntime": ort.__version__}}
 
 
 def _int8_agreement(float_session, int8_path: pathlib.Path, input_name: str, patches: np.ndarray) -> dict:

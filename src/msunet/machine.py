@@ -56,21 +56,23 @@ def features() -> dict[str, bool | None]:
     return {group: (any(f in flags for f in names) if flags else None) for group, names in FLAGS.items()}
 
 
+def flags_that_matter() -> list[str]:
+    """The flags of FLAGS this CPU has, sorted."""
+    flags = cpu_flags()
+    return sorted(f for names in FLAGS.values() for f in names if f in flags)
+
+
 def describe() -> dict:
     """CPU model, cores, the flags that matter and the detailed flag names present: what a result
     measured here is recorded with."""
-    flags = cpu_flags()
-    present = sorted(f for names in FLAGS.values() for f in names if f in flags)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": cores, "features": features(), "flags": present,
+    return {"cpu": cpu_model(), "cores": cores, "features": features(), "flags": flags_that_matter(),
             "machine": platform.machine()}
 
 
 def fingerprint() -> str:
     """What kernel choice depends on: CPU model and the flags in FLAGS (not the core count)."""
-    flags = cpu_flags()
-    present = sorted(f for names in FLAGS.values() for f in names if f in flags)
-    return f"{cpu_model()} | {platform.machine()} | {' '.join(present) or 'flags unknown'}"
+    return f"{cpu_model()} | {platform.machine()} | {' '.join(flags_that_matter()) or 'flags unknown'}"
 
 
 def cache_dir() -> pathlib.Path:

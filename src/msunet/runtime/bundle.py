@@ -195,8 +195,6 @@ def default_engine(meta: dict) -> str:
     exported before bundles carried a reference): its own for OpenVINO and LiteRT bundles; for a
     float32 ONNX bundle OpenVINO when it is installed, else ONNX Runtime; ONNX Runtime for int8.
     Bundles with a reference run on the engine that ran it faster on this machine (`selfcheck`)."""
-    import importlib.util
-
     if meta["engine"] in ("openvino", "litert"):
         return meta["engine"]
     if meta.get("precision", "float32") == "float32" and importlib.util.find_spec("openvino") is not None:
@@ -283,7 +281,7 @@ class Predictor:
         key = selfcheck.cache_key(kind, checksum + self.meta["reference"]["sha256"], engine, precision)
         return selfcheck.checked(key, lambda: selfcheck.compare(
             {h: outputs[h] for h in names},
-            selfcheck.run_reference(session, session.get_inputs()[0].name, inputs, names), self.threshold))
+            selfcheck.run_reference(session, inputs, names), self.threshold))
 
     def _choose(self, engine: str | None, precision: str | None, reference):
         """(session, engine, "int8" | "float32", why): the bundle's main graph where it is faithful on
@@ -299,7 +297,7 @@ class Predictor:
                 f"{graph} graph on {ENGINE_NAMES[name]} ({why})"
         float_file = (meta.get("float32_model") or {}).get("file") if graph == "int8" else meta["model_file"]
         float_sha = (meta.get("float32_model") or {}).get("sha256") if graph == "int8" else meta["sha256"]
-        note = ""
+        note, session = "", None
         if graph == "int8":
             session = self._open("onnxruntime", meta["model_file"])
             stats, cached = self._verdict(session, "int8", meta["sha256"], "onnxruntime", None, reference)
@@ -309,20 +307,20 @@ class Predictor:
                 return session, "onnxruntime", "int8", (
                     f"int8 graph on ONNX Runtime ({state} on this CPU{' (cached)' if cached else ''}: mean change "
                     f"{stats['mean_abs_difference']:.4f}, {100 * stats['mask_agreement']:.2f}% of mask pixels kept)")
-            note = f"its int8 graph {selfcheck.describe_stray(stats)}; "
-            del session
+            note, session = f"its int8 graph {selfcheck.describe_stray(stats)}; ", None
         if engine is None and meta["engine"] == "onnx" and importlib.util.find_spec("openvino") is not None:
             inputs, outputs = reference
             names = [h for h in self.heads if h in outputs]
             key = selfcheck.cache_key("fastest", float_sha, "onnxruntime", None) + " | " + selfcheck.engine_version(
                 "openvino") + f" | threads {self.threads or 'all'}"
             openers = {e: (lambda e=e: self._open(e, float_file, precision)) for e in ("onnxruntime", "openvino")}
-            name, seconds, _ = selfcheck.fastest(key, openers, lambda s: s.get_inputs()[0].name, inputs, names)
+            name, seconds, session = selfcheck.fastest(key, openers, inputs, names)
             if len(seconds) > 1:
                 other = next(e for e in seconds if e != name)
                 note += (f"{ENGINE_NAMES[name]} ran the reference {seconds[other] / max(seconds[name], 1e-9):.2f}x "
                          f"as fast as {ENGINE_NAMES[other]} here; ")
-        session = self._open(name, float_file, precision)
+        if session is None:  # not opened by the timing above (no timing, or its result was cached)
+            session = self._open(name, float_file, precision)
         stats, cached = self._verdict(session, "float32", float_sha, name, precision, reference)
         if not stats["faithful"] and name == "openvino" and precision != "f32":
             note += f"OpenVINO in its default precision {selfcheck.describe_stray(stats)}, so float32; "

@@ -142,8 +142,9 @@ def checked(key: str, run: Callable[[], dict]) -> tuple[dict, bool]:
     return result, False
 
 
-def run_reference(session, input_name: str, inputs: np.ndarray, heads: list[str], batch: int = 4) -> dict:
-    """{head: outputs} of a session for the reference inputs."""
+def run_reference(session, inputs: np.ndarray, heads: list[str], batch: int = 4) -> dict:
+    """{head: outputs} of a session (`run(names, {input: batch})`, `get_inputs()`) for the reference inputs."""
+    input_name = session.get_inputs()[0].name
     out: dict[str, list[np.ndarray]] = {h: [] for h in heads}
     for start in range(0, len(inputs), batch):
         chunk = np.ascontiguousarray(inputs[start:start + batch], np.float32)
@@ -152,20 +153,21 @@ def run_reference(session, input_name: str, inputs: np.ndarray, heads: list[str]
     return {h: np.concatenate(v) for h, v in out.items()}
 
 
-def fastest(key: str, sessions: Mapping[str, Callable[[], object]], input_name_of: Callable[[object], str],
-            inputs: np.ndarray, heads: list[str], rounds: int = 3) -> tuple[str, dict, bool]:
-    """(the engine that ran the reference fastest, seconds per batch by engine, from the cache).
+def fastest(key: str, sessions: Mapping[str, Callable[[], object]], inputs: np.ndarray, heads: list[str],
+            rounds: int = 3) -> tuple[str, dict, object | None]:
+    """(the engine that ran the reference fastest, seconds per batch by engine, its open session, or
+    None when the cache answered).
 
     `sessions`: {engine: a function opening it}. Each runs the reference once (warm-up), then
     `rounds` times alternating; the medians decide."""
     cache = _read_cache()
     if key in cache and cache[key].get("fastest") in sessions:
-        return cache[key]["fastest"], cache[key]["seconds_per_batch"], True
+        return cache[key]["fastest"], cache[key]["seconds_per_batch"], None
     opened = {}
     for name, opener in sessions.items():
         try:
             opened[name] = opener()
-            run_reference(opened[name], input_name_of(opened[name]), inputs, heads)
+            run_reference(opened[name], inputs, heads)
         except Exception as err:  # noqa: BLE001 - an engine that cannot run this graph is not a candidate
             log.info("engine %s cannot run the float32 graph here: %s", name, err)
             opened.pop(name, None)
@@ -173,16 +175,16 @@ def fastest(key: str, sessions: Mapping[str, Callable[[], object]], input_name_o
     for _ in range(rounds):
         for name, session in opened.items():
             start = time.perf_counter()
-            run_reference(session, input_name_of(session), inputs, heads)
+            run_reference(session, inputs, heads)
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     if not medians:
         raise RuntimeError("no engine could run the bundle's float32 graph")
     best = min(medians, key=medians.get)
-    _write_cache(key, {"fastest": best, "seconds_per_batch": {k: round(v, 5) for k, v in medians.items()},
-                       "batch": int(len(inputs)), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "machine": machine.describe()})
-    return best, {k: round(v, 5) for k, v in medians.items()}, False
+    seconds = {k: round(v, 5) for k, v in medians.items()}
+    _write_cache(key, {"fastest": best, "seconds_per_batch": seconds, "batch": int(len(inputs)),
+                       "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine.describe()})
+    return best, seconds, opened[best]
 
 
 def checks_enabled() -> bool:

@@ -42,8 +42,8 @@ def main(argv=None) -> int:
                                              f"cold-start-{datetime.date.today().isoformat()}.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    from msunet.exporting import export
-    from msunet.run_bundle import RUN_BUNDLE, run_bundle
+    from msunet.exporting.bundle import export
+    from msunet.exporting.run_bundle import RUN_BUNDLE, run_bundle
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="msunet-cold-"))
     run = work / "run"

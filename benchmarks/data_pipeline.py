@@ -19,10 +19,12 @@ import time
 import keras
 
 from msunet.config import RunConfig
-from msunet.data import compute_normalization, find_pairs, load_samples, split_pairs
-from msunet.feeding import PatchDataset
+from msunet.data.preprocessing import compute_normalization
+from msunet.data.pairs import find_pairs, split_pairs
+from msunet.data.samples import load_samples
+from msunet.data.feeding import PatchDataset
 from msunet.models import build_model
-from msunet.trainer import MultiScaleTrainer, make_optimizer
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -14,7 +14,8 @@ import pathlib
 import shutil
 import tempfile
 
-from msunet.prediction import load_run, predict
+from msunet.training.run_folder import load_run
+from msunet.inference.engines import predict
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hrf" / "images"
 

@@ -37,10 +37,11 @@ import run as accuracy  # noqa: E402  (benchmarks/accuracy/run.py: views, protoc
 
 def bench(dataset: str, run_dir: pathlib.Path, work: pathlib.Path) -> dict:
     from msunet.config import RunConfig
-    from msunet.exporting import export
-    from msunet.imageio import read_image, read_mask
+    from msunet.exporting.bundle import export
+    from msunet.data.imageio import read_image, read_mask
     from msunet.runtime import Predictor
     from msunet.runtime.files import predict_files
+    from msunet.runtime.options import PredictOptions
 
     accuracy.WORK = work
     (fold, labels), = accuracy.protocol(dataset)[:1]
@@ -80,9 +81,8 @@ def bench(dataset: str, run_dir: pathlib.Path, work: pathlib.Path) -> dict:
         for key, predictor in predictors.items():
             pred_dir = work / f"{dataset}-int8" / f"pred-{key.replace('/', '-')}"
             t0 = time.perf_counter()
-            predict_files(predictor.engine(), one, pred_dir, probabilities=binary,
-                                         overlay_images=False, overwrite=True, scales=["mask"],
-                                         threshold=predictor.threshold)
+            predict_files(predictor.engine(), one, pred_dir,
+                          PredictOptions(probabilities=binary, overlay_images=False, overwrite=True, scales=("mask",)))
             seconds[key].append(time.perf_counter() - t0)
     out["scores"] = {}
     for key in predictors:
@@ -114,8 +114,8 @@ VARIANTS = ("float32", "int8", "int7", "uint8")  # int8: full-range weights (msu
 def throughput(bundles: dict, run_dir: pathlib.Path, batch: int = 8, rounds: int = 7) -> dict:
     """Images/s of each bundle's graph on ONNX Runtime at batch 1 and `batch`, on the run's
     calibration patches (16, normalised), the graphs alternating round by round; medians."""
-    from msunet.exporting import calibration_inputs
-    from msunet.prediction import load_run
+    from msunet.exporting.bundle import calibration_inputs
+    from msunet.training.run_folder import load_run
     from msunet.runtime import Predictor
 
     patches = calibration_inputs(load_run(run_dir))[:16]

@@ -34,8 +34,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def make_tiny(data: pathlib.Path, train: int = 12, test: int = 24, size: int = 64) -> None:
-    from msunet.imageio import read_image, write_png
-    from msunet.synthetic import make_dataset
+    from msunet.data.imageio import read_image, write_png
+    from msunet.data.synthetic import make_dataset
 
     if data.exists():
         shutil.rmtree(data)

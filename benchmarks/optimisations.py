@@ -36,9 +36,9 @@ if mode == "threads":
 import numpy as np  # noqa: E402
 
 from msunet.config import RunConfig  # noqa: E402
-from msunet.data import multiscale_targets  # noqa: E402
+from msunet.data.targets import multiscale_targets
 from msunet.models import build_model, select_outputs  # noqa: E402
-from msunet.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
 
 run = RunConfig().override(["model.precision=float32"] if mode == "float32" else [])
 rng = np.random.default_rng(0)

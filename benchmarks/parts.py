@@ -27,9 +27,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from speed import stats, timed  # noqa: E402
 
 from msunet.config import RunConfig  # noqa: E402
-from msunet.data import multiscale_targets  # noqa: E402
+from msunet.data.targets import multiscale_targets
 from msunet.models import build_model, resolve_precision, select_outputs  # noqa: E402
-from msunet.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer  # noqa: E402
 
 COMBOS = {
     "conv + unet": [],

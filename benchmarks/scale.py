@@ -39,9 +39,9 @@ def bench_ray(args) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import ray
 
-    from msunet.distributed import predict_ray
-    from msunet.exporting import export
-    from msunet.prediction import predict
+    from msunet.distributed.ray_predict import predict_ray
+    from msunet.exporting.bundle import export
+    from msunet.inference.engines import predict
     from msunet.runtime import predict as predict_bundle
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="msunet-scale-"))
@@ -50,8 +50,8 @@ def bench_ray(args) -> dict:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_start = time.perf_counter() - t0
     contenders = {
-        "keras_one_process": lambda out: predict(args.run, args.images, out, overlay_images=False),
-        "keras_ray": lambda out: predict_ray(args.run, args.images, out, overlay_images=False),
+        "keras_one_process": lambda out: predict(args.run, args.images, out, engine="keras", overlay_images=False),
+        "keras_ray": lambda out: predict_ray(args.run, args.images, out, engine="keras", overlay_images=False),
         "onnx_one_process": lambda out: predict_bundle(bundle, args.images, out, engine="onnxruntime",
                                                        overlay_images=False),
         "onnx_ray": lambda out: predict_ray(bundle, args.images, out, engine="onnxruntime", threads=1,
@@ -80,8 +80,8 @@ def bench_ray(args) -> dict:
 
 STEP_SCRIPT = r"""
 import json, sys, time, keras
-from msunet.synthetic import make_dataset
-from msunet.training import train
+from msunet.data.synthetic import make_dataset
+from msunet.training.run import train
 
 class Clock(keras.callbacks.Callback):
     def __init__(self):
@@ -102,7 +102,7 @@ print("STEPS", json.dumps(steps))
 
 def bench_data_parallel(args) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    from msunet.synthetic import make_dataset
+    from msunet.data.synthetic import make_dataset
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="msunet-dp-"))
     data = make_dataset(work / "data", count=16, size=(192, 192), seed=0)

@@ -40,10 +40,10 @@ import keras
 import numpy as np
 
 from msunet.config import RunConfig
-from msunet.data import multiscale_targets
+from msunet.data.targets import multiscale_targets
 from msunet.models import build_model, resolve_precision, select_outputs
-from msunet.tiling import predict_tiled, window_starts
-from msunet.trainer import MultiScaleTrainer, make_optimizer
+from msunet.runtime.tiling import predict_tiled, window_starts
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tf2onnx") is not None
@@ -180,8 +180,9 @@ def data_wait(run, size: int, batch: int, smoke: bool) -> dict:
     import tempfile
 
     from data_pipeline import SHARED, measure_data_wait
-    from msunet.data import find_pairs, load_samples, split_pairs
-    from msunet.synthetic import make_dataset
+    from msunet.data.pairs import find_pairs, split_pairs
+    from msunet.data.samples import load_samples
+    from msunet.data.synthetic import make_dataset
 
     cfg = run.override([f"data.patch_size={size}", f"train.batch_size={batch}"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +283,7 @@ def main() -> None:
             ov_session = None
             skipped["msunet_openvino"] = "openvino is not installed (pip install 'msunet[openvino]')"
         # `msunet export --int8`: the same graph quantized (static QDQ; calibration values do not change its speed).
-        from msunet.exporting import quantize_int8
+        from msunet.exporting.quantize import quantize_int8
 
         int8_path = pathlib.Path(onnx_path).with_name("int8.onnx")
         int8_path.write_bytes(pathlib.Path(onnx_path).read_bytes())

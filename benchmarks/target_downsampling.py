@@ -1,7 +1,7 @@
 """Which rule should make the coarse heads' targets? Measured on thin structures.
 
 For DRIVE (vessels = 255) and ISBI 2012 (membranes = 0, the thin class), each mask is reduced to
-1/2, 1/4, 1/8 by each rule of `msunet.data.downsample_target`, and we report:
+1/2, 1/4, 1/8 by each rule of `msunet.data.targets.downsample_target`, and we report:
 - survival: share of thin-structure pixels whose coarse cell still carries the structure (> 0);
 - mass ratio: structure mass at the coarse scale / at full resolution (1.0 = nothing lost or added).
 Run: `.venv/bin/python benchmarks/target_downsampling.py` (writes benchmarks/results/target-downsampling.json).
@@ -15,8 +15,8 @@ import statistics
 
 import numpy as np
 
-from msunet.data import foreground_survival
-from msunet.imageio import read_mask
+from msunet.data.targets import foreground_survival
+from msunet.data.imageio import read_mask
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"drive": lambda m: m > 0, "isbi2012-membrane": lambda m: m == 0}

@@ -20,8 +20,8 @@ import numpy as np
 
 from msunet.config import ModelConfig, head_scale
 from msunet.models import build_model
-from msunet.prediction import make_predict_fn
-from msunet.tiling import predict_tiled, window_starts
+from msunet.inference.keras_engine import make_predict_fn
+from msunet.runtime.tiling import predict_tiled, window_starts
 
 
 def main() -> None:

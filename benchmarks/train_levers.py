@@ -65,7 +65,7 @@ def fused_adamw(cfg_optimizer):
 def contender(batch=8, size=256, precision="mixed_bfloat16", bn="fused", optimizer="keras", metrics=True,
               xla_loss=False):
     from msunet.config import RunConfig
-    from msunet.trainer import MultiScaleTrainer, make_optimizer
+    from msunet.training.trainer import MultiScaleTrainer, make_optimizer
     from train_profile import model_and_batch
 
     run = RunConfig().override([f"model.precision={precision}"])

@@ -64,7 +64,7 @@ def keras_batch_norm():
 
 def model_and_batch(run, batch, size, bn):
     """msunet's model for `run` (Keras' or the fused batch norm) and one fixed batch of its targets."""
-    from msunet.data import multiscale_targets
+    from msunet.data.targets import multiscale_targets
     from msunet.models import build_model
 
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def model_and_batch(run, batch, size, bn):
 
 def make_trainer(depth, filters, batch, size, precision, bn):
     from msunet.config import RunConfig
-    from msunet.trainer import MultiScaleTrainer, make_optimizer
+    from msunet.training.trainer import MultiScaleTrainer, make_optimizer
 
     run = RunConfig().override([f"model.depth={depth}", f"model.filters={filters}", f"model.precision={precision}"])
     model, x, y = model_and_batch(run, batch, size, bn)

@@ -11,8 +11,8 @@ jit_compile=False.
 import time, statistics, numpy as np, sys
 from msunet.config import RunConfig
 from msunet.models import build_model
-from msunet.trainer import MultiScaleTrainer, make_optimizer
-from msunet.data import multiscale_targets
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer
+from msunet.data.targets import multiscale_targets
 mode = sys.argv[1]
 run = RunConfig()
 rng = np.random.default_rng(0)

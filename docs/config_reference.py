@@ -55,15 +55,43 @@ def table(cls, section: str) -> str:
             "| field | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, type) or f.name.endswith("_options"):  # a part's options: their own tables
+            default = "the part's defaults"
         text = docs.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{section}.{f.name}` | `{json.dumps(default)}` | {text} |")
     return "\n".join(rows) + "\n"
 
 
+def part_tables() -> str:
+    """One table per part that has options: they live in the part's file and are set as
+    `model.encoder_options.NAME` / `model.decoder_options.NAME` (or by their own name)."""
+    from msunet.config import DECODERS, ENCODERS
+
+    rows = ["## Parts' options\n", "Each encoder and decoder declares its options in its own file "
+            "([how to add a part](architecture.md#adding-a-part)). Set them as `model.encoder_options.NAME=VALUE` / "
+            "`model.decoder_options.NAME=VALUE`, or by their own name (`--set model.attention=true`), which is also "
+            "how older configs wrote them.\n"]
+    for registry in (ENCODERS, DECODERS):
+        for name in registry.names():
+            part = registry[name]
+            fields = dataclasses.fields(part.options)
+            if not fields:
+                continue
+            docs = field_docs(part.options)
+            rows += [f"### {registry.kind} `{name}`: {part.options.__name__}\n", f"{part.describe()}\n",
+                     "| option | default | meaning |", "|---|---|---|"]
+            for f in fields:
+                text = docs.get(f.name, "").replace("|", "\\|")
+                rows.append(f"| `model.{registry.kind}_options.{f.name}` | `{json.dumps(f.default)}` | {text} |")
+            rows.append("")
+    return "\n".join(rows)
+
+
 def render() -> str:
     from msunet.config import DataConfig, ModelConfig, TrainConfig
 
-    return "\n".join([INTRO, table(ModelConfig, "model"), table(DataConfig, "data"), table(TrainConfig, "train")])
+    return "\n".join([INTRO, table(ModelConfig, "model"), part_tables(), table(DataConfig, "data"),
+                      table(TrainConfig, "train")])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def test_import_help_and_the_numpy_modules_start_no_keras_or_tensorflow():
         "assert 'evaluate' in out.getvalue() and '--data' in out.getvalue()\n"
         "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
-        "import msunet.plan, msunet.config, msunet.heads, msunet.tiling, msunet.data, msunet.checking, msunet.evaluation\n"
+        "import msunet.plan.planner, msunet.config, msunet.heads, msunet.runtime, msunet.runtime.tiling, msunet.data.pairs, msunet.data.samples\n"
+        "import msunet.training.check, msunet.evaluation.evaluate, msunet.inference.engines, msunet.models.encoders, msunet.models.decoders\n"
         "assert 'keras' not in sys.modules, 'a NumPy module imported keras'\n"
     )
     result = _python(code)
@@ -39,8 +40,8 @@ def test_import_help_and_the_numpy_modules_start_no_keras_or_tensorflow():
 def test_public_functions_are_functions_and_no_module_shares_their_names():
     code = (
         "import inspect, importlib, pkgutil, msunet\n"
-        "import msunet.training, msunet.prediction, msunet.evaluation, msunet.checking, msunet.exporting\n"
-        "from msunet.prediction import load_run\n"
+        "import msunet.training.run, msunet.inference.engines, msunet.evaluation.evaluate, msunet.training.check, msunet.exporting.bundle\n"
+        "from msunet.training.run_folder import load_run\n"
         "modules = {m.name for m in pkgutil.iter_modules(msunet.__path__)}\n"
         "assert not modules & set(msunet.__all__), modules & set(msunet.__all__)\n"
         "assert type(msunet) is type(inspect)  # a plain module: no class swapped in\n"

@@ -63,7 +63,7 @@ def _accuracy_module():
 def test_pooled_auc_matches_the_rank_statistic(tmp_path):
     import numpy as np
 
-    from msunet.imageio import write_image
+    from msunet.data.imageio import write_image
 
     acc = _accuracy_module()
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def test_pooled_auc_matches_the_rank_statistic(tmp_path):
 def test_object_f1_matches_instances_at_iou_half(tmp_path):
     import numpy as np
 
-    from msunet.imageio import write_image
+    from msunet.data.imageio import write_image
 
     acc = _accuracy_module()
     inst = np.zeros((30, 30), np.uint16)

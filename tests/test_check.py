@@ -2,9 +2,9 @@ import numpy as np
 from PIL import Image
 
 from helpers import shared_dataset
-from msunet.checking import check_dataset, format_report
+from msunet.training.check import check_dataset, format_report
 from msunet.config import RunConfig
-from msunet.synthetic import make_dataset
+from msunet.data.synthetic import make_dataset
 
 
 def test_good_folder(tmp_path):

@@ -73,7 +73,7 @@ def test_summary_json_config_roundtrip_through_cli(tmp_path, capsys):
 
 
 def test_check_command_exit_codes(tmp_path, capsys):
-    from msunet.synthetic import make_dataset
+    from msunet.data.synthetic import make_dataset
 
     make_dataset(tmp_path / "d", count=3, size=(32, 32))
     assert main(["check", str(tmp_path / "d")]) == 0
@@ -86,7 +86,7 @@ def test_check_command_exit_codes(tmp_path, capsys):
 
 
 def test_train_command_and_refusals(tmp_path, capsys):
-    from msunet.synthetic import make_dataset
+    from msunet.data.synthetic import make_dataset
 
     data = make_dataset(tmp_path / "d", count=6, size=(40, 40))
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--verbose", "0",

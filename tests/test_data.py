@@ -4,22 +4,11 @@ from PIL import Image
 
 from helpers import shared_dataset, tiny_config
 from msunet.config import DataConfig, ModelConfig
-from msunet.data import (
-    IGNORE,
-    DataError,
-    Sample,
-    compute_normalization,
-    decode_mask,
-    downsample_target,
-    find_pairs,
-    foreground_survival,
-    load_samples,
-    multiscale_targets,
-    one_hot_target,
-    sample_patch,
-    split_pairs,
-)
-from msunet.feeding import PatchDataset
+from msunet.data.pairs import IGNORE, decode_mask, find_pairs, split_pairs
+from msunet.data.preprocessing import DataError, compute_normalization
+from msunet.data.samples import Sample, load_samples, sample_patch
+from msunet.data.targets import downsample_target, foreground_survival, multiscale_targets, one_hot_target
+from msunet.data.feeding import PatchDataset
 from msunet.models import build_model, output_shapes
 
 
@@ -192,7 +181,7 @@ def test_patch_dataset_batches_are_reproducible_and_sized():
 
 def test_drive_thin_vessels_survive_average_downsampling():
     root = shared_dataset("drive")
-    from msunet.imageio import read_mask
+    from msunet.data.imageio import read_mask
 
     mask = read_mask(root / "masks" / "21_training.png")
     nearest = foreground_survival(mask, 8, "nearest")

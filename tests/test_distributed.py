@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from msunet.distributed.training import DistributionError
-from msunet.synthetic import make_dataset
-from msunet.training import train
+from msunet.data.synthetic import make_dataset
+from msunet.training.run import train
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                reason="JAX is optional: `make test-scale` installs msunet[jax] and runs these tests")
@@ -50,7 +50,7 @@ def test_multi_process_variables_without_data_parallel_are_refused(synth, tmp_pa
 
 SCRIPT = r"""
 import json, sys, keras, msunet
-from msunet.training import train
+from msunet.training.run import train
 
 class Losses(keras.callbacks.Callback):
     def __init__(self):
@@ -131,7 +131,7 @@ def test_two_processes_on_localhost_train_together_and_write_one_run(synth, tmp_
 
 RESUME_SCRIPT = r"""
 import json, sys, keras
-from msunet.training import train
+from msunet.training.run import train
 
 class StopAfterFirstEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):

@@ -9,7 +9,8 @@ from scipy.spatial.distance import directed_hausdorff
 
 from msunet.cli import main
 from msunet.config import DataConfig
-from msunet.evaluation import class_metrics, evaluate_folders, surface_distances
+from msunet.evaluation.scores import class_metrics, surface_distances
+from msunet.evaluation.evaluate import evaluate_folders
 
 
 def test_hand_built_values():
@@ -104,8 +105,8 @@ def test_folders_multiclass_with_ignore_and_scales(tmp_path):
 
 def test_evaluate_cli_on_a_trained_run(tmp_path, capsys):
     from msunet.config import RunConfig
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=6, size=(40, 40))
     (data / "split.csv").write_text("name,split\nsynth_000,test\nsynth_001,test\n")
@@ -150,7 +151,7 @@ def test_surface_distances_k_d_tree_and_distance_transform_agree(monkeypatch, si
     boundaries' bounding box) give the same HD95 and MSD."""
     from scipy import ndimage
 
-    from msunet import evaluation as ev
+    from msunet.evaluation import scores as ev
 
     rng = np.random.default_rng(int(sigma))
     pred = ndimage.gaussian_filter(rng.random((90, 120)), sigma) > 0.5

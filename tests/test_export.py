@@ -13,12 +13,13 @@ pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install 'm
 pytest.importorskip("onnxruntime", reason="the runtime needs onnxruntime (pip install 'msunet[runtime]')")
 
 from msunet.config import RunConfig  # noqa: E402
-from msunet.data import Normalization  # noqa: E402
-from msunet.exporting import export  # noqa: E402
+from msunet.data.preprocessing import Normalization
+from msunet.exporting.bundle import export
 from msunet.models import build_model  # noqa: E402
-from msunet.prediction import LoadedRun, make_predict_fn, run_engine  # noqa: E402
+from msunet.training.run_folder import LoadedRun
+from msunet.inference.keras_engine import make_predict_fn, run_engine
 from msunet.runtime import BundleError, Predictor, read_bundle  # noqa: E402
-from msunet.runtime.files import predict_image  # noqa: E402
+from msunet.runtime.files import predict_image
 from helpers import make_int8_graph_stray  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -114,9 +115,9 @@ def test_bad_bundles_and_inputs_are_refused_with_the_fix(binary, tmp_path, monke
 
 def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_path):
     from msunet.cli import main
-    from msunet.imageio import read_mask, write_png
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.imageio import read_mask, write_png
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=4, size=(40, 44))
     train(RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "epochs=1",
@@ -160,7 +161,7 @@ print("ok")
 
 def test_the_runtime_never_imports_tensorflow_keras_or_scipy(binary, tmp_path):
     _, bundle = binary
-    from msunet.imageio import write_png
+    from msunet.data.imageio import write_png
 
     write_png(tmp_path / "in" / "a.png", (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -221,8 +222,8 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     import onnx
 
     from msunet.cli import main
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=6, size=(48, 48))
     train(RunConfig().override(["model.depth=2", "model.filters=8", "data.patch_size=32", "epochs=4",
@@ -248,7 +249,7 @@ def test_int8_bundle_is_quantized_on_the_runs_patches_and_stays_close(tmp_path):
     producer = {out: node for node in graph.node for out in node.output}  # ... and no dequantize only for a Shape
     assert not [n.name for n in graph.node if n.op_type == "Shape" and n.input[0] in producer
                 and producer[n.input[0]].op_type == "DequantizeLinear"]
-    from msunet.imageio import read_image
+    from msunet.data.imageio import read_image
 
     image = read_image(sorted((data / "images").iterdir())[-1])  # an image like those calibrated on
     reference = Predictor(tmp_path / "f32", engine="onnxruntime").predict(image)["mask"]
@@ -298,7 +299,7 @@ def test_int8_refusals_name_the_fix(binary, tmp_path):
 def test_backbone_runs_export_bundles_that_match_keras_in_float32_and_int8(encoder, tmp_path):
     # (Before the LiteRT tests: after a LiteRT export in the same process, a backbone's int8 graph once
     # came out with wrong output shapes; the export now checks them and refuses such a graph.)
-    from msunet.synthetic import make_dataset
+    from msunet.data.synthetic import make_dataset
 
     run = _run(depth=3, extra=[f"model.encoder={encoder}", "model.encoder_weights=none"])
     heads = run.model.output_names
@@ -337,7 +338,7 @@ def test_litert_bundle_runs_every_head_as_keras_does(binary, tmp_path):
         for head in heads:
             np.testing.assert_allclose(probs[head], expected[head], atol=1e-4, rtol=0)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    from msunet.imageio import write_png
+    from msunet.data.imageio import write_png
 
     write_png(tmp_path / "in" / "a.png", (np.random.default_rng(0).random((50, 60, 3)) * 255).astype(np.uint8))
     result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(bundle), str(tmp_path / "in"), str(tmp_path / "o")],
@@ -371,10 +372,10 @@ def _onnx_outputs(path, x):
 
 
 def test_transposed_convs_become_pixel_shuffles_with_the_same_outputs(binary, tmp_path):
-    """The int8 export's rewrite (msunet.onnx_rewrite) on a real tf2onnx graph: same outputs, any size."""
+    """The int8 export's rewrite (msunet.exporting.onnx_rewrite) on a real tf2onnx graph: same outputs, any size."""
     import onnx
 
-    from msunet.onnx_rewrite import pixel_shuffle_upsampling
+    from msunet.exporting.onnx_rewrite import pixel_shuffle_upsampling
 
     _, bundle = binary  # depth 3: three 2x2 stride-2 up-convolutions
     model = onnx.load(str(bundle / "model.onnx"))
@@ -397,7 +398,7 @@ def test_pixel_shuffle_rewrite_takes_any_kernel_equal_to_stride_and_leaves_the_r
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from msunet.onnx_rewrite import pixel_shuffle_upsampling
+    from msunet.exporting.onnx_rewrite import pixel_shuffle_upsampling
 
     rng = np.random.default_rng(kernel + stride)
     weights = [numpy_helper.from_array(rng.normal(size=(4, 5, kernel, kernel)).astype(np.float32), "w")]
@@ -416,6 +417,10 @@ def test_pixel_shuffle_rewrite_takes_any_kernel_equal_to_stride_and_leaves_the_r
                                atol=1e-5, rtol=0)
 
 
+def _files(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
 def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monkeypatch):
     """`msunet predict --model RUN`: the int8 bundle (the fastest measured path), exported once and
     again when the model changed; Keras when asked, or when the bundle cannot be made (saying why)."""
@@ -423,10 +428,10 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     import shutil
 
     from msunet.cli import main
-    from msunet.imageio import read_image
+    from msunet.data.imageio import read_image
     from msunet.runtime.bundle import sha256_of
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=5, size=(48, 40))
     run = tmp_path / "run"
@@ -449,9 +454,14 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
                             timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
     assert "made earlier from this model" in result.stdout
+    # msunet.predict makes the same choice as the CLI: the same files, byte for byte (same machine).
+    import msunet
+
+    msunet.predict(run, data / "images", tmp_path / "o-api")
+    assert _files(tmp_path / "o-api") == _files(tmp_path / "o1")
     # The Keras model on request: the same files, masks nearly all the same.
     assert main([*args, "--out", str(tmp_path / "o3"), "--engine", "keras"]) == 0
-    assert "engine:" not in capsys.readouterr().out
+    assert "engine: Keras (asked for)" in capsys.readouterr().out
     names = sorted(p.name for p in (tmp_path / "o1").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "o3").iterdir())
     agree = [np.mean(read_image(tmp_path / "o1" / n) == read_image(tmp_path / "o3" / n)) for n in names
@@ -482,7 +492,8 @@ def test_predict_on_a_run_uses_its_int8_bundle_made_once(tmp_path, capsys, monke
     assert min(float32) > 0.99, float32  # the float32 graph: Keras' masks (but for pixels at the threshold)
     assert main(["evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "e-strays"), "--engine",
                  "int8", "--quiet", "--no-distances"]) == 0  # asked for by name, its int8 graph is scored all the same
-    assert "predicted with the run's int8 bundle" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "predicted with int8 graph" in out and "the run's int8 bundle" in out, out
     # Without the exporter: Keras, and the reason said.
     shutil.rmtree(run / "bundle-int8")
     real_find_spec = importlib.util.find_spec
@@ -506,7 +517,7 @@ def test_a_bundle_checks_itself_where_it_runs_and_falls_back_to_its_float32_grap
     per machine and runs again on another CPU."""
     from msunet import machine
     from msunet.runtime import selfcheck
-    from msunet.synthetic import make_dataset
+    from msunet.data.synthetic import make_dataset
 
     run = _run(depth=2)
     data = make_dataset(tmp_path / "d", count=3, size=(40, 44))
@@ -584,10 +595,10 @@ def test_float32_bundles_check_themselves_on_openvino_and_litert(binary, tmp_pat
 
 def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, capsys, monkeypatch):
     """Keras only when no bundle can be made: a failed quantization leaves a float32 bundle, named."""
-    from msunet import exporting
+    from msunet.exporting import bundle as exporting
     from msunet.cli import main
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=4, size=(40, 40))
     run = tmp_path / "run"
@@ -608,7 +619,7 @@ def test_a_run_whose_int8_export_fails_predicts_with_a_float32_bundle(tmp_path, 
 def test_an_onnx_conversion_with_wrong_output_shapes_is_done_again_then_refused(binary, tmp_path, monkeypatch):
     """tf2onnx now and then drops a Squeeze (PYTHONHASHSEED-dependent): export checks every output's
     shape at an odd size, converts again, and refuses with the reason when it stays wrong."""
-    from msunet import exporting as module
+    from msunet.exporting import bundle as module
     run, bundle = binary
     assert module.onnx_shape_errors(bundle / "model.onnx", run.model, 4) == []  # a right graph passes
     real, calls = module.onnx_shape_errors, []

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from msunet.imageio import ImageReadError, read_image, read_mask, write_png, write_tiff
+from msunet.data.imageio import ImageReadError, read_image, read_mask, write_png, write_tiff
 
 
 def test_formats_and_channels(tmp_path):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from msunet.config import TrainConfig
-from msunet.losses import (
+from msunet.heads import deep_supervision_weights
+from msunet.training.losses import (
     SegmentationLoss,
     cross_entropy_loss,
-    deep_supervision_weights,
     focal_loss,
     segmentation_loss,
     soft_dice_loss,

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from msunet.metrics import SegmentationScore, metric_name, scores_from_counts
+from msunet.training.metrics import SegmentationScore, metric_name, scores_from_counts
 
 
 def test_binary_dice_and_iou_match_an_independent_count():

@@ -113,9 +113,9 @@ def test_layer_names_are_hierarchical_and_unique():
 
 # --- Registry ---------------------------------------------------------------------------------------
 def test_registry_error_lists_valid_names():
-    with pytest.raises(ConfigError, match=r"encoder='resconf' is not a valid choice; valid: 'conv', 'resconv'.*Did you mean 'resconv'"):
+    with pytest.raises(ConfigError, match=r"encoder='resconf' is not registered; valid: 'conv', .*'resconv'.*Did you mean 'resconv'"):
         ModelConfig(encoder="resconf")
-    with pytest.raises(ConfigError, match=r"decoder='unet_pp' is not a valid choice.*'unetpp'.*Did you mean 'unetpp'"):
+    with pytest.raises(ConfigError, match=r"decoder='unet_pp' is not registered.*'unetpp'.*Did you mean 'unetpp'"):
         ModelConfig(decoder="unet_pp")
     assert ModelConfig(decoder="UNet++").decoder == "unetpp" and ModelConfig(decoder="unet3+").decoder == "unet3p"
 

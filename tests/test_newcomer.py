@@ -8,10 +8,11 @@ import pytest
 
 from msunet.cli import main
 from msunet.config import RunConfig
-from msunet.imageio import write_png, write_tiff
-from msunet.synthetic import make_dataset
+from msunet.data.imageio import write_png, write_tiff
+from msunet.data.synthetic import make_dataset
 from msunet.config import user_keys_of
-from msunet.training import RunError, train
+from msunet.training.run_folder import RunError
+from msunet.training.run import train
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",
         "train.workers=1", "train.epochs=1"]
@@ -54,9 +55,9 @@ def test_each_skipped_file_is_reported_once_with_its_path_once(tmp_path, caplog)
 
 @pytest.fixture(scope="module")
 def loaded_run():
-    from msunet.data import Normalization
+    from msunet.data.preprocessing import Normalization
     from msunet.models import build_model
-    from msunet.prediction import LoadedRun
+    from msunet.training.run_folder import LoadedRun
 
     cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.ds_weights=halving"])
     return LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None)
@@ -66,7 +67,7 @@ def test_a_deliberately_untrained_head_is_not_written(loaded_run, tmp_path):
     """Under nnU-Net's weights the coarsest head has weight 0: its mask (Dice ~0.02) was written anyway."""
     import dataclasses
 
-    from msunet.prediction import predict
+    from msunet.inference.engines import predict
 
     untrained = dataclasses.replace(loaded_run, config=loaded_run.config.override(["train.ds_weights=nnunet"]))
     write_png(tmp_path / "in" / "a.png", np.zeros((20, 18, 3), np.uint8))
@@ -77,7 +78,7 @@ def test_a_deliberately_untrained_head_is_not_written(loaded_run, tmp_path):
 
 
 def test_predict_rewrites_only_missing_outputs_and_adds_probabilities_on_a_rerun(loaded_run, tmp_path):
-    from msunet.prediction import predict
+    from msunet.inference.engines import predict
 
     inputs = tmp_path / "in"
     write_png(inputs / "a.png", np.random.default_rng(0).integers(0, 255, (20, 18, 3), dtype=np.uint8))
@@ -95,7 +96,7 @@ def test_predict_rewrites_only_missing_outputs_and_adds_probabilities_on_a_rerun
 
 
 def test_inputs_sharing_a_stem_do_not_overwrite_each_other(loaded_run, tmp_path):
-    from msunet.prediction import predict
+    from msunet.inference.engines import predict
 
     inputs = tmp_path / "in"
     write_png(inputs / "a.png", np.zeros((20, 18, 3), np.uint8))
@@ -107,7 +108,7 @@ def test_inputs_sharing_a_stem_do_not_overwrite_each_other(loaded_run, tmp_path)
 def test_a_bare_keras_file_gives_its_own_channels_classes_and_heads(tmp_path):
     from msunet.config import ModelConfig
     from msunet.models import build_model
-    from msunet.prediction import load_run
+    from msunet.training.run_folder import load_run
 
     cfg = ModelConfig(depth=3, filters=4, in_channels=1, num_classes=3, ds_heads=1, fused_head=True)
     build_model(cfg).save(tmp_path / "model.keras")  # no config.json beside it
@@ -131,8 +132,8 @@ def test_progress_redirected_to_a_file_has_no_carriage_returns(monkeypatch, caps
 
 def test_evaluate_without_split_csv_scores_the_held_out_images_and_says_so(tmp_path, caplog):
     """It used to score every image, training images included, and say so only in summary.json."""
-    from msunet.data import find_pairs, split_pairs
-    from msunet.evaluation import choose_split
+    from msunet.data.pairs import find_pairs, split_pairs
+    from msunet.evaluation.evaluate import choose_split
 
     data = make_dataset(tmp_path / "data", count=10, size=(24, 24), seed=2)
     cfg = RunConfig().data
@@ -149,7 +150,7 @@ def test_evaluate_without_split_csv_scores_the_held_out_images_and_says_so(tmp_p
 
 
 def test_evaluate_folders_lists_predictions_without_ground_truth(tmp_path):
-    from msunet.evaluation import evaluate_folders
+    from msunet.evaluation.evaluate import evaluate_folders
 
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 255
@@ -182,7 +183,7 @@ def test_invalid_tiling_options_are_one_usage_error(tmp_path, capsys, option, va
 def test_training_dice_counts_the_background_as_evaluate_does(include_background):
     """Training-time Dice ignored train.include_background while evaluate honoured it."""
     from msunet.models import build_model
-    from msunet.trainer import MultiScaleTrainer
+    from msunet.training.trainer import MultiScaleTrainer
 
     run = RunConfig().override(["model.depth=1", "model.filters=2", "model.num_classes=3",
                                 f"train.include_background={str(include_background).lower()}"])

@@ -1,15 +1,17 @@
-"""The planner: what the data says fills every key the user did not set (msunet.plan)."""
+"""The planner: what the data says fills every key the user did not set (msunet.plan.planner)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from msunet.checking import check_dataset, format_report
+from msunet.training.check import check_dataset, format_report
 from msunet.config import RunConfig
-from msunet.imageio import write_png
-from msunet.plan import plan_run, survey, user_keys_of
-from msunet.training import train
+from msunet.data.imageio import write_png
+from msunet.config import user_keys_of
+from msunet.plan.planner import plan_run
+from msunet.plan.survey import survey
+from msunet.training.run import train
 
 COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2", "train.steps_per_epoch=2",

@@ -6,8 +6,8 @@ import pytest
 
 from msunet.config import ConfigError, ModelConfig, RunConfig
 from msunet.models import build_model, resolve_precision
-from msunet.synthetic import make_dataset
-from msunet.training import train
+from msunet.data.synthetic import make_dataset
+from msunet.training.run import train
 
 
 def test_explicit_precision_wins_and_env_replaces_auto(monkeypatch):
@@ -51,8 +51,8 @@ def test_bf16_training_runs_saves_and_reloads(tmp_path):
 
 def test_auto_on_a_gpu_is_mixed_precision_by_compute_capability(monkeypatch):
     """A forced device list: bfloat16 from Ampere (8.0) on, float16 with loss scaling before."""
-    import msunet.models as models
-    from msunet import probe
+    from msunet.models import build as models
+    from msunet.training import probe
 
     monkeypatch.delenv("MSUNET_PRECISION", raising=False)
     monkeypatch.setattr(models, "accelerators", lambda: ["gpu:0"])
@@ -67,7 +67,7 @@ def test_auto_on_a_gpu_is_mixed_precision_by_compute_capability(monkeypatch):
 
 
 def test_float16_training_scales_the_loss(tmp_path):
-    from msunet.trainer import make_optimizer
+    from msunet.training.trainer import make_optimizer
 
     run = RunConfig().override(["model.precision=mixed_float16", "train.time_budget_min=1"])
     optimizer = make_optimizer(run, 100)

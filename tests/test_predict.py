@@ -1,9 +1,10 @@
 import numpy as np
 
 from helpers import tiny_config
-from msunet.data import Normalization
+from msunet.data.preprocessing import Normalization
 from msunet.models import build_model
-from msunet.prediction import overlay, predict_probabilities, probabilities_to_mask, write_prediction
+from msunet.runtime.writers import overlay, probabilities_to_mask
+from msunet.inference.keras_engine import predict_probabilities, write_prediction
 
 
 def test_probabilities_masks_and_files(tmp_path):
@@ -23,9 +24,11 @@ def test_probabilities_masks_and_files(tmp_path):
 import pytest  # noqa: E402
 
 from msunet.cli import main  # noqa: E402
-from msunet.imageio import write_png  # noqa: E402
+from msunet.data.imageio import write_png  # noqa: E402
 from msunet.config import RunConfig  # noqa: E402
-from msunet.prediction import LoadedRun, make_predict_fn, predict  # noqa: E402
+from msunet.training.run_folder import LoadedRun
+from msunet.inference.keras_engine import make_predict_fn
+from msunet.inference.engines import predict
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_predict_folder_with_a_corrupt_file_and_overwrite(loaded_run, tmp_path, 
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"a.png", "a_s2.png", "a_overlay.png", "a_prob.tif", "a_s2_prob.tif", "b.png", "b_s2.png"} <= names
     assert not any(n.startswith(".") for n in names)  # no temporary files left behind
-    from msunet.imageio import read_mask
+    from msunet.data.imageio import read_mask
 
     assert read_mask(tmp_path / "out" / "b.png").shape == (33, 17) and read_mask(tmp_path / "out" / "b_s2.png").shape == (17, 9)
     before = (tmp_path / "out" / "a.png").stat().st_mtime_ns
@@ -83,8 +86,8 @@ def test_inputs_may_be_a_glob_pattern(loaded_run, tmp_path):
 
 
 def test_predict_cli_exit_codes(tmp_path, capsys):
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
 
     data = make_dataset(tmp_path / "d", count=5, size=(40, 40))
     train(RunConfig().override(["model.depth=2", "model.filters=2", "data.patch_size=32", "epochs=1",
@@ -115,7 +118,7 @@ def test_streamed_output_for_huge_images(loaded_run, tmp_path, monkeypatch):
     monkeypatch.setattr(files_module, "STREAM_PIXELS", 10**9)
     normal = predict(loaded_run, tmp_path / "big.tif", tmp_path / "n", tile_size=32, probabilities=True)
     assert streamed.ok and normal.ok
-    from msunet.imageio import read_mask
+    from msunet.data.imageio import read_mask
 
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big.tif"), read_mask(tmp_path / "n" / "big.png"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "s" / "big_s2.tif"), read_mask(tmp_path / "n" / "big_s2.png"))
@@ -135,7 +138,7 @@ def test_an_image_smaller_than_the_tile_is_predicted_as_training_saw_it(tmp_path
     whole = run.model.predict_on_batch(run.normalization.apply(image[None] / 255.0).astype(np.float32))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "a_prob.tif")[..., 0], whole["mask"][0, ..., 0], atol=1e-5)
     # 40x24 in a 64 tile: cut to 48x32 (16 px steps), padded with normalised black (-2.5, -1.6, -1)
-    from msunet.prediction import fitted_tile
+    from msunet.runtime.files import fitted_tile
 
     assert fitted_tile((40, 24), 64, 2) == (48, 32) and fitted_tile((100, 24), 64, 32) == (64, 32)
     image = (np.random.default_rng(4).random((40, 24, 3)) * 255).astype(np.uint8)
@@ -154,7 +157,7 @@ def test_tta_uses_only_the_flips_the_model_was_trained_with(loaded_run):
     tta = make_predict_fn(loaded_run.model, ["mask"], batch_size=2, tta="horizontal")(batch)
     expected = (plain(batch)["mask"] + np.flip(plain(np.ascontiguousarray(batch[:, :, ::-1]))["mask"], axis=2)) / 2
     np.testing.assert_allclose(tta["mask"], expected, atol=1e-5)
-    from msunet.runtime.files import tta_mode
+    from msunet.runtime.options import tta_mode
 
     assert tta_mode(True, "horizontal") == "horizontal" and tta_mode(True, True) is True
     assert tta_mode(True, False) is True and tta_mode(False, "horizontal") is False

@@ -1,4 +1,4 @@
-"""The device side of the plan: precision by measurement, CPU step time, epoch length (msunet.probe)."""
+"""The device side of the plan: precision by measurement, CPU step time, epoch length (msunet.training.probe)."""
 
 import dataclasses
 import json
@@ -6,7 +6,8 @@ import json
 import pytest
 
 from msunet.config import RunConfig
-from msunet.plan import plan_run, survey
+from msunet.plan.planner import plan_run
+from msunet.plan.survey import survey
 from test_plan import make_folder
 
 
@@ -114,7 +115,7 @@ def test_environment_precision_is_the_users_choice(tmp_path, monkeypatch):
 
 
 def test_probe_measures_both_precisions_once_then_reads_the_cache(tmp_path, monkeypatch):
-    from msunet import probe
+    from msunet.training import probe
 
     monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
     run = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=2"])
@@ -130,7 +131,7 @@ def test_probe_measures_both_precisions_once_then_reads_the_cache(tmp_path, monk
 
 
 def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypatch, no_env_precision):
-    from msunet.training import train
+    from msunet.training.run import train
 
     monkeypatch.setenv("MSUNET_PROBE", "1")
     monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -147,7 +148,7 @@ def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypat
 def test_the_probe_says_once_what_it_measures_and_when_the_cache_answers(tmp_path, monkeypatch, caplog):
     import logging
 
-    from msunet.checking import plan_dataset
+    from msunet.training.check import plan_dataset
 
     monkeypatch.setenv("MSUNET_PROBE", "1")
     monkeypatch.setenv("MSUNET_CACHE_DIR", str(tmp_path / "cache"))

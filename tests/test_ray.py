@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from msunet.cli import main
-from msunet.distributed import RayPredictError, predict_ray
-from msunet.imageio import write_png
+from msunet.distributed.ray_predict import RayPredictError, predict_ray
+from msunet.data.imageio import write_png
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is optional: `make test-scale` installs msunet[ray] and runs these tests")
@@ -55,7 +55,7 @@ def ray_local():
 def run_dir(tmp_path_factory):
     """A run folder as `msunet train` writes it (untrained weights, moved off their initial values)."""
     from msunet.config import RunConfig
-    from msunet.data import Normalization
+    from msunet.data.preprocessing import Normalization
     from msunet.models import build_model
 
     cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32", "model.precision=float32"])
@@ -71,7 +71,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(run_dir, tmp_path_factory):
-    from msunet.exporting import export
+    from msunet.exporting.bundle import export
 
     return export(run_dir, tmp_path_factory.mktemp("b") / "bundle")
 
@@ -156,8 +156,8 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, bundle,
 
 
 @needs_ray
-def test_actors_load_a_keras_run_too(ray_local, run_dir, images, tmp_path):
-    from msunet.prediction import predict
+def test_ray_runs_the_engine_msunet_predict_chooses_for_a_run(ray_local, run_dir, images, tmp_path):
+    from msunet.inference.engines import predict
 
     few = tmp_path / "few"
     few.mkdir()

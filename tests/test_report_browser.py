@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msunet.evaluation import evaluate_folders
+from msunet.evaluation.evaluate import evaluate_folders
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

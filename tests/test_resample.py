@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from msunet.config import ConfigError, DataConfig, RunConfig
-from msunet.data import IGNORE, downscale_image, downscale_labels, resize_probabilities
-from msunet.imageio import read_mask, write_png
-from msunet.plan import object_depth, plan_run, survey
+from msunet.data.pairs import IGNORE
+from msunet.data.preprocessing import downscale_image, resize_probabilities
+from msunet.data.samples import downscale_labels
+from msunet.data.imageio import read_mask, write_png
+from msunet.plan.survey import object_depth, survey
+from msunet.plan.planner import plan_run
 
 
 def test_downscale_is_the_block_mean_on_the_ceil_grid():
@@ -72,9 +75,9 @@ def test_large_objects_are_planned_at_a_lower_resolution_thin_ones_are_not(tmp_p
 
 
 def test_train_and_predict_at_half_resolution_give_masks_at_the_original_size(tmp_path):
-    from msunet.evaluation import evaluate_run
-    from msunet.prediction import predict
-    from msunet.training import train
+    from msunet.evaluation.evaluate import evaluate_run
+    from msunet.inference.engines import predict
+    from msunet.training.run import train
 
     data = _folder(tmp_path / "data", 6, (70, 90), 40)
     (data / "split.csv").write_text("name,split\n" + "".join(

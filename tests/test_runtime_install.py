@@ -30,10 +30,10 @@ print("ok", probs["mask"].shape, probs["mask_s2"].shape)
 
 def test_runtime_extra_installs_and_predicts_without_tensorflow(tmp_path):
     from msunet.config import RunConfig
-    from msunet.data import Normalization
-    from msunet.exporting import export
+    from msunet.data.preprocessing import Normalization
+    from msunet.exporting.bundle import export
     from msunet.models import build_model
-    from msunet.prediction import LoadedRun
+    from msunet.training.run_folder import LoadedRun
 
     cfg = RunConfig().override(["model.depth=2", "model.filters=4", "data.patch_size=32"])
     bundle = export(LoadedRun(build_model(cfg.model), cfg, Normalization("image"), None), tmp_path / "bundle")

@@ -6,8 +6,8 @@ import pytest
 import tifffile
 
 from helpers import ROOT
-from msunet.imageio import RowBandReader, open_image_lazy
-from msunet.tiling import gaussian_importance, predict_tiled, window_starts
+from msunet.data.imageio import RowBandReader, open_image_lazy
+from msunet.runtime.tiling import gaussian_importance, predict_tiled, window_starts
 
 SIZES = [(20, 30), (64, 64), (65, 63), (129, 200), (255, 257)]  # smaller, equal, larger, odd
 
@@ -89,14 +89,14 @@ def test_out_of_core_matches_in_memory_on_a_medium_image(tmp_path):
 
 
 def test_tiling_module_is_numpy_only():
-    tree = ast.parse((ROOT / "src" / "msunet" / "tiling.py").read_text())
+    tree = ast.parse((ROOT / "src" / "msunet" / "runtime" / "tiling.py").read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not names & {"keras", "tensorflow", "jax", "torch", "msunet"}
 
 
 def test_tiled_compressed_tiff_is_read_lazily_and_exactly(tmp_path):
-    from msunet.imageio import TiledTiffReader
+    from msunet.data.imageio import TiledTiffReader
 
     image = np.random.default_rng(3).integers(0, 255, (300, 210, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "slide.tif", image, tile=(64, 64), compression="zlib")

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from msunet.config import RunConfig
-from msunet.data import multiscale_targets
-from msunet.losses import segmentation_loss
+from msunet.data.targets import multiscale_targets
+from msunet.training.losses import segmentation_loss
 from msunet.models import build_model
-from msunet.synthetic import make_dataset
-from msunet.training import RunError, train
-from msunet.trainer import MultiScaleTrainer
+from msunet.data.synthetic import make_dataset
+from msunet.training.run_folder import RunError
+from msunet.training.run import train
+from msunet.training.trainer import MultiScaleTrainer
 
 TINY = ["model.depth=2", "model.filters=4", "data.patch_size=32", "train.batch_size=4", "train.steps_per_epoch=4",
         "train.workers=1"]
@@ -95,7 +96,7 @@ def test_existing_run_is_never_clobbered(synth, tmp_path):
 KILLER = r"""
 import os, signal, sys, keras
 from msunet.config import RunConfig
-from msunet.training import train
+from msunet.training.run import train
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -154,7 +155,7 @@ def test_time_budget_stops_training_and_anneals_on_time(synth, tmp_path):
 
 
 def test_schedule_factor_matches_keras_cosine_decay():
-    from msunet.trainer import schedule_factor
+    from msunet.training.trainer import schedule_factor
 
     decay = keras.optimizers.schedules.CosineDecay(1.0, decay_steps=100, alpha=0.01)
     for step in (0, 10, 50, 99, 100):

@@ -6,7 +6,7 @@ trained for the same CPU time on the same split, fed by the same patch sampler, 
 
 What is shared with msunet (so that the comparison is about the model and its training, not the
 data): the protocol split (run.py's view folder), the patches and their augmentation
-(`msunet.feeding.PatchDataset`, two threads ahead of the model), the dataset normalisation, the
+(`msunet.data.feeding.PatchDataset`, two threads ahead of the model), the dataset normalisation, the
 validation tiles and best-on-validation checkpoint choice, the time-driven cosine schedule, AdamW
 (lr 1e-3, weight decay 1e-4), and the scoring (`run.score`). The peer trains one full-resolution
 head with soft Dice + BCE (CE for multi-class), the usual PyTorch recipe, in float32, and predicts
@@ -94,9 +94,11 @@ def build_net(arch: str, cfg):
 
 
 def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
-    from msunet.data import compute_normalization, find_pairs, fixed_patches, load_samples, split_pairs
-    from msunet.feeding import FixedPatchDataset, PatchDataset
-    from msunet.trainer import schedule_factor
+    from msunet.data.preprocessing import compute_normalization
+    from msunet.data.pairs import find_pairs, split_pairs
+    from msunet.data.samples import fixed_patches, load_samples
+    from msunet.data.feeding import FixedPatchDataset, PatchDataset
+    from msunet.training.trainer import schedule_factor
 
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -165,8 +167,8 @@ def train_peer(config, view: pathlib.Path, budget_s: float, arch: str) -> tuple:
 def predict_peer(net, norm, view: pathlib.Path, names: list[str], out: pathlib.Path, config) -> float:
     from monai.inferers import sliding_window_inference
 
-    from msunet.imageio import read_image, write_image
-    from msunet.prediction import preprocess
+    from msunet.data.imageio import read_image, write_image
+    from msunet.inference.keras_engine import preprocess
 
     out.mkdir(parents=True, exist_ok=True)
     tile = min(2 * config.data.patch_size, 512)

@@ -22,7 +22,7 @@ under benchmarks/accuracy/work/ (nothing is copied):
 The config is benchmarks/accuracy/configs/DATASET.json; `--set` overrides it (a variant, e.g.
 `--variant nods --set model.deep_supervision=false`). `--newcomer` trains what a new user gets:
 no config, only the budget (and any `--set`), everything else planned from the data and the
-device (`msunet.plan`, `msunet.probe`); results DATASET-newcomer.json, scored by the same protocol.
+device (`msunet.plan.planner`, `msunet.training.probe`); results DATASET-newcomer.json, scored by the same protocol.
 Evaluation runs with and without flip TTA.
 Writes benchmarks/results/accuracy/DATASET[-VARIANT].json and keeps the run folder and the HTML
 report under benchmarks/accuracy/work/.
@@ -108,7 +108,7 @@ def protocol(dataset: str) -> list[tuple[str, dict[str, str]]]:
 # --------------------------------------------------------------------------------------------------
 def pooled_auc(prob_paths, truth_paths, roi_paths=None, bins: int = 10_000) -> float:
     """ROC AUC over all pixels of all images (inside the ROI), from 10,000-bin score histograms."""
-    from msunet.imageio import read_image, read_mask
+    from msunet.data.imageio import read_image, read_mask
 
     pos = np.zeros(bins, np.int64)
     neg = np.zeros(bins, np.int64)
@@ -128,7 +128,7 @@ def object_f1(pred_paths, instance_paths, iou: float = 0.5) -> dict:
     """Object-level precision/recall/F1: predicted connected components matched to true instances at IoU > iou."""
     from scipy import ndimage
 
-    from msunet.imageio import read_mask
+    from msunet.data.imageio import read_mask
 
     tp = fp = fn = 0
     for pp, ip in zip(pred_paths, instance_paths):
@@ -153,7 +153,7 @@ def object_f1(pred_paths, instance_paths, iou: float = 0.5) -> dict:
 def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pathlib.Path, names: list[str],
           num_classes: int, data_cfg, include_background: bool = False) -> dict:
     """The dataset's reported metrics for the masks in pred_dir (NAME.png, NAME_prob.tif if present)."""
-    from msunet.evaluation import evaluate_folders
+    from msunet.evaluation.evaluate import evaluate_folders
 
     roi = view / "fov" if (view / "fov").is_dir() else None
     result = evaluate_folders(pred_dir, view / "masks", eval_dir, num_classes, data_cfg, roi, names=names,
@@ -195,8 +195,9 @@ def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pa
 def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool,
              newcomer: list[str] | None = None) -> dict:
     import msunet
-    from msunet.checking import check_dataset
-    from msunet.prediction import load_run, predict
+    from msunet.training.check import check_dataset
+    from msunet.training.run_folder import load_run
+    from msunet.inference.engines import predict
 
     view = make_view(dataset, labels, name)
     run_dir = WORK / name / "run"

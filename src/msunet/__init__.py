@@ -4,7 +4,8 @@ Public API, as functions (each also a command of the `msunet` CLI, with the same
 
     train(config, data_dir, out_dir, ...)     -> TrainResult      msunet train --data --out
     check(data_dir, config=None, ...)          -> CheckReport      msunet check DATA
-    predict(model, inputs, out_dir, ...)       -> PredictSummary   msunet predict --model --input --out
+    predict(model, inputs, out_dir, options=None, engine="auto", ...)
+                                               -> PredictSummary   msunet predict --model --input --out
     evaluate(model, data_dir, out_dir, ...)    -> EvaluationResult msunet evaluate --model --data --out
     evaluate(pred_dir=, gt_dir=, out_dir=)     (scores mask folders: msunet evaluate --pred --gt)
     export(run, out, format="onnx")            -> bundle folder    msunet export RUN --out BUNDLE
@@ -13,7 +14,10 @@ Public API, as functions (each also a command of the `msunet` CLI, with the same
 Without TensorFlow: `msunet.runtime.Predictor(BUNDLE).predict(image)` (ONNX Runtime, NumPy tiling).
 
 `config` is a `RunConfig`, a dict, a JSON file or None, and `overrides=["train.epochs=5", ...]`
-are `--set`; whatever is left unset is planned from the data (`msunet.plan`).
+are `--set`; whatever is left unset is planned from the data (`msunet.plan.planner`).
+
+Prediction: `PredictOptions` (every option of a prediction call, validated once) and `open_engine`
+(the one engine choice `predict`, the CLI, `evaluate` and Ray share).
 
 Models: build_model, load_model, logits_model, select_outputs, output_names, seed_example; and
 the configuration classes ModelConfig, RunConfig, DataConfig, TrainConfig, ConfigError.
@@ -24,8 +28,8 @@ imported, so saved models reload with plain `keras.saving.load_model(path)` and 
 `custom_objects` (as with keras-hub).
 
 `msunet.train`, `msunet.check`, `msunet.predict`, `msunet.evaluate` and `msunet.export` are these
-functions; their modules have other names (`msunet.training`, `msunet.checking`,
-`msunet.prediction`, `msunet.evaluation`, `msunet.exporting`), so nothing shadows anything.
+functions; their modules have other names (`msunet.training.run`, `msunet.training.check`,
+`msunet.inference.engines`, `msunet.evaluation.evaluate`, `msunet.exporting.bundle`), so nothing shadows anything.
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute): loaded on first use, so that `import msunet` imports no keras.
 _LAZY = {
-    "train": ("msunet.training", "train"),
-    "check": ("msunet.checking", "check_dataset"),
-    "predict": ("msunet.prediction", "predict"),
-    "evaluate": ("msunet.evaluation", "evaluate"),
-    "export": ("msunet.exporting", "export"),
+    "train": ("msunet.training.run", "train"),
+    "check": ("msunet.training.check", "check_dataset"),
+    "predict": ("msunet.inference.engines", "predict"),
+    "open_engine": ("msunet.inference.engines", "open_engine"),
+    "PredictOptions": ("msunet.runtime.options", "PredictOptions"),
+    "evaluate": ("msunet.evaluation.evaluate", "evaluate"),
+    "export": ("msunet.exporting.bundle", "export"),
     "run_demo": ("msunet.demo", "run_demo"),
-    "check_dataset": ("msunet.checking", "check_dataset"),
+    "check_dataset": ("msunet.training.check", "check_dataset"),
     "ConfigError": ("msunet.config", "ConfigError"),
     "DataConfig": ("msunet.config", "DataConfig"),
     "ModelConfig": ("msunet.config", "ModelConfig"),

@@ -1,6 +1,6 @@
 """Importing keras late and quietly. No keras import at module level.
 
-`import msunet` does not import keras (so `msunet --help`, `msunet.plan` and the config stay
+`import msunet` does not import keras (so `msunet --help`, `msunet.plan.planner` and the config stay
 cheap). It installs `KerasImportHook` instead: whenever keras is first imported afterwards, by
 msunet or by the user, the import runs with TensorFlow's start-up chatter held back and msunet's
 layers are registered right after it, so `keras.saving.load_model` finds them with no

@@ -39,7 +39,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from msunet.training import train
+    from msunet.training.run import train
 
     if args.resume:
         if args.data or args.config or args.set:
@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
     print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
     if not (args.no_bundle or args.distributed):  # what `msunet predict --model RUN` uses, made now, not on first use
-        from msunet.run_bundle import run_bundle
+        from msunet.exporting.run_bundle import run_bundle
 
         bundle, how = run_bundle(result.run_dir, log=lambda message: None)
         print(f"int8 bundle for msunet predict: {bundle} ({how})" if bundle else
@@ -79,7 +79,7 @@ def _fit_verbosity(verbose):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from msunet.checking import check_dataset, format_report
+    from msunet.training.check import check_dataset, format_report
 
     report = check_dataset(args.data, args.config, overrides=args.set or [])
     print(format_report(report))
@@ -129,57 +129,29 @@ class _Progress:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from msunet.runtime import is_bundle
     from msunet.runtime.files import list_inputs
+    from msunet.runtime.options import PredictOptions
 
-    bundle = is_bundle(args.model)
-    source = f"the bundle {args.model}"
     ray = args.engine == "ray"
-    engine = None if args.engine == "auto" else args.engine
     if (args.address or args.actors or args.actor_gpus) and not ray:
         raise ValueError("--address, --actors and --actor-gpus go with --engine ray (prediction on a Ray cluster).")
-    if bundle and engine == "keras":
-        raise ValueError(f"{args.model} is an exported bundle; --engine keras predicts with a run folder (or use "
-                         "--engine onnxruntime, openvino or litert).")
-    if not bundle and engine not in (None, "keras", "ray"):
-        raise ValueError(f"--engine {engine} runs an exported bundle; --model is a run (Keras). Export it first "
-                         f"(msunet export {args.model} --out BUNDLE), or leave --engine out: a run folder predicts "
-                         "with its int8 bundle, made once.")
-    if not bundle and engine is None:  # a run: its fastest measured path, the int8 bundle (msunet.run_bundle)
-        from msunet.run_bundle import run_bundle
-
-        found, how = run_bundle(args.model)
-        if found is not None:
-            source = f"the run's bundle {found} ({how}; `--engine keras` for the Keras model)"
-            args.model, bundle = str(found), True
-        elif how != "not a run folder":
-            print(f"engine: Keras ({how})")
-    if ray:  # an actor pool on Ray Data; each actor loads the run or the bundle once
-        from msunet.distributed import predict_ray as predict
-    elif bundle:  # an exported bundle: ONNX Runtime or OpenVINO, TensorFlow never imported
-        from msunet.runtime import predict
-    else:
-        from msunet.prediction import predict
-
-    scales = [s.strip() for s in args.scales.split(",")] if args.scales else None
+    scales = tuple(s.strip() for s in args.scales.split(",")) if args.scales else None
+    options = PredictOptions(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, tta=args.tta,
+                             threshold=args.threshold, scales=scales, probabilities=args.probabilities,
+                             overlay_images=not args.no_overlay, overwrite=args.overwrite)
     files = list_inputs(args.input)
-    options = dict(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, tta=args.tta, scales=scales,
-                   probabilities=args.probabilities, overlay_images=not args.no_overlay, overwrite=args.overwrite,
-                   progress=None if args.quiet else _Progress(len(files)))
-    if args.threshold is not None:
-        options["threshold"] = args.threshold
-    if ray:
-        options.pop("progress")
-        options["progress_bars"] = not args.quiet
-        options.update(address=args.address, concurrency=args.actors, num_gpus=args.actor_gpus or 0,
-                       num_cpus=0 if args.actor_gpus else 1)
-    model = args.model
-    if bundle and not ray:  # opened here, so that the first line says which graph runs on which engine, and why
-        from msunet.runtime import Predictor
+    if ray:  # an actor pool on Ray Data; the engine is chosen once here and opened in each actor
+        from msunet.distributed.ray_predict import predict_ray
 
-        model = Predictor(args.model, engine=engine)
-        print(f"engine: {model.choice}; {source}")
-    summary = predict(model, args.input, args.out, **options)
+        summary = predict_ray(args.model, args.input, args.out, options, address=args.address,
+                              concurrency=args.actors, num_gpus=args.actor_gpus or 0,
+                              num_cpus=0 if args.actor_gpus else 1, progress_bars=not args.quiet)
+    else:  # the same choice as msunet.predict: a run's int8 bundle where it holds, else Keras
+        from msunet.inference.engines import open_engine, predict
+
+        engine = open_engine(args.model, args.engine, log=print)
+        print(f"engine: {engine.description}")
+        summary = predict(engine, args.input, args.out, options, progress=None if args.quiet else _Progress(len(files)))
     images = len(files) - len(summary.existing) - len(summary.failed) - len(summary.ignored)
     rate = summary.megapixels / summary.seconds if summary.seconds else 0.0
     print(f"written: {images} image(s), {len(summary.written)} file(s) in {args.out} "
@@ -198,7 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from msunet.exporting import export
+    from msunet.exporting.bundle import export
 
     if args.calibration and not args.int8:
         raise ValueError("--calibration DATA is for --int8 (the folder the int8 ranges are calibrated on).")
@@ -209,7 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from msunet.evaluation import evaluate_folders, evaluate_run
+    from msunet.evaluation.evaluate import evaluate_folders, evaluate_run
 
     if args.model:
         if not args.data or args.pred or args.gt:
@@ -301,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--engine", choices=("auto", "keras", "onnxruntime", "openvino", "litert", "ray"), default="auto",
+    p.add_argument("--engine", choices=("auto", "keras", "int8", "onnxruntime", "openvino", "litert", "ray"), default="auto",
                    help="auto (default): a run folder predicts with its int8 bundle on ONNX Runtime (RUN/bundle-int8, "
                         "exported once; the fastest measured path), or with Keras when that cannot be made; a bundle "
                         "on OpenVINO for float32 ONNX bundles when installed, ONNX Runtime otherwise and for int8, "
@@ -345,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --pred, multi-class: also score class 0 (a real class, e.g. CamVid's sky)")
     p.add_argument("--roi", help="region-of-interest masks (default with --model: DATA/fov if present)")
     p.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
-    p.add_argument("--engine", choices=("keras", "int8"), default="keras",
-                   help="with --model: keras (default, the model as trained) or int8 (the run's int8 bundle, what "
-                        "msunet predict --model RUN uses; made once)")
+    p.add_argument("--engine", choices=("keras", "auto", "int8", "onnxruntime", "openvino", "litert"), default="keras",
+                   help="with --model: keras (default, the model as trained); auto (what msunet predict --model RUN "
+                        "runs); int8 (the run's int8 bundle, its int8 graph unchecked; made once); or a bundle runtime")
     p.add_argument("--no-distances", action="store_true", help="skip HD95 and surface distance (faster)")
     p.add_argument("--out", required=True, help="output folder for metrics.csv, summary.json, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress display")

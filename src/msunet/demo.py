@@ -11,12 +11,13 @@ import time
 import numpy as np
 
 from msunet.config import RunConfig
+from msunet.data.imageio import read_image
+from msunet.data.synthetic import make_dataset
+from msunet.evaluation.evaluate import evaluate_folders
 from msunet.heads import parse_head
-from msunet.evaluation import evaluate_folders
-from msunet.imageio import read_image
-from msunet.prediction import load_run, predict_probabilities, write_prediction
-from msunet.synthetic import make_dataset
-from msunet.training import train
+from msunet.inference.keras_engine import predict_probabilities, write_prediction
+from msunet.training.run import train
+from msunet.training.run_folder import load_run
 
 # Chosen so that 2 CPU cores reach a Dice above 0.85 in about two and a half minutes of training.
 DEMO_OVERRIDES = [

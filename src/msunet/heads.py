@@ -24,7 +24,7 @@ parse_head("mask_s4").suffix      # '_s4'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 PREFIX = "mask"
 FUSED = "mask_fused"
@@ -134,3 +134,37 @@ def head_from_suffix(suffix: str) -> Head | None:
 def metric_name(kind: str, head: str) -> str:
     """"dice" for "mask", "dice_s2" for "mask_s2", "dice_fused" for "mask_fused"."""
     return parse_head(head).metric(kind)
+
+
+def deep_supervision_weights(head_names: Sequence[str], scheme) -> dict[str, float]:
+    """Normalised loss weight of each head.
+
+    Scale heads ("mask", "mask_s2", ... finest first) get, by `scheme`:
+    - "nnunet": 1/2^i, the coarsest set to 0 (nnU-Net), normalised to sum 1;
+    - "halving": 1/2^i for every head, normalised;
+    - "equal": the same weight each;
+    - a list: one weight per scale head, finest first, normalised.
+    "mask_fused" gets the weight of "mask".
+    """
+    scales = [n for n in head_names if parse_head(n).kind == "scale"]
+    count = len(scales)
+    if isinstance(scheme, str):
+        if scheme == "equal":
+            raw = [1.0] * count
+        else:
+            raw = [1.0 / 2**i for i in range(count)]
+            if scheme == "nnunet" and count > 1:
+                raw[-1] = 0.0
+    else:
+        if len(scheme) != count:
+            raise ValueError(
+                f"train.ds_weights lists {len(scheme)} weights but the model has {count} scale heads "
+                f"({', '.join(scales)}); give one weight per head, finest first."
+            )
+        raw = [float(w) for w in scheme]
+    weights = dict(zip(scales, raw))
+    for name in head_names:
+        if parse_head(name).kind == "fused":
+            weights[name] = weights[head_name(1)]
+    total = sum(weights.values())
+    return {name: w / total for name, w in weights.items()}

@@ -14,14 +14,16 @@ import keras
 import numpy as np
 
 from helpers import expected_shapes
-from msunet.config import BACKBONES, ModelConfig, RunConfig, TrainConfig
-from msunet.data import batch_targets
+import dataclasses
+
+from msunet.config import ModelConfig, RunConfig, TrainConfig
+from msunet.data.targets import batch_targets
 from msunet.heads import parse_head
-from msunet.losses import segmentation_loss
+from msunet.training.losses import segmentation_loss
 from msunet.models import DECODERS, ENCODERS, build_model, logits_model, output_names
-from msunet.prediction import make_predict_fn
-from msunet.tiling import predict_tiled
-from msunet.trainer import MultiScaleTrainer
+from msunet.inference.keras_engine import make_predict_fn
+from msunet.runtime.tiling import predict_tiled
+from msunet.training.trainer import MultiScaleTrainer
 
 SIZES = [(1, 1), (37, 101), (255, 257)]
 
@@ -31,24 +33,40 @@ SIZES = [(1, 1), (37, 101), (255, 257)]
 BACKBONES_IN_MAKE_TEST = ("convnext_tiny", "efficientnetv2b0", "mobilenetv3large", "resnet50v2")
 
 
+def backbones() -> list[str]:
+    """The registered encoders that load pretrained weights (keras.applications backbones)."""
+    return [name for name in ENCODERS.names() if ENCODERS[name].pretrained]
+
+
+def _flags(part) -> list[str]:
+    """A part's boolean options: each gets a combination of its own with the option on."""
+    return [f.name for f in dataclasses.fields(part.options) if f.type in ("bool", bool)]
+
+
 def architectures(slow: bool = False) -> list[dict]:
-    """Every built-in encoder x decoder (the "unet" decoder also with attention gates), and every
-    backbone encoder with the "unet" decoder (the decoders only see the pyramid; the built-in
-    encoders test them all). `slow`: the backbones not in BACKBONES_IN_MAKE_TEST instead."""
+    """Every built-in encoder x decoder, each boolean option of a part on once (the "unet" decoder's
+    attention gates with every built-in encoder; an encoder's flags with the "unet" decoder), and
+    every backbone encoder with the "unet" decoder (the decoders only see the pyramid; the built-in
+    encoders test them all). A part registered in its package is covered with no test code.
+    `slow`: the backbones not in BACKBONES_IN_MAKE_TEST instead."""
     if slow:
-        return [dict(encoder=b, decoder="unet") for b in BACKBONES if b not in BACKBONES_IN_MAKE_TEST]
+        return [dict(encoder=b, decoder="unet") for b in backbones() if b not in BACKBONES_IN_MAKE_TEST]
     combos = []
-    built_in = sorted(e for e in ENCODERS if e not in BACKBONES)
-    for encoder, decoder in itertools.product(built_in, sorted(DECODERS)):
+    built_in = [e for e in ENCODERS.names() if not ENCODERS[e].pretrained]
+    for encoder, decoder in itertools.product(built_in, DECODERS.names()):
         combos.append(dict(encoder=encoder, decoder=decoder))
+        combos += [dict(encoder=encoder, decoder=decoder, decoder_options={flag: True})
+                   for flag in _flags(DECODERS[decoder])]
         if decoder == "unet":
-            combos.append(dict(encoder=encoder, decoder=decoder, attention=True))
+            combos += [dict(encoder=encoder, decoder=decoder, encoder_options={flag: True})
+                       for flag in _flags(ENCODERS[encoder])]
     combos += [dict(encoder=b, decoder="unet") for b in BACKBONES_IN_MAKE_TEST]
     return combos
 
 
 def combo_id(combo: dict) -> str:
-    return f"{combo['encoder']}-{combo['decoder']}" + ("-attention" if combo.get("attention") else "")
+    flags = [k for key in ("encoder_options", "decoder_options") for k, v in combo.get(key, {}).items() if v]
+    return f"{combo['encoder']}-{combo['decoder']}" + "".join(f"-{flag}" for flag in flags)
 
 
 def small_config(combo: dict, **overrides) -> ModelConfig:

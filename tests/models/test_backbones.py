@@ -6,8 +6,9 @@ import pytest
 import keras
 from msunet.config import ConfigError, ModelConfig, RunConfig
 from msunet.models import build_model
-from msunet.models.encoders import applications
-from msunet.models.encoders.applications import BACKBONE_SPECS, _construct, adapt_first_kernel
+from msunet.models.encoders import backbones
+from msunet.models.encoders.backbones import adapt_first_kernel, construct_backbone
+from msunet.models.encoders.backbone_table import BACKBONE_SPECS
 
 
 def _extractor(model, name):
@@ -27,7 +28,7 @@ def _legacy_h5(backbone, path):
 @pytest.mark.parametrize("fmt", ["legacy_h5", "keras3"])
 def test_a_weights_file_becomes_the_encoders_weights(tmp_path, fmt):
     name = "mobilenetv3small"
-    source = _construct(name, 3, None)
+    source = construct_backbone(name, 3, None)
     for variable in source.trainable_variables:  # not the initial values: the file must be what is loaded
         variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype("float32"))
     path = _legacy_h5(source, tmp_path / "w.h5") if fmt == "legacy_h5" else tmp_path / "w.weights.h5"
@@ -51,7 +52,7 @@ def test_one_channel_sums_the_first_kernel_and_more_channels_rescale_it(tmp_path
     assert five.shape == (3, 3, 5, 5)
     np.testing.assert_allclose(five[:, :, 3], kernel[:, :, 0] * 3 / 5, rtol=1e-6)
     name = "resnet50v2"
-    source = _construct(name, 3, None)
+    source = construct_backbone(name, 3, None)
     path = _legacy_h5(source, tmp_path / "w.h5")
     model = build_model(ModelConfig(encoder=name, encoder_weights=str(path), in_channels=1, depth=2, filters=4))
     first = _extractor(model, name).get_layer("conv1_conv").get_weights()[0]
@@ -60,7 +61,7 @@ def test_one_channel_sums_the_first_kernel_and_more_channels_rescale_it(tmp_path
 
 
 def test_a_file_for_another_backbone_names_the_first_layer_that_differs(tmp_path):
-    path = _legacy_h5(_construct("mobilenetv3small", 3, None), tmp_path / "other.h5")
+    path = _legacy_h5(construct_backbone("mobilenetv3small", 3, None), tmp_path / "other.h5")
     with pytest.raises(ConfigError, match="layer 'conv1_conv' of resnet50v2 has weights"):
         build_model(ModelConfig(encoder="resnet50v2", encoder_weights=str(path), depth=2, filters=4))
     with pytest.raises(ConfigError, match="no such file"):
@@ -90,7 +91,8 @@ def test_bad_combinations_and_names():
 
 
 def test_the_model_takes_unit_images_and_scales_them_as_imagenet_expects(tmp_path):
-    from msunet.plan import plan_run, survey
+    from msunet.plan.planner import plan_run
+    from msunet.plan.survey import survey
     from test_plan import make_folder
 
     model = build_model(ModelConfig(encoder="convnext_tiny", depth=2, filters=4))
@@ -100,16 +102,16 @@ def test_the_model_takes_unit_images_and_scales_them_as_imagenet_expects(tmp_pat
     run = RunConfig().override(["model.encoder=resnet50v2"])
     plan = plan_run(survey(make_folder(tmp_path)), run, {"model.encoder"})
     assert plan.config.data.normalization == "unit" and plan.sources["data.normalization"]["source"] == "data"
-    assert applications.FAMILIES["resnet_v2"].scaling == "tf"
+    assert backbones.FAMILIES["resnet_v2"].scaling == "tf"
 
 
 def test_a_frozen_backbone_keeps_its_weights_then_trains_at_a_lower_rate(tmp_path):
-    from msunet.synthetic import make_dataset
-    from msunet.training import train
-    from msunet.trainer import ScaledSchedule
+    from msunet.data.synthetic import make_dataset
+    from msunet.training.run import train
+    from msunet.training.trainer import ScaledSchedule
 
     name = "mobilenetv3small"
-    path = _legacy_h5(_construct(name, 3, None), tmp_path / "w.h5")
+    path = _legacy_h5(construct_backbone(name, 3, None), tmp_path / "w.h5")
     data = make_dataset(tmp_path / "data", count=6, size=(40, 40), seed=3)
     snapshots, rates = {}, {}
 
@@ -138,5 +140,5 @@ def test_backbone_batch_norms_forget_their_initial_statistics_within_a_short_tra
     model = build_model(ModelConfig(encoder="mobilenetv3large", depth=2, filters=4))
     momenta = {layer.momentum for layer in _extractor(model, "mobilenetv3large").layers
                if isinstance(layer, keras.layers.BatchNormalization)}
-    assert momenta and max(momenta) <= applications.BN_MOMENTUM == 0.99
+    assert momenta and max(momenta) <= backbones.BN_MOMENTUM == 0.99
     assert 0.99 ** 600 < 0.01  # what is left of the initial statistics after the shortest newcomer run

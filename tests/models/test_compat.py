@@ -20,7 +20,7 @@ def outputs():
 @pytest.mark.parametrize("number", [1, 2, 3])
 def test_seed_examples_build_the_same_model(number, outputs):
     cfg = RunConfig.from_json(ROOT / "examples" / f"seed{number}.json").model
-    assert (cfg.encoder, cfg.decoder, cfg.attention) == ("conv", "unet", False)
+    assert (cfg.encoder, cfg.decoder, cfg.decoder_options.attention) == ("conv", "unet", False)
     keras.utils.set_random_seed(0)
     model = build_model(cfg)
     x = outputs["input"][..., : cfg.in_channels]

@@ -18,27 +18,34 @@ def test_unknown_names_list_the_valid_ones_and_the_closest():
         get_decoder("unet3")
     with pytest.raises(ConfigError, match=r"no config field 'encodr'.*Did you mean 'encoder'"):
         RunConfig().override(["encodr=resconv"])
-    assert registered_parts() == {"encoders": sorted(ENCODERS), "decoders": sorted(DECODERS)}
+    assert registered_parts() == {"encoders": ENCODERS.names(), "decoders": DECODERS.names()}
 
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(decoder="unet3p", depth=1), r"unet3p.*depth=1.*model.depth=2 or more"),
-    (dict(decoder="unetpp", attention=True), r"attention=true gates the skips of the 'unet' decoder.*model.attention=false"),
-    (dict(encoder="conv", res_blocks=2), r"res_blocks / preactivation configure the 'resconv' encoder"),
+    (dict(decoder="unetpp", attention=True), r"attention configures the 'unet' decoder; decoder='unetpp' has no such "
+                                               r"option.*model.decoder=unet"),
+    (dict(encoder="conv", res_blocks=2), r"res_blocks configures the 'resconv' encoder.*model.encoder=resconv"),
     (dict(encoder="conv", preactivation=True), r"model.encoder=resconv"),
     (dict(attention="yes"), r"attention='yes' must be true or false"),
+    (dict(encoder="resconv", encoder_options={"res_block": 2}), r"no field 'res_block'.*Did you mean 'res_blocks'"),
+    (dict(encoder="resnet50v2", depth=6), r"ends at stride 32.*model.depth to 5 or less"),
+    (dict(encoder_weights="imagenet"), r"encoder='conv' is built here from scratch"),
 ])
 def test_combinations_that_cannot_work_say_why(overrides, message):
+    """A part's option by its own name (the flat keys of older configs and --set) is routed to its part."""
     with pytest.raises(ConfigError, match=message):
-        ModelConfig(**overrides)
+        ModelConfig.from_dict(overrides)
 
 
 def test_cli_style_overrides_pick_parts():
     run = RunConfig().override(["model.encoder=resconv", "model.decoder=unetpp", "model.res_blocks=2",
-                                "model.preactivation=true"])
-    assert (run.model.encoder, run.model.decoder, run.model.res_blocks, run.model.preactivation) == (
+                                "model.encoder_options.preactivation=true"])
+    options = run.model.encoder_options
+    assert (run.model.encoder, run.model.decoder, options.res_blocks, options.preactivation) == (
         "resconv", "unetpp", 2, True)
     assert RunConfig.from_json(run.to_json()).model == run.model
+    assert run.to_dict()["model"]["encoder_options"] == {"res_blocks": 2, "preactivation": True}
 
 
 def _layer_types(model):
@@ -52,7 +59,7 @@ def test_parts_differ_where_they_should():
     assert res.get_layer("enc1_res0_shortcut_conv")  # 4 -> 8 channels: projected shortcut
     strided = build_model(ModelConfig(encoder="resconv", downsample="strided_conv", **small))
     assert strided.get_layer("enc1_res0_shortcut_pool") and strided.get_layer("enc1_res0_conv1").strides == (2, 2)
-    gated = build_model(ModelConfig(attention=True, **small))
+    gated = build_model(ModelConfig(decoder_options={"attention": True}, **small))
     assert {f"dec{i}_up_gate_psi" for i in range(3)} <= {layer.name for layer in gated.layers}
     nested = build_model(ModelConfig(decoder="unetpp", **small))
     assert {f"dec{i}_{j}_conv1" for j in range(1, 4) for i in range(4 - j)} <= {layer.name for layer in nested.layers}
@@ -68,7 +75,7 @@ def test_parts_differ_where_they_should():
 
 
 def test_attention_gate_scales_the_skip_by_a_map_in_0_1():
-    model = build_model(ModelConfig(depth=2, filters=4, attention=True))
+    model = build_model(ModelConfig(depth=2, filters=4, decoder_options={"attention": True}))
     probe = keras.Model(model.input, [model.get_layer("dec0_up_gate_psi").output,
                                       model.get_layer("dec0_up_gate_scale").output,
                                       model.get_layer("enc0_conv2_act").output])

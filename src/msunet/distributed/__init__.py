@@ -1,14 +1,11 @@
 """Scale-out on existing engines: `keras.distribution` for training, Ray Data for batch prediction.
 
-- `predict_ray(model, inputs, out_dir, address=...)`: `msunet predict --engine ray`, an actor pool
-  on a Ray cluster (`msunet.distributed.ray_predict`; `pip install 'msunet[ray]'`).
+- `msunet.distributed.ray_predict.predict_ray(model, inputs, out_dir, address=...)`: `msunet predict
+  --engine ray`, an actor pool on a Ray cluster (`pip install 'msunet[ray]'`).
 - `train.distribution="data_parallel"` (`msunet train --distributed`): `msunet.train` sets
   `keras.distribution.DataParallel` over every device, across hosts with
   `keras.distribution.initialize` (`msunet.distributed.training`; JAX backend, `pip install 'msunet[jax]'`).
 
-Nothing here imports Ray or JAX until it is used.
+Nothing here imports Ray or JAX until it is used, and the package imports none of its modules: the
+training side sits below training, the prediction side above inference.
 """
-
-from msunet.distributed.ray_predict import RayPredictError, predict_ray
-
-__all__ = ["RayPredictError", "predict_ray"]

@@ -24,10 +24,10 @@ import os
 import pathlib
 import socket
 import time
-from collections.abc import Sequence
 
-from msunet.runtime.files import (FileOutcome, PredictSummary, check_tiling_args, list_inputs, output_stems,
-                                  predict_file)
+from msunet.inference.engines import choose_engine
+from msunet.runtime.files import FileOutcome, PredictSummary, file_job, list_inputs, output_stems, predict_file
+from msunet.runtime.options import PredictOptions
 
 
 class RayPredictError(ValueError):
@@ -63,24 +63,12 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 class _PredictWorker:
-    """One actor of the pool: the model loaded once, then one image per call."""
+    """One actor of the pool: the engine chosen on the driver, opened once, then one image per call."""
 
-    def __init__(self, model: str, options: dict, bundle_options: dict):
-        from msunet.runtime import is_bundle
-        from msunet.runtime.files import file_job
-
-        if is_bundle(model):
-            from msunet.runtime.bundle import Predictor
-
-            predictor = Predictor(model, **bundle_options)
-            options.setdefault("threshold", predictor.threshold)
-            self.engine = predictor.engine()
-        else:
-            from msunet.prediction import load_run, run_engine
-
-            self.engine = run_engine(load_run(model))
-        self.job = file_job(self.engine, **options)
-        self.fn = self.engine.make_fn(self.job.heads, self.job.batch_size, self.job.tta)
+    def __init__(self, choice, options: PredictOptions, out_dir: str, threads: int | None):
+        self.engine = choice.open(threads)
+        self.job = file_job(self.engine, options, out_dir)
+        self.fn = self.engine.make_fn(self.job.heads, options.batch_size, self.job.tta)
 
     def __call__(self, batch: dict) -> dict:
         outcomes = [predict_file(self.engine, self.fn, pathlib.Path(str(path)), str(stem), self.job)
@@ -99,30 +87,23 @@ def predict_ray(
     model: str | os.PathLike,
     inputs: str | os.PathLike,
     out_dir: str | os.PathLike,
+    options: PredictOptions | None = None,
+    *,
+    engine: str = "auto",
     address: str | None = None,
     concurrency: int | None = None,
     num_cpus: float = 1,
     num_gpus: float = 0,
     images_per_task: int = 1,
-    engine: str | None = None,
     threads: int | None = None,
-    tile_size: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    tta: bool = False,
-    threshold: float | None = None,
-    scales: Sequence[str] | None = None,
-    probabilities: bool = False,
-    overlay_images: bool = True,
-    overwrite: bool = False,
-    blend: str = "gaussian",
     progress_bars: bool = True,
+    **values,
 ) -> PredictSummary:
     """`msunet predict` over a Ray cluster: the same outputs, files and summary, from a pool of actors.
 
     Example:
     ```python
-    from msunet.distributed import predict_ray
+    from msunet.distributed.ray_predict import predict_ray
     summary = predict_ray("runs/first", "archive/", "masks/", address="10.0.0.5:6379", num_gpus=1)
     ```
 
@@ -132,15 +113,17 @@ def predict_ray(
         concurrency: actors in the pool (default: the cluster's CPUs // num_cpus, or its GPUs // num_gpus).
         num_cpus, num_gpus: resources per actor (a GPU actor predicts on its GPU).
         images_per_task: images per Ray task (1: the finest retry and balance).
-        engine, threads: a bundle's engine and threads per actor (`msunet.runtime.Predictor`).
+        engine: chosen once on the driver as `msunet.predict` chooses it (`open_engine`: "auto" is a
+            run's int8 bundle, exported there once), then opened in every actor: the same masks.
+        threads: a bundle runtime's threads per actor.
         progress_bars: Ray Data's progress bars on stderr.
-        The other arguments are `msunet.predict`'s.
+        options and keyword `values`: `PredictOptions`, as `msunet.predict` takes them.
 
     Raises:
         RayPredictError: Ray not installed, the address cannot be reached, or an option is invalid,
         before any image is read.
     """
-    check_tiling_args(tile_size, overlap, batch_size, 0.5 if threshold is None else threshold)
+    options = PredictOptions.of(options, **values)
     for name, value, low in (("concurrency", concurrency, 1), ("images_per_task", images_per_task, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise RayPredictError(f"{name} must be a whole number >= {low}; received {value!r}.")
@@ -150,6 +133,7 @@ def predict_ray(
         raise RayPredictError(f"{model}: no such run folder, .keras file or bundle.")
     check_address(address)
     ray = _import_ray()
+    choice = choose_engine(pathlib.Path(model).resolve(), engine)  # on the driver: a run's bundle is exported once
     files = list_inputs(inputs)
     stems = output_stems(files)
     out = pathlib.Path(out_dir)
@@ -168,26 +152,20 @@ def predict_ray(
     if num_gpus and resources.get("GPU", 0) < num_gpus:
         raise RayPredictError(f"num_gpus={num_gpus} per actor, but the cluster has {resources.get('GPU', 0):g} GPU(s).")
 
-    options = dict(out_dir=str(out), tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta,
-                   scales=list(scales) if scales else None, probabilities=probabilities,
-                   overlay_images=overlay_images, overwrite=overwrite, blend=blend)
-    if threshold is not None:
-        options["threshold"] = threshold
     rows = [{"index": i, "path": str(p), "stem": stems[p]} for i, p in enumerate(files)]
     start = time.perf_counter()
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // images_per_task)))
     results = dataset.map_batches(
         _PredictWorker, batch_size=images_per_task, compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus, num_gpus=num_gpus,
-        fn_constructor_kwargs=dict(model=str(pathlib.Path(model).resolve()), options=options,
-                                   bundle_options=dict(engine=engine, threads=threads)),
+        fn_constructor_kwargs=dict(choice=choice, options=options, out_dir=str(out), threads=threads),
     ).take_all()
     summary = PredictSummary()
     for row in sorted(results, key=lambda r: int(r["index"])):
         path = files[int(row["index"])]
         written, outputs = ([pathlib.Path(p) for p in str(row[key]).split("\n") if p] for key in ("written", "outputs"))
         outcome = FileOutcome(path, str(row["status"]), written, str(row["reason"]), float(row["megapixels"]), outputs)
-        if outcome.status in ("written", "existing") and not overwrite:
+        if outcome.status in ("written", "existing") and not options.overwrite:
             # An attempt lost with its actor may have renamed some outputs into place before the retry
             # found them: they are written by this run all the same (outputs there before it are not).
             outcome.written = [p for p in outputs if p.name not in before]

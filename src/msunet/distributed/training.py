@@ -1,4 +1,5 @@
-"""Data-parallel training with `keras.distribution` (`train.distribution="data_parallel"`, `msunet train --distributed`).
+"""Data-parallel training with `keras.distribution` (`train.distribution="data_parallel"`, `msunet
+train --distributed`).
 
 What msunet adds to `keras.distribution.DataParallel` is what a run folder needs:
 

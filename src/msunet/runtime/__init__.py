@@ -7,5 +7,6 @@ keras, tensorflow or scipy (`pip install msunet[runtime]`: numpy, Pillow, tifffi
 """
 
 from msunet.runtime.bundle import BUNDLE_FILE, BundleError, Predictor, is_bundle, predict, read_bundle
+from msunet.runtime.options import PredictOptions
 
-__all__ = ["BUNDLE_FILE", "BundleError", "Predictor", "is_bundle", "predict", "read_bundle"]
+__all__ = ["BUNDLE_FILE", "BundleError", "PredictOptions", "Predictor", "is_bundle", "predict", "read_bundle"]

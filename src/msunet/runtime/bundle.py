@@ -17,11 +17,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from msunet.data.preprocessing import Normalization
 from msunet.heads import head_scale
 from msunet.runtime import selfcheck
-from msunet.runtime.files import (Engine, PredictSummary, batch_function, check_tiling_args, predict_files,
-                                  predict_image, probabilities_to_mask, tta_mode)
-from msunet.runtime.preprocessing import Normalization
+from msunet.runtime.engine import Engine, batch_function
+from msunet.runtime.files import PredictSummary, predict_files, predict_image
+from msunet.runtime.options import PredictOptions, tta_mode
+from msunet.runtime.writers import probabilities_to_mask
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "msunet-bundle"
@@ -347,7 +349,8 @@ class Predictor:
         return Engine(heads=self.heads, default_heads=self.default_heads, in_channels=self.in_channels,
                       num_classes=self.num_classes, normalization=self.normalization, make_fn=make_fn,
                       resample_step=self.resample_step, default_tile=self.tile,
-                      max_pixels=int(self.meta.get("max_pixels", 250_000_000)), flip=self.flip)
+                      max_pixels=int(self.meta.get("max_pixels", 250_000_000)), flip=self.flip,
+                      threshold=self.threshold, description=self.choice)
 
     def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool = False,
                 tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4
@@ -379,12 +382,12 @@ class Predictor:
 
 
 def predict(bundle: str | os.PathLike | Predictor, inputs: str | os.PathLike, out_dir: str | os.PathLike,
-            threads: int | None = None, engine: str | None = None, precision: str | None = None,
-            check: bool = True, **options) -> PredictSummary:
-    """`msunet predict` for a bundle (a folder, or a `Predictor` already open): the same outputs and
-    options (`msunet.predict`'s keyword arguments). `check=False` skips the bundle's self-check."""
-    check_tiling_args(options.get("tile_size"), options.get("overlap", 0.25), options.get("batch_size", 4),
-                      options.get("threshold", 0.5))  # once, before the bundle is loaded
+            options: PredictOptions | None = None, *, threads: int | None = None, engine: str | None = None,
+            precision: str | None = None, check: bool = True, progress: Callable[[str, int, int], None] | None = None,
+            **values) -> PredictSummary:
+    """`msunet predict` for a bundle (a folder, or a `Predictor` already open), without TensorFlow:
+    the same outputs, from the same `PredictOptions` (or its fields as keyword `values`).
+    `threads`, `engine`, `precision`, `check`: as `Predictor` takes them."""
+    options = PredictOptions.of(options, **values)  # validated before the bundle is loaded
     predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, threads, engine, precision, check)
-    options.setdefault("threshold", predictor.threshold)
-    return predict_files(predictor.engine(), inputs, out_dir, **options)
+    return predict_files(predictor.engine(), inputs, out_dir, options, progress)

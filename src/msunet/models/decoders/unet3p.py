@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from keras import layers
-
 from msunet.config import ModelConfig
-from msunet.models.blocks import apply_conv, apply_fusion, apply_norm_act, apply_upsample
 from msunet.models.decoders import Features, register_decoder
 
 
-@register_decoder("unet3p")
+@register_decoder("unet3p", min_depth=2)
 def build_unet3p_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     """Each decoder stage i (scale 2**i, coarsest first) fuses `depth + 1` parts of `cat` channels
     (`cat` = the first level's filters, 64 in the paper):
@@ -22,6 +19,10 @@ def build_unet3p_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     then one conv -> norm -> act to `cat * (depth + 1)` channels, the paper's aggregation.
     """
     depth, cat = cfg.depth, cfg.level_filters[0]
+    from keras import layers
+
+    from msunet.models.blocks import apply_conv, apply_fusion, apply_norm_act, apply_upsample
+
     kernel, norm, groups, act = cfg.kernel_size, cfg.norm, cfg.groups, cfg.activation
 
     def conv_norm_act(x, filters, name):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from msunet.config import ModelConfig
-from msunet.models.blocks import apply_conv_block, apply_fusion, apply_upsample, conv_settings
 from msunet.models.decoders import Features, register_decoder
 
 
@@ -16,6 +15,8 @@ def build_unetpp_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     at every scale sees the deepest path that reaches it (the full-resolution head sees X[0, depth],
     the UNet++ output). Upsampled nodes get level i's filters.
     """
+    from msunet.models.blocks import apply_conv_block, apply_fusion, apply_upsample, conv_settings
+
     filters, settings, depth = cfg.level_filters, conv_settings(cfg), cfg.depth
     nodes = {(i, 0): pyramid[2**i] for i in range(depth + 1)}
     for j in range(1, depth + 1):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from msunet.config import ModelConfig
-from msunet.models.blocks import apply_conv_block, apply_down, conv_settings
 from msunet.models.encoders import Pyramid, register_encoder
 
 
@@ -13,6 +12,8 @@ def build_conv_encoder(inputs, cfg: ModelConfig) -> Pyramid:
 
     Dropout (`cfg.dropout`) ends the blocks of the two coarsest levels.
     """
+    from msunet.models.blocks import apply_conv_block, apply_down, conv_settings
+
     filters, settings = cfg.level_filters, conv_settings(cfg)
     pyramid = {}
     x = inputs

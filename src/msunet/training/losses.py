@@ -10,13 +10,10 @@ smoothing, class weights or ignore mask.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 from keras import ops
 
 from msunet.config import TrainConfig
-from msunet.heads import head_name, parse_head
 
 SPATIAL = (0, 1, 2)  # batch Dice: sums over the batch and the pixels, per class
 
@@ -138,40 +135,6 @@ def segmentation_loss(y_true, logits, cfg: TrainConfig):
             y_true, logits, cfg.tversky_alpha, cfg.tversky_beta, cfg.dice_smooth, cfg.class_weights, cfg.include_background
         )
     raise ValueError(f"Unknown loss {cfg.loss!r}.")
-
-
-def deep_supervision_weights(head_names: Sequence[str], scheme) -> dict[str, float]:
-    """Normalised loss weight of each head.
-
-    Scale heads ("mask", "mask_s2", ... finest first) get, by `scheme`:
-    - "nnunet": 1/2^i, the coarsest set to 0 (nnU-Net), normalised to sum 1;
-    - "halving": 1/2^i for every head, normalised;
-    - "equal": the same weight each;
-    - a list: one weight per scale head, finest first, normalised.
-    "mask_fused" gets the weight of "mask".
-    """
-    scales = [n for n in head_names if parse_head(n).kind == "scale"]
-    count = len(scales)
-    if isinstance(scheme, str):
-        if scheme == "equal":
-            raw = [1.0] * count
-        else:
-            raw = [1.0 / 2**i for i in range(count)]
-            if scheme == "nnunet" and count > 1:
-                raw[-1] = 0.0
-    else:
-        if len(scheme) != count:
-            raise ValueError(
-                f"train.ds_weights lists {len(scheme)} weights but the model has {count} scale heads "
-                f"({', '.join(scales)}); give one weight per head, finest first."
-            )
-        raw = [float(w) for w in scheme]
-    weights = dict(zip(scales, raw))
-    for name in head_names:
-        if parse_head(name).kind == "fused":
-            weights[name] = weights[head_name(1)]
-    total = sum(weights.values())
-    return {name: w / total for name, w in weights.items()}
 
 
 @keras.saving.register_keras_serializable(package="msunet")

@@ -9,7 +9,7 @@ of the coarsest scale; the image is padded at the bottom/right as needed and the
 from every result.
 
 Memory stays bounded by the tile batch, not the image: the source is read tile by tile (any
-array-like with NumPy slicing: `numpy.memmap`, `msunet.tiling.RowBandReader`, a zarr store), the
+array-like with NumPy slicing: `numpy.memmap`, `msunet.runtime.tiling.RowBandReader`, a zarr store), the
 accumulators hold only the rows that later windows can still reach (windows go in row-major order),
 and finished rows go to the result: an array in memory, or, `out_of_core`, a raw file appended
 sequentially and returned as a read-only `numpy.memmap`. This module never imports keras.

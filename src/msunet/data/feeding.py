@@ -1,6 +1,6 @@
 """Feeding `fit`: random augmented patches and fixed validation tiles as `keras.utils.PyDataset`s.
 
-The patches, targets and augmentation are `msunet.data`'s (NumPy); this module only batches them
+The patches, targets and augmentation are `msunet.data.pairs`'s (NumPy); this module only batches them
 for Keras, with worker threads.
 """
 
@@ -12,7 +12,9 @@ import keras
 import numpy as np
 
 from msunet.config import DataConfig, ModelConfig
-from msunet.data import DataError, Normalization, Sample, batch_targets, sample_patch
+from msunet.data.preprocessing import DataError, Normalization
+from msunet.data.samples import Sample, sample_patch
+from msunet.data.targets import batch_targets
 
 
 class PatchDataset(keras.utils.PyDataset):

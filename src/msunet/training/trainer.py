@@ -1,7 +1,7 @@
 """The training step: `MultiScaleTrainer` (every head its own target and weight), the optimizer and
 its learning-rate schedules.
 
-What `msunet.train` fits, and what the device probe (`msunet.probe`) times: both import it from
+What `msunet.train` fits, and what the device probe (`msunet.training.probe`) times: both import it from
 here, so the probe never imports the run-folder orchestration that plans with it.
 """
 
@@ -12,10 +12,10 @@ import math
 import keras
 
 from msunet.config import RunConfig
-from msunet.heads import metric_name, parse_head
-from msunet.losses import deep_supervision_weights, segmentation_loss
-from msunet.metrics import SegmentationScore
+from msunet.heads import deep_supervision_weights, metric_name, parse_head
 from msunet.models import logits_model, resolve_precision
+from msunet.training.losses import segmentation_loss
+from msunet.training.metrics import SegmentationScore
 
 
 class MultiScaleTrainer(keras.Model):

@@ -1,7 +1,7 @@
 """Dice and IoU per class and per scale, accumulated over an epoch (pooled, as papers report).
 
 `SegmentationScore` accumulates true/false positives and false negatives per class from a head's
-logits and its target `(B, H, W, K + 1)` (see `msunet.losses`). Predictions are hard (threshold for
+logits and its target `(B, H, W, K + 1)` (see `msunet.training.losses`). Predictions are hard (threshold for
 binary, argmax for multi-class); targets may be soft at coarse scales, where the counts are the
 soft overlaps. Ignored pixels (weight 0) count nowhere. `keras.metrics.IoU` / `MeanIoU` need hard
 integer labels and have no soft targets or per-pixel weights for coarse scales, hence this class.
@@ -13,7 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from msunet.losses import split_target
+from msunet.counts import overlap_from_counts
+from msunet.training.losses import split_target
 
 
 def hard_predictions(logits, threshold: float = 0.5):
@@ -35,11 +36,7 @@ def confusion_counts(y_true, logits, threshold: float = 0.5):
 
 def scores_from_counts(tp, fp, fn, kind: str = "dice") -> np.ndarray:
     """Per-class Dice or IoU from counts (NumPy); NaN where a class is absent from both."""
-    tp, fp, fn = (np.asarray(v, np.float64) for v in (tp, fp, fn))
-    denom = 2 * tp + fp + fn if kind == "dice" else tp + fp + fn
-    numer = 2 * tp if kind == "dice" else tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, numer / np.maximum(denom, 1e-12), np.nan)
+    return np.asarray(overlap_from_counts(tp, fp, fn, kind))
 
 
 @keras.saving.register_keras_serializable(package="msunet")

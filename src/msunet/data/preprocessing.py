@@ -1,6 +1,6 @@
 """Input scaling, normalisation and reduced-resolution resampling: NumPy only (no Keras, no SciPy).
 
-Training (`msunet.data`), prediction (`msunet.predict`) and the TensorFlow-free runtime use these
+Training (`msunet.data.pairs`), prediction (`msunet.predict`) and the TensorFlow-free runtime use these
 same functions, so a bundle preprocesses exactly as training did.
 """
 

@@ -11,7 +11,7 @@ a value with its source and reason:
 | data.mask_encoding         | the masks: two values -> binary, class ids -> index, RGB -> palette |
 | data.palette               | the colours found (black, else the most frequent, is class 0)   |
 | model.num_classes          | 1 (binary), the largest class id + 1 (index), the colours (palette) |
-| data.ignore_label          | 255 next to small class ids (the VOC "void" convention)         |
+| data.ignore_label          | 255 next to small class ids (the VOC \"void\" convention)         |
 | data.resample              | 1, or 1/2, 1/4 ... while a patch sees < 25% of the median image and the objects stay thick |
 | data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
 | model.depth                | a bottleneck of about 16 px on the patch                        |
@@ -21,15 +21,14 @@ a value with its source and reason:
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default) passes over the training pixels (at least 300 steps in all), in fewer, longer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |
-| data.flip, data.rot90      | the labels' layout: where classes sit high or low in the image (sky over road), "horizontal" flips only and no 90-degree turns |
+| data.flip, data.rot90      | the labels' layout: where classes sit high or low in the image (sky over road), \"horizontal\" flips only and no 90-degree turns |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
-`config.json` under `"sources"`: `{"model.in_channels": {"value": 1, "source": "data", "why": ...}}`.
-Sources are "user" (a `--set` or a config file), "data" (planned from the files), "device"
-(measured on this machine: `msunet.probe`, cached; the precision entry keeps the seconds per step
-of each precision tried) or "default". This module never
-imports keras.
-"""
+`config.json` under `\"sources\"`: `{\"model.in_channels\": {\"value\": 1, \"source\": \"data\", \"why\": ...}}`.
+Sources are \"user\" (a `--set` or a config file), \"data\" (planned from the files), \"device\"
+(measured on this machine: `msunet.training.probe`, cached; the precision entry keeps the seconds per step
+of each precision tried) or \"default\". This module never
+imports keras."""
 
 from __future__ import annotations
 
@@ -37,18 +36,14 @@ import collections
 import dataclasses
 import math
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from msunet.config import BACKBONES, SECTIONS, DataConfig, RunConfig, jsonable, non_default_keys, user_keys_of  # noqa: F401
-from msunet.data import find_pairs, split_pairs
-from msunet.imageio import ImageReadError, read_image, read_mask
+from msunet.config import ENCODERS, SECTIONS, RunConfig, jsonable, non_default_keys
+from msunet.plan.survey import Survey, preview
 
-BINARY_SETS = ({0, 255}, {0, 1})
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
 CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
@@ -66,160 +61,6 @@ UPRIGHT_SKEW = 0.08  # labels this far (pixel-weighted) from the middle rows, an
 #                      columns, mean the images have an up and a down: no vertical flips or 90-degree turns
 Measure = Callable[[RunConfig, Sequence[str]], dict]
 
-
-@dataclasses.dataclass
-class MaskInfo:
-    """What one mask file holds: its kind ("binary", "index", "palette") and values or colours."""
-
-    path: str
-    kind: str
-    values: tuple[int, ...]  # class ids (binary/index) or colour codes (palette), sorted
-
-    def describe(self) -> str:
-        if self.kind == "palette":
-            return f"colour (RGB) mask with {len(self.values)} colours"
-        return f"{self.kind} mask, values {_preview(self.values)}"
-
-
-@dataclasses.dataclass
-class Survey:
-    """What a dataset folder's files say, read once, before any config is applied."""
-
-    data_dir: pathlib.Path
-    pairs: int
-    channels: collections.Counter
-    sizes: list[tuple[int, int]]
-    masks: list[MaskInfo]
-    colour_pixels: collections.Counter  # colour code -> pixels (palette masks)
-    problems: list[tuple[str, str]]
-    train_pixels: int = 0  # pixels of the images training will sample from (split.csv / val_fraction)
-    object_depths: list[float] = dataclasses.field(default_factory=list)  # per sampled mask: `object_depth`
-    layout: dict[int, list[float]] = dataclasses.field(default_factory=dict)  # label -> [pixels, sum row, sum col]
-
-    def skew(self) -> tuple[float, float]:
-        """How far the labels sit from the image's middle, rows and columns: the pixel-weighted mean over
-        labels of |mean position - 0.5| (positions as fractions of the height / width). Microscopy gives
-        ~0 for both; street scenes (sky at the top, road at the bottom) give a large row skew."""
-        total = sum(v[0] for v in self.layout.values())
-        if not total:
-            return 0.0, 0.0
-        rows = sum(v[0] * abs(v[1] / v[0] - 0.5) for v in self.layout.values() if v[0]) / total
-        cols = sum(v[0] * abs(v[2] / v[0] - 0.5) for v in self.layout.values() if v[0]) / total
-        return float(rows), float(cols)
-
-
-def _preview(values, limit: int = 8) -> str:
-    values = list(values)
-    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
-
-
-def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None) -> tuple[MaskInfo, collections.Counter]:
-    colours: collections.Counter = collections.Counter()
-    if raw.ndim == 3:
-        rgb = raw[..., :3].astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        found, counts = np.unique(code, return_counts=True)
-        colours.update(dict(zip(found.tolist(), counts.tolist())))
-        return MaskInfo(path, "palette", tuple(found.tolist())), colours
-    values = np.unique(raw)
-    if ignore_label is not None:
-        values = values[values != ignore_label]
-    ints = values.tolist()
-    if not np.issubdtype(values.dtype, np.integer) and not np.all(np.equal(np.mod(values, 1), 0)):
-        return MaskInfo(path, "float", tuple(ints[:16])), colours
-    ints = [int(v) for v in ints]
-    kind = "binary" if any(set(ints) <= s for s in BINARY_SETS) or (len(ints) == 2 and 0 in ints) else "index"
-    return MaskInfo(path, kind, tuple(ints)), colours
-
-
-def _label_codes(raw: np.ndarray) -> np.ndarray:
-    """One integer per pixel: the class id, or the RGB colour code of a palette mask."""
-    return raw[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]) if raw.ndim == 3 else raw.astype(np.int64)
-
-
-def object_depth(raw: np.ndarray, ignore_label: int | None = None) -> float:
-    """How thick a mask's objects are: the median, over the pixels of its non-zero labels, of the
-    distance to the nearest pixel with another label (a stripe w px wide gives ~w/4; vessels ~1,
-    a road or a large object tens). NaN when the mask has no object pixel."""
-    labels = _label_codes(raw)
-    objects = labels != 0
-    if ignore_label is not None and raw.ndim == 2:
-        objects &= labels != ignore_label
-    if not objects.any():
-        return math.nan
-    edge = np.zeros(labels.shape, bool)  # pixels with a 4-neighbour of another label
-    vertical, horizontal = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
-    edge[1:] |= vertical
-    edge[:-1] |= vertical
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    if not edge.any():
-        return float(max(labels.shape))  # one label everywhere
-    return float(np.median(ndimage.distance_transform_edt(~edge)[objects])) + 0.5
-
-
-def label_layout(raw: np.ndarray, ignore_label: int | None = None, step: int = 4) -> dict[int, list[float]]:
-    """Per label of a mask: [pixels, sum of row positions, sum of column positions], positions as
-    fractions of the height and width, on every `step`-th row and column."""
-    labels = _label_codes(raw)[::step, ::step]
-    height, width = labels.shape
-    rows = np.broadcast_to(((np.arange(height) + 0.5) / height)[:, None], labels.shape)
-    cols = np.broadcast_to(((np.arange(width) + 0.5) / width)[None, :], labels.shape)
-    flat = labels.ravel()
-    if flat.size and 0 <= flat.min() and flat.max() < 65536:  # class ids: count them directly
-        counts = np.bincount(flat)
-        found = np.flatnonzero(counts)
-        counts = counts[found]
-        row_sums = np.bincount(flat, rows.ravel())[found]
-        col_sums = np.bincount(flat, cols.ravel())[found]
-    else:
-        found, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-        row_sums = np.bincount(inverse, rows.ravel(), minlength=len(found))
-        col_sums = np.bincount(inverse, cols.ravel(), minlength=len(found))
-    return {int(v): [float(n), float(r), float(c)] for v, n, r, c in zip(found, counts, row_sums, col_sums)
-            if ignore_label is None or raw.ndim == 3 or v != ignore_label}
-
-
-def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, depth_samples: int = 32) -> Survey:
-    """Reads every pair of `data_dir` once: channels and size of each image, kind and values of
-    each mask. Unreadable files are listed in `problems` (as training would skip them)."""
-    data_cfg = data_cfg or DataConfig()
-    index = find_pairs(data_dir, data_cfg)
-    problems = list(index.problems)
-    channels: collections.Counter = collections.Counter()
-    colours: collections.Counter = collections.Counter()
-    sizes, masks = [], []
-    train_names = {pair.name for pair in split_pairs(index, data_cfg)["train"]}
-    train_pixels = 0
-    depths: list[float] = []
-    layout: dict[int, list[float]] = {}
-    every = max(1, math.ceil(len(index.pairs) / depth_samples))
-    for number, pair in enumerate(index.pairs):
-        try:
-            image = read_image(pair.image, data_cfg.max_pixels)
-            raw = read_mask(pair.mask, data_cfg.max_pixels)
-        except (ImageReadError, OSError) as err:
-            problems.append((str(pair.image), str(err)))
-            continue
-        channels[int(image.shape[-1])] += 1
-        sizes.append(tuple(image.shape[:2]))
-        train_pixels += image.shape[0] * image.shape[1] if pair.name in train_names else 0
-        info, found = _mask_info(str(pair.mask), raw, data_cfg.ignore_label)
-        if number % every == 0:
-            depth = object_depth(raw, data_cfg.ignore_label)
-            if not math.isnan(depth):
-                depths.append(depth)
-            for label, sums in label_layout(raw, data_cfg.ignore_label).items():
-                acc = layout.setdefault(label, [0.0, 0.0, 0.0])
-                acc[:] = [a + b for a, b in zip(acc, sums)]
-        masks.append(info)
-        colours.update(found)
-    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, colours, problems, train_pixels,
-                  depths, layout)
-
-
-# --------------------------------------------------------------------------------------------------
-# The plan
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Plan:
@@ -324,7 +165,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         accelerator: plan for a GPU (larger patch cap) instead of a CPU.
         memory: bytes available for activations (default: this machine's available memory).
         measure: `measure(run_config, precisions) -> {precision: seconds per training step}` (the
-            device probe, `msunet.probe.measure_steps`); None: no measurement, the estimates stay.
+            device probe, `msunet.training.probe.measure_steps`); None: no measurement, the estimates stay.
         precisions: the precisions worth measuring on this device (`model.precision=auto`).
 
     Returns:
@@ -360,7 +201,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("data.flip", "vertical", reason + "; up-down flips only")
         derive("data.rot90", False, reason)
     model = values.get("model.encoder", config.model.encoder)
-    if model in BACKBONES:
+    if model in ENCODERS.names() and ENCODERS[model].pretrained:
         derive("data.normalization", "unit", f"the {model} backbone scales its input as its ImageNet weights expect, "
                "inside the model")
     resample = config.data.resample
@@ -554,7 +395,7 @@ def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes:
             notes.append(f"class ids 0..{classes - 1}: 0 is the background (left out of the Dice loss); if one id marks "
                          f"unlabelled pixels (CamVid's void is {classes - 1}), set data.ignore_label=ID so that "
                          "training and scoring leave those pixels out")
-        derive("model.num_classes", classes, f"class ids {_preview([v for v in ids if v != ignore])} found")
+        derive("model.num_classes", classes, f"class ids {preview([v for v in ids if v != ignore])} found")
     else:
         colours = [c for c, _ in found.colour_pixels.most_common()]
         first = 0 if 0 in colours else colours[0]

@@ -2,7 +2,7 @@
 
 It reads every pair once (as training would), lists what cannot be used and why, describes the
 data (image sizes, class frequencies, object sizes) and prints the plan `msunet train` would use
-(`msunet.plan`: every value the user did not set, derived from the data, with its source).
+(`msunet.plan.planner`: every value the user did not set, derived from the data, with its source).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import numpy as np
 from scipy import ndimage
 
 from msunet.config import RunConfig, resolve_run_config
-from msunet.data import IGNORE, DataError, find_pairs, load_samples, split_pairs
-from msunet.plan import Plan, plan_run, survey
+from msunet.data.pairs import IGNORE, find_pairs, split_pairs
+from msunet.data.preprocessing import DataError
+from msunet.data.samples import load_samples
+from msunet.plan.planner import Plan, plan_run
+from msunet.plan.survey import survey
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,9 @@ def has_accelerator() -> bool:
 
 
 def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iterable[str] | None) -> Plan:
-    """The plan for a dataset on this machine: `msunet.plan` over the files, with the device probe
-    (`msunet.probe`: seconds per training step, cached) unless MSUNET_PROBE=0."""
-    from msunet import probe
+    """The plan for a dataset on this machine: `msunet.plan.planner` over the files, with the device probe
+    (`msunet.training.probe`: seconds per training step, cached) unless MSUNET_PROBE=0."""
+    from msunet.training import probe
 
     measure = None
     if probe.probing_enabled():
@@ -82,7 +85,7 @@ def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str
     Args:
         data_dir: the dataset folder.
         config: the user's config (a `RunConfig`, a dict, a JSON file or None); keys the user did not
-            set are planned from the data (`msunet.plan`), as `msunet.train` plans them.
+            set are planned from the data (`msunet.plan.planner`), as `msunet.train` plans them.
         overrides: `key=value` strings, as `--set`.
         user_keys: the "section.field" keys the user set; None: those written in `config` and
             `overrides` (for a `RunConfig`, the ones that differ from the defaults).

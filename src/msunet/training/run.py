@@ -1,21 +1,8 @@
-"""Training: `train(config, data_dir, out_dir)` writes a run folder; `--resume` continues it.
-
-RUN/ holds:
-    config.json          the resolved RunConfig (predict reads it back)
-    run.json             data folder, msunet version, the state of the run
-    normalization.json   per-channel statistics (or per-image mode), reused by predict
-    calibration.npz      32 training patches ([0, 1] scale, float16): `msunet export --int8` calibrates on them
-    best.keras, last.keras   the probability model (best validation Dice, last epoch)
-    history.csv          one row per epoch: losses and Dice/IoU of every head
-    metrics.json         best and final validation scores, per head and per class
-    curves.png           loss and Dice per scale over epochs
-    problems.txt         files that were skipped, with the reason
-    state/               resume state: trainer + optimizer weights of the last completed epoch
-"""
+"""Training: `train(config, data_dir, out_dir)` writes a run folder (`msunet.training.run_folder`);
+`--resume` continues it."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import json
@@ -26,172 +13,31 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import keras
 import numpy as np
 
 from msunet import __version__
-from msunet.atomic import atomic_path, write_text_atomic
 from msunet.config import RunConfig, resolve_run_config
+from msunet.data.feeding import FixedPatchDataset, PatchDataset
+from msunet.data.pairs import find_pairs, split_pairs
+from msunet.data.preprocessing import DataError, Normalization, compute_normalization
+from msunet.data.samples import CALIBRATION_FILE, calibration_patches, fixed_patches, load_samples
 from msunet.distributed import training as distributed
-from msunet.data import (
-    CALIBRATION_FILE,
-    DataError,
-    Normalization,
-    calibration_patches,
-    compute_normalization,
-    find_pairs,
-    fixed_patches,
-    load_samples,
-    split_pairs,
-)
-from msunet.feeding import FixedPatchDataset, PatchDataset
 from msunet.models import build_model
-from msunet.trainer import MultiScaleTrainer, ScaledSchedule, make_optimizer, schedule_factor
+from msunet.training.callbacks import FINE_TUNE_LR_FACTOR, BackboneFreeze, RunCheckpoint, TimeBudget
+from msunet.training.run_folder import (
+    RunError,
+    plot_curves,
+    prepare_run_dir,
+    read_state,
+    save_npz_atomic,
+    trim_history,
+    write_json_atomic,
+)
+from msunet.training.trainer import MultiScaleTrainer, make_optimizer
 
 log = logging.getLogger(__name__)
-FINE_TUNE_LR_FACTOR = 0.1  # the learning rate once a frozen backbone starts to train
-
-
-class RunError(ValueError):
-    """The run folder cannot be used as asked (exists, incomplete, ...); the message says what to do."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints and resume state
-# --------------------------------------------------------------------------------------------------
-def save_keras_atomic(model: keras.Model, path: pathlib.Path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
-def save_npz_atomic(path: pathlib.Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
-
-
-def write_json_atomic(path: pathlib.Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training when `budget_s` of wall time is spent and drives the learning rate on time.
-
-    Progress is the larger of the time share and the step share, so the schedule anneals whether
-    the budget or `epochs` ends the run. `spent_before` is the time of earlier sessions of a resumed run.
-    """
-
-    def __init__(self, budget_s: float, spent_before: float, base_lr: float, schedule: str, total_steps: int,
-                 steps_before: int, sync=None):
-        super().__init__()
-        self.sync = sync  # multi-process: process 0's clock on every process (same learning rate, same stop)
-        self.budget_s, self.spent_before = budget_s, spent_before
-        self.base_lr, self.schedule = base_lr, schedule
-        self.total_steps, self.step = max(total_steps, 1), steps_before
-        self.exhausted = False
-        self._start = None
-
-    @property
-    def spent(self) -> float:
-        value = self.spent_before + (time.monotonic() - self._start if self._start is not None else 0.0)
-        return self.sync(value) if self.sync else value
-
-    def on_train_begin(self, logs=None):
-        self._start = time.monotonic()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        progress = max(self.spent / self.budget_s, self.step / self.total_steps)
-        self.model.optimizer.learning_rate = self.base_lr * schedule_factor(self.schedule, progress)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.spent >= self.budget_s:
-            self.exhausted = True
-            self.model.stop_training = True
-
-
-class BackboneFreeze(keras.callbacks.Callback):
-    """A pretrained backbone frozen (weights and batch-norm statistics) for the first `epochs`,
-    then trained with the rest of the model at `factor` times the learning rate.
-
-    The optimizer holds slots for every variable from the start, so the resume state has one
-    layout in both phases; changing `trainable` retraces the train step at the epoch boundary.
-    """
-
-    def __init__(self, backbone: keras.layers.Layer, epochs: int, factor: float, clock: TimeBudget | None):
-        super().__init__()
-        self.backbone, self.epochs, self.factor, self.clock = backbone, epochs, factor, clock
-        self.scaled = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        frozen = epoch < self.epochs
-        changed = self.backbone.trainable == frozen
-        self.backbone.trainable = not frozen
-        if not frozen and not self.scaled:
-            self.scaled = True
-            optimizer = self.model.optimizer
-            if self.clock is not None:
-                self.clock.base_lr *= self.factor
-            elif isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-                optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self.factor)
-            else:
-                optimizer.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * self.factor
-            log.info("epoch %d: the backbone trains from now on, at %.3g x the learning rate", epoch + 1, self.factor)
-        if changed:
-            self.model.make_train_function(force=True)
-
-
-class RunCheckpoint(keras.callbacks.Callback):
-    """At each epoch end: last.keras, best.keras (on validation Dice) and the resume state.
-
-    The resume state is `state/epoch-N.weights.h5` (trainer and optimizer variables) written
-    first, then `state/state.json` replaced atomically to point at it, so a kill at any moment
-    leaves a consistent pair: the previous one or the new one.
-    """
-
-    def __init__(self, run_dir: pathlib.Path, model: keras.Model, monitor: str, best: float | None, wait: int,
-                 patience: int, clock: TimeBudget | None = None):
-        super().__init__()
-        self.run_dir, self.net, self.monitor, self.clock = run_dir, model, monitor, clock
-        self.best, self.wait, self.patience = best, wait, patience
-        self.state_dir = run_dir / "state"
-        self.state_dir.mkdir(exist_ok=True)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        value = logs.get(self.monitor)
-        improved = value is not None and not np.isnan(value) and (self.best is None or value > self.best)
-        save_keras_atomic(self.net, self.run_dir / "last.keras")
-        if improved:
-            self.best, self.wait = float(value), 0
-            save_keras_atomic(self.net, self.run_dir / "best.keras")
-        else:
-            self.wait += 1
-        weights = self.state_dir / f"epoch-{epoch + 1}.weights.h5"
-        self.model.save_weights(weights)
-        write_json_atomic(
-            self.state_dir / "state.json",
-            {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait,
-             "steps_done": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
-             "time_spent_s": round(self.clock.spent, 3) if self.clock else None},
-        )
-        for old in self.state_dir.glob("epoch-*.weights.h5"):
-            if old != weights:
-                old.unlink(missing_ok=True)
-        if self.patience and self.wait >= self.patience:
-            log.info("early stopping: no better %s for %d epochs", self.monitor, self.wait)
-            self.model.stop_training = True
-
-
-def read_state(run_dir: pathlib.Path) -> dict | None:
-    path = run_dir / "state" / "state.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise RunError(f"{path}: unreadable resume state ({err}); start again with --overwrite.") from err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,57 +49,6 @@ class TrainResult:
     epochs_done: int
     best_dice: float | None
     metrics: dict
-
-
-def _failed_before_training(out: pathlib.Path) -> str | None:
-    """The error of a run that failed before completing an epoch (nothing to lose), else None."""
-    try:
-        info = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("status") == "failed" and read_state(out) is None:
-        return str(info.get("error", "unknown error"))
-    return None
-
-
-def _prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
-    marker = out / "run.json"
-    if resume:
-        if not marker.is_file():
-            raise RunError(f"{out}: not a msunet run folder (no run.json); nothing to resume. Start a run with --out.")
-        failed = _failed_before_training(out)
-        if failed is not None:
-            raise RunError(f"{out} failed before its first epoch ({failed}); there is nothing to resume. Fix the "
-                           f"cause and run `msunet train --data DATA --out {out} ...` again: it replaces this run.")
-        return
-    if out.exists() and _failed_before_training(out) is not None:
-        log.info("%s: replacing a run that failed before its first epoch", out)
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            what = "an existing run" if marker.is_file() else "a folder that is not empty"
-            raise RunError(
-                f"{out} is {what}; refusing to overwrite it. Use --resume to continue it, --overwrite to replace it, "
-                "or choose another --out."
-            )
-        if marker.is_file():
-            shutil.rmtree(out)
-        else:
-            raise RunError(f"{out} is not empty and not a msunet run; --overwrite only replaces run folders.")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _trim_history(path: pathlib.Path, epochs_done: int) -> None:
-    # Rows written after the last saved state (a kill between the two) would be repeated on resume.
-    if not path.is_file():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        csv.writer(fh).writerows(kept)
 
 
 def train(
@@ -288,7 +83,7 @@ def train(
         verbose: Keras `fit` verbosity ("auto" shows a progress bar per epoch).
         callbacks: extra Keras callbacks.
         user_keys: the "section.field" keys the user set; the others are planned from the data
-            (`msunet.plan`). None: those written in `config` and `overrides` (for a `RunConfig`, the
+            (`msunet.plan.planner`). None: those written in `config` and `overrides` (for a `RunConfig`, the
             ones whose value differs from the default).
         plan: False trains with `config` exactly as given.
 
@@ -303,7 +98,7 @@ def train(
     topology = None
     if resume:
         if not (run_dir / "config.json").is_file():
-            _prepare_run_dir(run_dir, resume, overwrite)  # the error that says what a run folder is
+            prepare_run_dir(run_dir, resume, overwrite)  # the error that says what a run folder is
         config = RunConfig.from_json(run_dir / "config.json")
     else:
         config, written = resolve_run_config(config, overrides)
@@ -332,7 +127,7 @@ def train(
 
 def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, overwrite: bool, state_from, user_keys,
            plan: bool, verbose, callbacks, called: float, topology) -> TrainResult:
-    _prepare_run_dir(run_dir, resume, overwrite)
+    prepare_run_dir(run_dir, resume, overwrite)
     state = None
     if resume:
         info = json.loads((run_dir / "run.json").read_text())
@@ -346,7 +141,7 @@ def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, ove
             raise DataError("No dataset folder given (--data DIR).")
         sources = None
         if plan:
-            from msunet.checking import plan_dataset
+            from msunet.training.check import plan_dataset
 
             planned = plan_dataset(data_dir, config, user_keys)
             config, sources = planned.config, planned.to_json_dict()
@@ -422,7 +217,7 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
         trainer.load_weights(run_dir / "state" / state["weights"])
         epochs_done, best, wait = state["epochs_done"], state["best"], state["wait"]
         train_data.epoch = epochs_done
-        _trim_history(run_dir / "history.csv", epochs_done)
+        trim_history(run_dir / "history.csv", epochs_done)
         log.info("resuming %s at epoch %d of %d", run_dir, epochs_done + 1, cfg.epochs)
     clock = None
     if cfg.time_budget_min > 0:
@@ -488,33 +283,3 @@ def _final_metrics(run: RunConfig, run_dir: pathlib.Path, data, best, epochs_don
         "evaluated_on": "validation tiles" if monitor == "val_dice" else "training patches (no validation split)",
         "heads": heads,
     }
-
-
-def plot_curves(history_csv: pathlib.Path, out_png: pathlib.Path) -> None:
-    """Loss and Dice per scale over epochs, from history.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(history_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "val_loss"):
-        if key in rows[0]:
-            ax_loss.plot(epochs, [float(r[key]) for r in rows], label=key)
-    dice_keys = [k for k in rows[0] if k.replace("val_", "").startswith("dice")]
-    for key in sorted(dice_keys):
-        ax_dice.plot(epochs, [float(r[key]) for r in rows], label=key, linestyle="-" if key.startswith("val_") else ":")
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_dice.set(title="Dice per scale", xlabel="epoch", ylim=(0, 1))
-    for ax in (ax_loss, ax_dice):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)

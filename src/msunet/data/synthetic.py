@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
-from msunet.imageio import write_png
+from msunet.data.imageio import write_png
 
 KINDS = ("ellipse", "rectangle", "triangle", "line")
 CLASS_OF = {"ellipse": 1, "rectangle": 2, "triangle": 3, "line": 1}

@@ -1,6 +1,6 @@
 """Measuring the device: seconds per training step of the actual model, per precision, cached.
 
-The planner (`msunet.plan`, keras-free) asks `measure_steps(run, precisions)` how long one training
+The planner (`msunet.plan.planner`, keras-free) asks `measure_steps(run, precisions)` how long one training
 step of the planned model takes on this machine (`msunet.train`'s trainer and optimizer, the
 planned patch and batch, synthetic data): the median of a few steps after the first (tracing),
 the precisions alternating so that a change in the machine's load hits both. It keeps the faster
@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from msunet import machine
 from msunet.atomic import write_text_atomic
 from msunet.config import RunConfig
-from msunet import machine
 
 log = logging.getLogger(__name__)
 ROUNDS = 3
@@ -48,7 +48,7 @@ def machine_id() -> str:
     without AVX-512), usable cores, accelerators, backend and Keras version: what step times depend on."""
     cpu = machine.fingerprint()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from msunet.models import accelerators
+    from msunet.models.build import accelerators
 
     devices = accelerators()
     return f"{cpu} x{cores} | {','.join(devices) or 'no accelerator'} | {keras.backend.backend()} | keras {keras.__version__}"
@@ -86,7 +86,7 @@ def _synthetic_batch(run: RunConfig, seed: int = 0):
 
 def _trainer(run: RunConfig, precision: str):
     from msunet.models import build_model
-    from msunet.trainer import MultiScaleTrainer, make_optimizer
+    from msunet.training.trainer import MultiScaleTrainer, make_optimizer
 
     run = RunConfig(run.model.replace(precision=precision), run.data, run.train)
     trainer = MultiScaleTrainer(build_model(run.model), run)
@@ -143,7 +143,7 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
 def precision_candidates() -> list[str]:
     """The precisions worth measuring here: float32 and the device's mixed precision (bfloat16 on
     a CPU with bfloat16 instructions or a GPU from Ampere on, float16 on older GPUs), else float32."""
-    from msunet.models import cpu_has_bf16, accelerators, mixed_precision_for_gpu
+    from msunet.models.build import accelerators, cpu_has_bf16, mixed_precision_for_gpu
 
     if any(d.lower().startswith("gpu") for d in accelerators()):
         return ["float32", mixed_precision_for_gpu()]

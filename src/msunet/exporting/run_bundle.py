@@ -61,7 +61,7 @@ def run_bundle(run_dir: str | os.PathLike, which: str = "best", log: Callable[[s
     missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         return None, f"exporting the int8 bundle needs {', '.join(missing)} (pip install 'msunet[export]')"
-    from msunet.exporting import export
+    from msunet.exporting.bundle import export
 
     bundle = run_bundle_path(run_dir, which)
     log(f"exporting the run's int8 bundle once, to {bundle} (`--engine keras` predicts with the Keras model) ...")

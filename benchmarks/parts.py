@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import pathlib
-import platform
 import sys
 
 import numpy as np
@@ -98,6 +97,8 @@ def main() -> None:
     masks = [(rng.random((size, size)) > 0.7).astype(np.int16) for _ in range(batch)]
 
     combos = {**COMBOS, **(BACKBONE_COMBOS if args.backbones else {})}
+    if args.smoke and not args.backbones:  # a harness check: one combination of each decoder
+        combos = {name: over for name, over in combos.items() if name in ("conv + unet", "conv + unetpp", "conv + unet3p")}
     if args.smoke and args.backbones:  # backbones need depth >= their first feature; keep it small
         combos = {name: [o for o in over if not o.startswith("model.depth")] for name, over in combos.items()}
     info, ops = {}, {"train": {}, "infer": {}}
@@ -137,7 +138,9 @@ def main() -> None:
         info[name]["train_ratio_to_default"] = table["train"][name]["median"] / table["train"][default]["median"]
         info[name]["infer_ratio_to_default"] = table["infer"][name]["median"] / table["infer"][default]["median"]
 
-    result = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+    from msunet import machine
+
+    result = {"date": datetime.date.today().isoformat(), "machine": machine.describe(),
               "precision": resolve_precision("auto"), "size": size, "batch": batch, "repeats": repeats,
               "base": base, "combos": info}
     lines = ["| encoder + decoder | parameters | GFLOP / image | train img/s (x default) | infer img/s (x default) |",

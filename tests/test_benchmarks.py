@@ -110,12 +110,13 @@ def test_accuracy_harness_smoke_on_drive(tmp_path):
         pytest.skip("../shared/data/drive is absent (the shared datasets sit beside the project in CI only)")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "run.py"), "drive", "--budget", "0.1",
            "--set", "model.depth=2", "--set", "model.filters=4", "--set", "train.steps_per_epoch=5",
-           "--quiet", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+           "--test-images", "4", "--quiet", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "results" / "drive.json").read_text())
     for tag in ("plain", "tta"):
         scores = data["summary"][tag]
-        assert scores["images"] == 20 and 0 <= scores["f1_pooled"] <= 1 and 0 <= scores["auc_pooled"] <= 1
+        assert scores["images"] == 4 and 0 <= scores["f1_pooled"] <= 1 and 0 <= scores["auc_pooled"] <= 1
     assert data["folds"][0]["stopped_by_time_budget"] and data["folds"][0]["train_images"] == 20
+    assert data["machine"]["cpu"] and "flags" in json.dumps(data["machine"])  # the CPU goes with every result
     assert (tmp_path / "work" / "drive" / "eval-plain" / "report.html").is_file()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -193,7 +192,7 @@ def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pa
 
 # --------------------------------------------------------------------------------------------------
 def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool,
-             newcomer: list[str] | None = None) -> dict:
+             newcomer: list[str] | None = None, test_images: int | None = None) -> dict:
     import msunet
     from msunet.training.check import check_dataset
     from msunet.training.run_folder import load_run
@@ -215,7 +214,7 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
         result = msunet.train(config, view, run_dir, overwrite=True, verbose=0 if quiet else 2, plan=False)
     train_s = time.perf_counter() - start
     info = json.loads((run_dir / "run.json").read_text())
-    test = sorted(s for s, split in labels.items() if split == "test")
+    test = sorted(s for s, split in labels.items() if split == "test")[:test_images]  # None: all
     inputs = WORK / name / "inputs"
     shutil.rmtree(inputs, ignore_errors=True)
     inputs.mkdir(parents=True)
@@ -270,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--folds", type=int, help="run only the first N folds (isbi2012-membrane)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--test-images", type=int, help="score only the first N test images (a quick look; the "
+                        "published protocol scores them all)")
     parser.add_argument("--newcomer", action="store_true",
                         help="no config: only the budget and --set, the rest planned from the data (results "
                              "DATASET-newcomer.json)")
@@ -282,6 +283,7 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is missing: the accuracy benchmark needs the shared datasets beside the project.")
     datasets = DATASETS if args.dataset == "all" else (args.dataset,)
+    from msunet import machine
     from msunet.config import RunConfig
 
     for dataset in datasets:
@@ -295,11 +297,12 @@ def main(argv=None) -> int:
             name = tag + (f"-{fold}" if fold else "")
             print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: training {budget / len(folds):.1f} min", flush=True)
             results.append(run_fold(dataset, name, labels, config, budget / len(folds), args.quiet,
-                                    newcomer=args.set if args.newcomer else None))
+                                    newcomer=args.set if args.newcomer else None, test_images=args.test_images))
             print(json.dumps(results[-1]["scores"], indent=1), flush=True)
         record = {
             "dataset": dataset, "variant": variant or "default", "date": datetime.date.today().isoformat(),
-            "machine": f"{os.cpu_count()} CPU cores", "budget_min_total": budget, "overrides": args.set,
+            "machine": machine.describe(), "budget_min_total": budget,
+            "overrides": args.set, "test_images_limit": args.test_images,
             "config": (json.loads((pathlib.Path(results[0]["run_dir"]) / "config.json").read_text()) if args.newcomer
                        else config.override([f"train.time_budget_min={budget / len(folds)}"]).to_dict()),
             "folds": results, "summary": aggregate(results) if len(results) > 1 else results[0]["scores"],

@@ -5,6 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.msunet-installed
 EXTRAS ?= train,export,test
+# Tests run in this many processes (pytest-xdist): on 2 cores the suite takes ~9.5 min instead of ~17.
+TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 MSUNET_INSTALL_CHROMIUM ?= 1
@@ -25,7 +27,7 @@ demo: venv
 	$(VENV)/bin/msunet demo --out demo_out
 
 test: venv browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The report test renders in headless Chromium. Install Debian's chromium when it is missing and we
 # may (root with apt-get; MSUNET_INSTALL_CHROMIUM=0 to skip); otherwise that one test is skipped.

@@ -120,3 +120,28 @@ def test_accuracy_harness_smoke_on_drive(tmp_path):
     assert data["folds"][0]["stopped_by_time_budget"] and data["folds"][0]["train_images"] == 20
     assert data["machine"]["cpu"] and "flags" in json.dumps(data["machine"])  # the CPU goes with every result
     assert (tmp_path / "work" / "drive" / "eval-plain" / "report.html").is_file()
+
+
+def test_time_to_accuracy_keeps_the_model_at_each_point_and_draws_the_curves(tmp_path, monkeypatch):
+    """The curve's parts without a training run (that is the benchmark): snapshots at the first epoch end
+    after each point, and the plot of every result file of a dataset."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    start = time.perf_counter() - 100  # 100 s ago
+    callback = module.snapshot_callback(run_dir, start, [30.0, 90.0, 1e9])
+    (run_dir / "last.keras").write_text("epoch 3")
+    callback.on_epoch_end(2)
+    assert [(s["point_s"], s["epoch"]) for s in callback.taken] == [(30.0, 3), (90.0, 3)]
+    assert (run_dir / "snapshots" / "t00030.keras").read_text() == "epoch 3" and callback.pending == [1e9]
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    for variant, dice in (("before", [0.3, 0.5]), ("after", [0.5, 0.7])):
+        curve = [{"at_s": 60.0 * (i + 1), "scores": {"f1_pooled": d}} for i, d in enumerate(dice)]
+        (tmp_path / "results" / f"busi-subset-{variant}.json").write_text(json.dumps({"curve": curve}))
+    assert module.main(["busi-subset", "--plot"]) == 0 and (tmp_path / "results" / "busi-subset.png").stat().st_size > 0

@@ -85,7 +85,7 @@ def test_train_and_predict_at_half_resolution_give_masks_at_the_original_size(tm
     run = RunConfig().override(["data.resample=0.5", "model.depth=2", "model.filters=4", "data.patch_size=32",
                                 "train.batch_size=2", "train.steps_per_epoch=3", "train.epochs=1", "train.workers=1"])
     train(run, data, tmp_path / "run", verbose=0, plan=False)
-    summary = predict(tmp_path / "run", data / "images" / "im5.png", tmp_path / "pred", tta=True)
+    summary = predict(tmp_path / "run", data / "images" / "im5.png", tmp_path / "pred", tta=True, engine="keras")
     assert not summary.failed
     assert read_mask(tmp_path / "pred" / "im5.png").shape == (70, 90)
     assert read_mask(tmp_path / "pred" / "im5_s2.png").shape == (35, 45)

@@ -93,3 +93,17 @@ def test_train_and_predict_at_half_resolution_give_masks_at_the_original_size(tm
     assert result.summary["split"] == "test" and result.summary["images"] == 2 and not result.problems
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["resample"] == 0.5
+
+
+def test_large_objects_get_the_whole_low_resolution_image_in_a_patch_and_a_deeper_net(tmp_path):
+    """A lesion-like band as thick as a fifth of the image: at 1/4 resolution the 120 px short side is
+    trained whole in a 128 px patch at depth 4 (an 8 px bottleneck), not as 64 px corners at depth 2
+    (busi-subset, 5 min: test Dice 0.61 against 0.43, benchmarks/results/time-to-accuracy/)."""
+    large = plan_run(survey(_folder(tmp_path / "large", 4, (480, 560), 100)), RunConfig(), set(), memory=2**34)
+    cfg = large.config
+    assert (cfg.data.resample, cfg.data.patch_size, cfg.model.depth) == (0.25, 128, 4)
+    assert "the whole image in one patch" in large.sources["data.patch_size"]["why"]
+    assert "~8 px" in large.sources["model.depth"]["why"]
+    # objects as thin for the image as isbi2012's cells: patches and depth as before
+    thin = plan_run(survey(_folder(tmp_path / "thin", 4, (480, 560), 8)), RunConfig(), set(), memory=2**34)
+    assert (thin.config.data.resample, thin.config.data.patch_size, thin.config.model.depth) == (1.0, 256, 4)

@@ -13,8 +13,8 @@ a value with its source and reason:
 | model.num_classes          | 1 (binary), the largest class id + 1 (index), the colours (palette) |
 | data.ignore_label          | 255 next to small class ids (the VOC \"void\" convention)         |
 | data.resample              | 1, or 1/2, 1/4 ... while a patch sees < 25% of the median image and the objects stay thick |
-| data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it |
-| model.depth                | a bottleneck of about 16 px on the patch                        |
+| data.patch_size            | the median image's short side (a power of two, at most 256 on a CPU, 512 on a GPU); small images shrink it; large objects: 128 px holding the whole (low-resolution) image when its short side is 90-127 px |
+| model.depth                | a bottleneck of about 16 px on the patch (8 px with the whole image in a patch) |
 | train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, cut until a measured step takes ~1-2 s |
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
 | model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
@@ -61,7 +61,9 @@ BOTTLENECK = 16  # px at the bottleneck of the planned patch...
 LARGE_OBJECT_SHARE = 0.025  # ...and where objects are this thick for the image (object_depth / short side)
 LARGE_OBJECT_BOTTLENECK = 8  # one level deeper, with the whole image in a patch:
 WHOLE_IMAGE_SHARE = 0.7  # the patch is rounded up when the image's short side fills this much of it,
-WHOLE_IMAGE_MIN = 128  # to a patch of at least this side (small images keep the patch they fit)
+WHOLE_IMAGE_PATCH = 128  # to this side. busi-subset, 5 min on 2 cores (benchmarks/results/time-to-accuracy/): 64 px
+#                          patches at depth 2, test Dice 0.43; the whole image in 128 px at depth 4, 0.61; at 1/2
+#                          resolution in 256 px at depth 5, 0.41 (3.5x slower steps). Larger were not measured.
 UPRIGHT_SKEW = 0.08  # labels this far (pixel-weighted) from the middle rows, and 1.5 times as far as from the middle
 #                      columns, mean the images have an up and a down: no vertical flips or 90-degree turns
 Measure = Callable[[RunConfig, Sequence[str]], dict]
@@ -105,7 +107,7 @@ def _pow2_patch(short_side: float, cap: int, whole: bool = False) -> int:
     (large objects), the one above it when the short side fills WHOLE_IMAGE_SHARE of it, so that a
     patch holds the whole (low-resolution) image instead of a corner of it."""
     patch = 2 ** int(math.floor(math.log2(max(min(short_side, cap), 16))))
-    if whole and WHOLE_IMAGE_MIN <= 2 * patch <= cap and short_side >= WHOLE_IMAGE_SHARE * 2 * patch:
+    if whole and 2 * patch == WHOLE_IMAGE_PATCH <= cap and short_side >= WHOLE_IMAGE_SHARE * 2 * patch:
         patch *= 2
     return patch
 
@@ -127,7 +129,7 @@ def _plan_resample(found: Survey, accelerator: bool) -> tuple[float, str]:
     depth = float(np.median(found.object_depths)) if found.object_depths else 0.0
     factor = 1.0
     while factor > RESAMPLE_MIN:
-        patch = _pow2_patch(short * factor, cap, whole=large_objects(depth, short))
+        patch = _pow2_patch(short * factor, cap)
         if patch * patch >= MIN_PATCH_SHARE * area * factor * factor or depth * factor / 2 < MIN_OBJECT_DEPTH:
             break
         factor /= 2

@@ -81,12 +81,7 @@ def measure(dataset: str, budget_min: float, points_min: list[float], overrides:
     spent = float(info.get("time_spent_s") or wall_s)
     loaded = load_run(run_dir)
     test = sorted(s for s, split in labels.items() if split == "test")
-    inputs = work / name / "inputs"
-    shutil.rmtree(inputs, ignore_errors=True)
-    inputs.mkdir(parents=True)
-    for stem in test:
-        src = next((view / "images").glob(f"{stem}.*"))
-        (inputs / src.name).symlink_to(src.resolve())
+    inputs = accuracy.link_inputs(view, test, work / name / "inputs")
     binary = loaded.config.model.num_classes == 1
     curve = []
     models = [*snapshots.taken, {"point_s": None, "at_s": wall_s, "epoch": result.epochs_done,

@@ -191,6 +191,16 @@ def score(dataset: str, view: pathlib.Path, pred_dir: pathlib.Path, eval_dir: pa
 
 
 # --------------------------------------------------------------------------------------------------
+def link_inputs(view: pathlib.Path, stems: list[str], inputs: pathlib.Path) -> pathlib.Path:
+    """A fresh folder of links to the view's images of `stems` (what prediction reads)."""
+    shutil.rmtree(inputs, ignore_errors=True)
+    inputs.mkdir(parents=True)
+    for stem in stems:
+        src = next((view / "images").glob(f"{stem}.*"))
+        (inputs / src.name).symlink_to(src.resolve())
+    return inputs
+
+
 def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min: float, quiet: bool,
              newcomer: list[str] | None = None, test_images: int | None = None) -> dict:
     import msunet
@@ -215,12 +225,7 @@ def run_fold(dataset: str, name: str, labels: dict[str, str], config, budget_min
     train_s = time.perf_counter() - start
     info = json.loads((run_dir / "run.json").read_text())
     test = sorted(s for s, split in labels.items() if split == "test")[:test_images]  # None: all
-    inputs = WORK / name / "inputs"
-    shutil.rmtree(inputs, ignore_errors=True)
-    inputs.mkdir(parents=True)
-    for stem in test:
-        src = next((view / "images").glob(f"{stem}.*"))
-        (inputs / src.name).symlink_to(src.resolve())
+    inputs = link_inputs(view, test, WORK / name / "inputs")
     loaded = load_run(run_dir)
     # Scored by the dataset's protocol (its classes, void label and background rule, from
     # configs/DATASET.json), whatever the run planned: a newcomer's CamVid run that learnt void as a

@@ -13,14 +13,8 @@ import numpy as np
 
 from msunet.config import DataConfig
 from msunet.data.imageio import IMAGE_SUFFIXES, is_image_file
-from msunet.data.preprocessing import (  # noqa: F401 - the training side of one implementation
+from msunet.data.preprocessing import (
     DataError,
-    Normalization,
-    channel_moments,
-    compute_normalization,
-    downscale_image,
-    resize_probabilities,
-    to_unit_float,
 )
 
 IGNORE = -1

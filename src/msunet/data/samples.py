@@ -13,13 +13,9 @@ from scipy import ndimage
 from msunet.config import DataConfig, ModelConfig
 from msunet.data.imageio import ImageReadError, read_image, read_mask
 from msunet.data.pairs import IGNORE, Pair, decode_mask
-from msunet.data.preprocessing import (  # noqa: F401 - the training side of one implementation
+from msunet.data.preprocessing import (
     DataError,
-    Normalization,
-    channel_moments,
-    compute_normalization,
     downscale_image,
-    resize_probabilities,
     to_unit_float,
 )
 from msunet.data.targets import downsample_target, one_hot_target

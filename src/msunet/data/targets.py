@@ -9,15 +9,6 @@ import numpy as np
 
 from msunet.config import ModelConfig
 from msunet.data.pairs import IGNORE
-from msunet.data.preprocessing import (  # noqa: F401 - the training side of one implementation
-    DataError,
-    Normalization,
-    channel_moments,
-    compute_normalization,
-    downscale_image,
-    resize_probabilities,
-    to_unit_float,
-)
 from msunet.heads import head_scale
 
 

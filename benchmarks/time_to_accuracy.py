@@ -39,9 +39,14 @@ def snapshot_callback(run_dir: pathlib.Path, start: float, points_s: list[float]
         def __init__(self):
             super().__init__()
             self.pending, self.taken = sorted(points_s), []
+            self.train_begin_s, self.epoch_ends_s = None, []  # from the call: where the time goes
+
+        def on_train_begin(self, logs=None):
+            self.train_begin_s = time.perf_counter() - start
 
         def on_epoch_end(self, epoch, logs=None):
             elapsed = time.perf_counter() - start
+            self.epoch_ends_s.append(elapsed)
             while self.pending and elapsed >= self.pending[0]:
                 point = self.pending.pop(0)
                 target = run_dir / "snapshots" / f"t{int(point):05d}.keras"
@@ -102,11 +107,23 @@ def measure(dataset: str, budget_min: float, points_min: list[float], overrides:
         "dataset": dataset, "date": datetime.date.today().isoformat(), "machine": machine.describe(),
         "budget_min": budget_min, "points_min": points_min, "overrides": overrides, "wall_s": wall_s,
         "training_s": spent, "steps_done": steps, "epochs_done": result.epochs_done,
-        "achieved_s_per_step": spent / steps if steps else None,
+        "achieved_s_per_step": spent / steps if steps else None,  # from the call: check, probe, loading included
+        "before_training_s": snapshots.train_begin_s,  # the call until fit starts: check, probe, loading
+        "epoch_ends_s": snapshots.epoch_ends_s,
+        "steady_s_per_step": _steady(snapshots.epoch_ends_s, config),
         "planned_s_per_step": planned_step, "plan": {k: v.get("value") for k, v in sources.items()
                                                      if v.get("source") in ("data", "device")},
         "best_val_dice": result.best_dice, "test_images": len(test), "curve": curve,
     }
+
+
+def _steady(epoch_ends_s: list[float], config: dict) -> float | None:
+    """Seconds per step between the first epoch's end (tracing done) and the last full epoch's (the
+    budget may cut the last one short), validation and epoch ends included."""
+    steps = (config.get("train") or {}).get("steps_per_epoch")
+    if len(epoch_ends_s) < 3 or not steps:
+        return None
+    return (epoch_ends_s[-2] - epoch_ends_s[0]) / (steps * (len(epoch_ends_s) - 2))
 
 
 def plot(dataset: str, out_png: pathlib.Path) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from msunet.config.base import BaseConfig, ConfigError, check_choice, check_float, check_int, jsonable
+from msunet.config.base import BaseConfig, ConfigError, check_choice, check_float, check_int, jsonable, parse_value
 from msunet.config.parts import DECODERS, ENCODERS, PartOptions
 from msunet.heads import contract_heads
 
@@ -118,7 +118,6 @@ class ModelConfig(BaseConfig):
             name = getattr(self, kind)
             if not isinstance(name, str):
                 raise ConfigError(f"{owner}.{kind}={name!r} must be a name; valid: {', '.join(registry.names())}.")
-            registry.lookup(name)  # an unknown name lists the registered ones
             object.__setattr__(self, f"{kind}_options",
                                registry.options_of(name, getattr(self, f"{kind}_options"), owner))
         if not isinstance(self.encoder_weights, str) or not self.encoder_weights.strip():
@@ -231,8 +230,6 @@ class ModelConfig(BaseConfig):
             (nested if key.startswith(("encoder_options.", "decoder_options.")) else plain).append(item)
         config = super().override(plain) if plain else self
         if nested:
-            from msunet.config.base import parse_value
-
             changes: dict[str, dict] = {}
             for item in nested:
                 key, _, value = item.partition("=")
@@ -247,8 +244,7 @@ class ModelConfig(BaseConfig):
         """Moves keys that are not ModelConfig fields but options of the (new) encoder or decoder into
         `encoder_options` / `decoder_options`; other unknown keys are left for the usual error."""
         own = {f.name for f in dataclasses.fields(cls)}
-        for kind, name in (("encoder", encoder), ("decoder", decoder)):
-            registry = ENCODERS if kind == "encoder" else DECODERS
+        for kind, registry, name in (("encoder", ENCODERS, encoder), ("decoder", DECODERS, decoder)):
             if not isinstance(name, str):
                 continue
             name = DECODER_ALIASES.get(name.lower(), name) if kind == "decoder" else name
@@ -256,8 +252,7 @@ class ModelConfig(BaseConfig):
                 part = registry.lookup(name)
             except ConfigError:
                 continue  # the name's own error comes from validation
-            names = {f.name for f in dataclasses.fields(part.options)}
-            moved = {k: changes.pop(k) for k in list(changes) if k not in own and k in names}
+            moved = {k: changes.pop(k) for k in list(changes) if k not in own and k in part.option_names}
             if moved:
                 field = f"{kind}_options"
                 base = changes.get(field)
@@ -268,7 +263,7 @@ class ModelConfig(BaseConfig):
         # Flat keys of another part (res_blocks with encoder=conv): the message says whose they are.
         for k in [k for k in changes if k not in own]:
             for registry in (ENCODERS, DECODERS):
-                owners = [n for n in registry.names() if k in {f.name for f in dataclasses.fields(registry[n].options)}]
+                owners = [n for n in registry.names() if k in registry[n].option_names]
                 defaults = {getattr(registry[n].options(), k) for n in owners}
                 if owners and changes[k] in defaults:  # an older config's flat default: nothing to carry
                     changes.pop(k)

@@ -61,6 +61,10 @@ class Part:
     pretrained: bool = False
     summary: str = ""
 
+    @property
+    def option_names(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.options)}
+
     def describe(self) -> str:
         """One line: the summary given at registration, else the first line of the part file's docstring."""
         module = sys.modules.get(self.build.__module__)

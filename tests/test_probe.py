@@ -51,6 +51,15 @@ def test_a_cpu_step_is_kept_near_one_to_two_seconds(tmp_path, no_env_precision):
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slower)
     assert (plan.config.train.batch_size, plan.config.model.filters) == (5, 16)  # int(8 * 1.5 / 2.4)
     assert "a training step of ~1.5 s" in plan.sources["train.batch_size"]["why"]
+    assert slower.calls[-1] == (5, 16, ("float32",))  # measured again at the smaller batch, not scaled
+    linear = FakeDevice({"float32": 1.2})
+
+    def sublinear(run, precisions):  # a step at batch 5 costs 1.2x its share of batch 8 (fixed costs per step)
+        return {p: t * (1.2 if run.train.batch_size < 8 else 1.0) for p, t in linear(run, precisions).items()}
+
+    plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=sublinear)
+    assert plan.sources["train.steps_per_epoch"]["probe_s_per_step"] == pytest.approx(1.8)  # 1.2 x 1.5 s
+    assert "1.80 s at 5" in plan.sources["train.batch_size"]["why"]
     very_slow = FakeDevice({"float32": 8.0})  # 16 s at 16 filters, 4 s even at batch 2: narrower again
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=very_slow)
     assert (plan.config.train.batch_size, plan.config.model.filters) == (2, 8)
@@ -95,7 +104,11 @@ def test_short_measured_epochs_are_regrouped_into_fewer_longer_ones(tmp_path, no
     assert (slow.config.train.steps_per_epoch, slow.config.train.epochs) == (10, 30)  # 1.5 s steps: no regrouping
     budget = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"},
                       measure=fast)  # 15 min at 10 s per epoch: 90 epochs fit; the budget, not the epochs, ends training
-    assert (budget.config.train.steps_per_epoch, budget.config.train.epochs) == (100, 180)
+    # a step of fit 1.15 x 0.1 s, plus 15 validation batches at a quarter step and 0.7 s of epoch end per 100 steps
+    expected = 0.1 * 1.15 + (15 * 0.25 * 0.1 + 0.7) / 100
+    entry = budget.sources["train.steps_per_epoch"]
+    assert entry["expected_s_per_step"] == pytest.approx(expected, abs=1e-4) and entry["probe_s_per_step"] == 0.1
+    assert (budget.config.train.steps_per_epoch, budget.config.train.epochs) == (100, 2 * 72)  # ceil(900 / 12.575)
     assert "train.time_budget_min=15 ends training" in budget.sources["train.epochs"]["why"]
     unmeasured = plan_run(found, RunConfig().override(["train.time_budget_min=15"]), {"train.time_budget_min"})
     assert unmeasured.config.train.epochs == 10_000

@@ -51,6 +51,13 @@ EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, cur
 EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (validation, 3 checkpoint files) costs
 #                    ~0.5 s, a third of a 64 px folder's 1.5 s epochs; its steps are regrouped into fewer epochs
 VAL_FRACTION_OF_EPOCH = 0.15
+# The time model: what a step of `fit` costs against the probe's `train_on_batch` step (`benchmarks/epoch_profile.py`,
+# 2-core AVX2 EPYC, 2026-12-06: busi-subset / DSB / DRIVE plans): the data threads' CPU share (3-7% of a step) and
+# Keras' loop make a step of fit 1.12 / 1.21 / 1.12x; a validation batch (forward only) costs 0.25 / 0.20 / 0.20 of a
+# training step; an epoch end (CSV row, last.keras, best.keras, the resume state) 0.6 / 0.7 / 0.8 s.
+FIT_STEP_FACTOR = 1.15
+VAL_STEP_SHARE = 0.25
+EPOCH_END_S = 0.7
 MIN_TOTAL_STEPS = 300  # where 50 passes over a small folder take fewer steps, training still gets this many: the
 #                        64 px newcomer folder ran 500 (77 s, held-out Dice 0.969); 250: 47 s, 0.912; 300: 56 s, 0.943
 DEVICE_KEYS = {"model.precision", "model.filters"}
@@ -270,7 +277,10 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             if key == "model.precision" and measured:
                 entry["seconds_per_step"] = {p: round(t, 6) for p, t in measured.items()}
             if key == "train.steps_per_epoch" and step:
-                entry["expected_s_per_step"] = round(step, 4)  # what the epochs and the budget were planned with
+                # what the epochs and the budget were planned with: a step of fit, validation and epoch ends included
+                entry["expected_s_per_step"] = round(expected_step_seconds(step, resolved.train.steps_per_epoch,
+                                                                           resolved.train.val_batches), 4)
+                entry["probe_s_per_step"] = round(step, 4)
             sources[key] = entry
     return Plan(resolved, sources, notes, disagreeing)
 
@@ -316,9 +326,13 @@ def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, der
         step, filters = slow, filters // 2
     if step > high and "train.batch_size" not in user and batch > 2:
         smaller = max(2, int(batch * (low + high) / 2 / step))
-        measured_step, step = step, step * smaller / batch
+        # measured again at the smaller batch: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8,
+        # 1.87 s at batch 4, not 1.48)
+        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters,
+                              "train.batch_size": smaller})
+        measured_step, step = step, measure(cut, [precision])[precision]
         derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
-               f"(measured {measured_step:.2f} s at batch {batch}, {filters} filters)")
+               f"(measured {measured_step:.2f} s at batch {batch}, {step:.2f} s at {smaller}, {filters} filters)")
         batch = smaller
     if step > high and "model.filters" not in user and filters > 8:
         narrower = _apply(config, {**values, "model.precision": precision, "model.filters": filters // 2})
@@ -366,18 +380,27 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
             derive("train.epochs", max(1, math.ceil(total / steps)),
                    f"the {total} steps of {_total_why(one_pass, steps, config.train.epochs)}")
         derive("train.steps_per_epoch", steps, reason)
+    steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
+    derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),
+           f"validation at about {VAL_FRACTION_OF_EPOCH:.0%} of an epoch's {steps} steps")
     budget_s = 60 * values.get("train.time_budget_min", config.train.time_budget_min)
     if budget_s and "train.epochs" not in user:
         # A budget alone means "train for this long": the epochs must not end training first (a DRIVE newcomer
         # with 15 minutes stopped after 10, its 50 default epochs done). Twice the epochs the budget holds.
-        steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
-        fits = math.ceil(budget_s / (steps * step)) if step else None
+        val_batches = values.get("train.val_batches", config.train.val_batches)
+        run_step = expected_step_seconds(step, steps, val_batches) if step else None
+        fits = math.ceil(budget_s / (steps * run_step)) if step else None
         epochs = max(config.train.epochs, 2 * fits) if fits else 10_000
         derive("train.epochs", epochs, f"train.time_budget_min={budget_s / 60:g} ends training"
-               + (f" (about {fits} epochs of {steps} steps at {step:.2f} s per step)" if fits else ""))
-    steps = values.get("train.steps_per_epoch", config.train.steps_per_epoch)
-    derive("train.val_batches", max(1, math.ceil(VAL_FRACTION_OF_EPOCH * steps)),
-           f"validation at about {VAL_FRACTION_OF_EPOCH:.0%} of an epoch's {steps} steps")
+               + (f" (about {fits} epochs of {steps} steps at {run_step:.2f} s per step, validation and epoch "
+                  "ends included)" if fits else ""))
+
+
+def expected_step_seconds(step: float, steps_per_epoch: int, val_batches: int) -> float:
+    """Seconds per training step as `msunet.train` runs it, from the probe's `train_on_batch` step: a step of fit
+    (`FIT_STEP_FACTOR`), plus each epoch's validation batches and epoch end spread over its steps."""
+    per_epoch = val_batches * VAL_STEP_SHARE * step + EPOCH_END_S
+    return step * FIT_STEP_FACTOR + per_epoch / max(steps_per_epoch, 1)
 
 
 def _total_steps(one_pass: int, steps: int, epochs: int) -> int:

@@ -43,6 +43,7 @@ import numpy as np
 
 from msunet.config import ENCODERS, SECTIONS, RunConfig, jsonable, non_default_keys
 from msunet.plan.survey import Survey, preview
+from msunet.plan.timing import expected_step_seconds
 
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
 CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
@@ -51,13 +52,6 @@ EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, cur
 EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (validation, 3 checkpoint files) costs
 #                    ~0.5 s, a third of a 64 px folder's 1.5 s epochs; its steps are regrouped into fewer epochs
 VAL_FRACTION_OF_EPOCH = 0.15
-# The time model: what a step of `fit` costs against the probe's `train_on_batch` step (`benchmarks/epoch_profile.py`,
-# 2-core AVX2 EPYC, 2026-12-06: busi-subset / DSB / DRIVE plans): the data threads' CPU share (3-7% of a step) and
-# Keras' loop make a step of fit 1.12 / 1.21 / 1.12x; a validation batch (forward only) costs 0.25 / 0.20 / 0.20 of a
-# training step; an epoch end (CSV row, last.keras, best.keras, the resume state) 0.6 / 0.7 / 0.8 s.
-FIT_STEP_FACTOR = 1.15
-VAL_STEP_SHARE = 0.25
-EPOCH_END_S = 0.7
 MIN_TOTAL_STEPS = 300  # where 50 passes over a small folder take fewer steps, training still gets this many: the
 #                        64 px newcomer folder ran 500 (77 s, held-out Dice 0.969); 250: 47 s, 0.912; 300: 56 s, 0.943
 DEVICE_KEYS = {"model.precision", "model.filters"}
@@ -68,14 +62,13 @@ BOTTLENECK = 16  # px at the bottleneck of the planned patch...
 LARGE_OBJECT_SHARE = 0.025  # ...and where objects are this thick for the image (object_depth / short side)
 LARGE_OBJECT_BOTTLENECK = 8  # one level deeper, with the whole image in a patch:
 WHOLE_IMAGE_SHARE = 0.7  # the patch is rounded up when the image's short side fills this much of it,
-WHOLE_IMAGE_PATCH = 128  # to this side. busi-subset, 5 min on 2 cores (benchmarks/results/time-to-accuracy/): 64 px
-#                          patches at depth 2, test Dice 0.43; the whole image in 128 px at depth 4, 0.61; at 1/2
-#                          resolution in 256 px at depth 5, 0.41 (3.5x slower steps). Larger were not measured.
+WHOLE_IMAGE_PATCH = 128  # to this side. busi-subset, 5 min on 2 cores (benchmarks/results/time-to-accuracy/): 64 px at
+#                          depth 2, test Dice 0.43; the whole image in 128 px at depth 4, 0.61; 1/2 res. in 256 px, 0.41
 UPRIGHT_SKEW = 0.08  # labels this far (pixel-weighted) from the middle rows, and 1.5 times as far as from the middle
 #                      columns, mean the images have an up and a down: no vertical flips or 90-degree turns
 Measure = Callable[[RunConfig, Sequence[str]], dict]
 
-# --------------------------------------------------------------------------------------------------
+
 @dataclasses.dataclass
 class Plan:
     """The resolved config and, per key ("section.field"), its value, source and reason."""
@@ -277,9 +270,9 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             if key == "model.precision" and measured:
                 entry["seconds_per_step"] = {p: round(t, 6) for p, t in measured.items()}
             if key == "train.steps_per_epoch" and step:
-                # what the epochs and the budget were planned with: a step of fit, validation and epoch ends included
-                entry["expected_s_per_step"] = round(expected_step_seconds(step, resolved.train.steps_per_epoch,
-                                                                           resolved.train.val_batches), 4)
+                # what the epochs and the budget were planned with (`msunet.plan.timing`)
+                entry["expected_s_per_step"] = round(
+                    expected_step_seconds(step, resolved.train.steps_per_epoch, resolved.train.val_batches), 4)
                 entry["probe_s_per_step"] = round(step, 4)
             sources[key] = entry
     return Plan(resolved, sources, notes, disagreeing)
@@ -326,10 +319,8 @@ def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, der
         step, filters = slow, filters // 2
     if step > high and "train.batch_size" not in user and batch > 2:
         smaller = max(2, int(batch * (low + high) / 2 / step))
-        # measured again at the smaller batch: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8,
-        # 1.87 s at batch 4, not 1.48)
-        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters,
-                              "train.batch_size": smaller})
+        # measured again: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8, 1.87 s at 4, not 1.48)
+        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters, "train.batch_size": smaller})
         measured_step, step = step, measure(cut, [precision])[precision]
         derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
                f"(measured {measured_step:.2f} s at batch {batch}, {step:.2f} s at {smaller}, {filters} filters)")
@@ -395,12 +386,6 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
                + (f" (about {fits} epochs of {steps} steps at {run_step:.2f} s per step, validation and epoch "
                   "ends included)" if fits else ""))
 
-
-def expected_step_seconds(step: float, steps_per_epoch: int, val_batches: int) -> float:
-    """Seconds per training step as `msunet.train` runs it, from the probe's `train_on_batch` step: a step of fit
-    (`FIT_STEP_FACTOR`), plus each epoch's validation batches and epoch end spread over its steps."""
-    per_epoch = val_batches * VAL_STEP_SHARE * step + EPOCH_END_S
-    return step * FIT_STEP_FACTOR + per_epoch / max(steps_per_epoch, 1)
 
 
 def _total_steps(one_pass: int, steps: int, epochs: int) -> int:

@@ -81,23 +81,21 @@ class Phases:
         return out
 
 
-class Memory:
+def memory_dataset(batches):
     """Precomputed batches as a one-thread `PyDataset` (no data work while the model trains)."""
+    import keras
 
-    def __new__(cls, batches):
-        import keras
+    class Memory(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
 
-        class _Memory(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__(workers=1, use_multiprocessing=False)
+        def __len__(self):
+            return len(batches)
 
-            def __len__(self):
-                return len(batches)
+        def __getitem__(self, i):
+            return batches[i]
 
-            def __getitem__(self, i):
-                return batches[i]
-
-        return _Memory()
+    return Memory()
 
 
 def measure(dataset: str, overrides: list[str], epochs: int) -> dict:
@@ -142,7 +140,8 @@ def measure(dataset: str, overrides: list[str], epochs: int) -> dict:
         return statistics.median(times)
 
     result = {"dataset": dataset, "date": datetime.date.today().isoformat(), "machine": machine.describe(),
-              "overrides": overrides, "plan": {k: e["value"] for k, e in planned.sources.items() if e["source"] != "default"},
+              "overrides": overrides,
+              "plan": {k: e["value"] for k, e in planned.sources.items() if e["source"] != "default"},
               "planned_s_per_step": expected,
               "probe_s_per_step": probe.measure_steps(run, [run.model.precision])[run.model.precision]}
     result["batch_cpu_s"] = timed_batches(dataset_of(), min(steps, 12))
@@ -164,7 +163,7 @@ def measure(dataset: str, overrides: list[str], epochs: int) -> dict:
         times.append(time.perf_counter() - start)
     result["step_fixed_s"] = statistics.median(times)
 
-    for name, data in (("fit_memory", Memory(memory)), ("fit_data", dataset_of())):
+    for name, data in (("fit_memory", memory_dataset(memory)), ("fit_data", dataset_of())):
         phases = Phases()
         trainer().fit(data, epochs=epochs, callbacks=[phases.first, phases.last], verbose=0)
         result[name] = phases.summary()
@@ -193,6 +192,7 @@ def measure(dataset: str, overrides: list[str], epochs: int) -> dict:
 
 def table(r: dict) -> str:
     full, data, mem = r["fit_full"], r["fit_data"], r["fit_memory"]
+    steps_per_epoch = full["steps"] / full["epochs_timed"]
     rows = [
         ("planned (planner)", r["planned_s_per_step"]),
         ("probe (train_on_batch, one batch)", r["probe_s_per_step"]),
@@ -200,13 +200,14 @@ def table(r: dict) -> str:
         ("fit, batches in memory", mem["train_s_per_step"]),
         ("fit, PatchDataset (workers)", data["train_s_per_step"]),
         ("fit as msunet.train (validation, callbacks)", full["s_per_step"]),
-        ("  of which validation, per step", full.get("validation_s_per_epoch", 0) / (full["steps"] / full["epochs_timed"])),
-        ("  of which epoch-end callbacks, per step", full["epoch_end_s_per_epoch"] / (full["steps"] / full["epochs_timed"])),
+        ("  of which validation, per step", full.get("validation_s_per_epoch", 0) / steps_per_epoch),
+        ("  of which epoch-end callbacks, per step", full["epoch_end_s_per_epoch"] / steps_per_epoch),
         ("one batch made on one thread", r["batch_cpu_s"]),
         ("one batch, no augmentation", r["batch_cpu_noaug_s"]),
     ]
-    lines = [f"{r['dataset']} ({r['machine']['cpu']}, {r['machine']['cores']} cores, {','.join(r['machine']['flags'])}): "
-             f"plan {r['plan']}", "", "| what | s per step |", "|---|---|"]
+    machine = r["machine"]
+    lines = [(f"{r['dataset']} ({machine['cpu']}, {machine['cores']} cores, {','.join(machine['flags'])}): "
+              f"plan {r['plan']}"), "", "| what | s per step |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" if value is not None else f"| {name} | - |" for name, value in rows]
     lines.append(f"\ndata wait {r['data_wait']:.1%}; achieved / planned {r['achieved_over_planned'] or 0:.2f}x; "
                  f"achieved / probe {r['achieved_over_probe']:.2f}x; validation {r['val_batches']} batches")

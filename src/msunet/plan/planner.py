@@ -320,7 +320,8 @@ def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, der
     if step > high and "train.batch_size" not in user and batch > 2:
         smaller = max(2, int(batch * (low + high) / 2 / step))
         # measured again: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8, 1.87 s at 4, not 1.48)
-        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters, "train.batch_size": smaller})
+        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters,
+                              "train.batch_size": smaller})
         measured_step, step = step, measure(cut, [precision])[precision]
         derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
                f"(measured {measured_step:.2f} s at batch {batch}, {step:.2f} s at {smaller}, {filters} filters)")
@@ -378,14 +379,13 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
     if budget_s and "train.epochs" not in user:
         # A budget alone means "train for this long": the epochs must not end training first (a DRIVE newcomer
         # with 15 minutes stopped after 10, its 50 default epochs done). Twice the epochs the budget holds.
-        val_batches = values.get("train.val_batches", config.train.val_batches)
-        run_step = expected_step_seconds(step, steps, val_batches) if step else None
-        fits = math.ceil(budget_s / (steps * run_step)) if step else None
+        run_step = expected_step_seconds(step, steps, values.get("train.val_batches", config.train.val_batches)
+                                         ) if step else None
+        fits = math.ceil(budget_s / (steps * run_step)) if run_step else None
         epochs = max(config.train.epochs, 2 * fits) if fits else 10_000
         derive("train.epochs", epochs, f"train.time_budget_min={budget_s / 60:g} ends training"
                + (f" (about {fits} epochs of {steps} steps at {run_step:.2f} s per step, validation and epoch "
                   "ends included)" if fits else ""))
-
 
 
 def _total_steps(one_pass: int, steps: int, epochs: int) -> int:

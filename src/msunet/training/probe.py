@@ -60,7 +60,8 @@ def _key(run: RunConfig, precision: str) -> str:
     model = {k: v for k, v in run.model.to_dict().items() if k != "precision"}
     shape = {"model": model, "patch": run.data.patch_size, "batch": run.train.batch_size,
              "loss": run.train.loss, "optimizer": run.train.optimizer, "precision": precision}
-    text = machine_id() + f"|rounds {ROUNDS}|" + json.dumps(shape, sort_keys=True, default=str)  # a new method: new figures
+    # the method is in the key: figures of another number of rounds are measured again
+    text = machine_id() + f"|rounds {ROUNDS}|" + json.dumps(shape, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 

@@ -89,7 +89,7 @@ def conv_ceiling(batch: int, size: int, repeats: int, dtype: str = "float32") ->
 # --------------------------------------------------------------------------------------------------
 # PyTorch peers
 # --------------------------------------------------------------------------------------------------
-def torch_unet(depth: int, filters: int):
+def torch_unet(depth: int, filters: int, in_channels: int = 3):
     """The msunet default architecture in plain PyTorch: (conv3x3-BN-ReLU) x2 blocks, max-pool,
     2x2 transposed-conv upsampling, concatenation, 1x1 head."""
     import torch
@@ -104,7 +104,7 @@ def torch_unet(depth: int, filters: int):
         def __init__(self):
             super().__init__()
             f = [filters * 2**i for i in range(depth + 1)]
-            self.enc = nn.ModuleList([block(3 if i == 0 else f[i - 1], f[i]) for i in range(depth)])
+            self.enc = nn.ModuleList([block(in_channels if i == 0 else f[i - 1], f[i]) for i in range(depth)])
             self.bottleneck = block(f[depth - 1], f[depth])
             self.up = nn.ModuleList([nn.ConvTranspose2d(f[i + 1], f[i], 2, stride=2) for i in range(depth)])
             self.dec = nn.ModuleList([block(2 * f[i], f[i]) for i in range(depth)])
@@ -145,13 +145,13 @@ def torch_dice_bce(logits, target):
 class TorchContender:
     """A PyTorch network's training step and inference; `bf16` runs both under CPU autocast to bfloat16."""
 
-    def __init__(self, name, net, batch, size, bf16=False):
+    def __init__(self, name, net, batch, size, bf16=False, channels=3):
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
         self.name, self.net, self.torch, self.bf16 = name, net, torch, bf16
         rng = np.random.default_rng(0)
-        self.x = torch.from_numpy(rng.random((batch, 3, size, size), dtype=np.float32)).to(memory_format=torch.channels_last)
+        self.x = torch.from_numpy(rng.random((batch, channels, size, size), dtype=np.float32)).to(memory_format=torch.channels_last)
         self.y = torch.from_numpy((rng.random((batch, 1, size, size)) > 0.7).astype(np.float32))
         self.opt = torch.optim.AdamW(net.parameters(), 1e-3)
         self.params = sum(p.numel() for p in net.parameters())

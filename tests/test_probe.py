@@ -118,6 +118,36 @@ def test_short_measured_epochs_are_regrouped_into_fewer_longer_ones(tmp_path, no
         assert kept.config.train.steps_per_epoch == 10
 
 
+def test_xla_is_kept_where_the_probe_finds_it_faster(tmp_path, no_env_precision):
+    found = survey(make_folder(tmp_path, count=4, size=(256, 256), channels=3))
+
+    def device(xla_share):
+        base = FakeDevice({"float32": 0.1})
+
+        def measure(run, precisions):  # XLA's step `xla_share` of the graph's (None: XLA cannot compile the model)
+            seconds = base(run, precisions)
+            if run.train.compiler == "xla":
+                return {} if xla_share is None else {p: t * xla_share for p, t in seconds.items()}
+            return seconds
+        return measure
+
+    compilers = ["graph", "xla"]
+    faster = plan_run(found, RunConfig(), set(), memory=2**34, measure=device(0.8), compilers=compilers)
+    entry = faster.sources["train.compiler"]
+    assert faster.config.train.compiler == "xla" and entry["source"] == "device"
+    assert entry["why"] == "measured a training step: 0.800 s as a graph, 0.640 s with XLA"
+    assert faster.sources["train.steps_per_epoch"]["probe_s_per_step"] == pytest.approx(0.64)  # planned with XLA's
+    for share, why in ((0.97, "0.776 s with XLA"), (None, "XLA could not compile it")):  # within 5%, or failed
+        kept = plan_run(found, RunConfig(), set(), memory=2**34, measure=device(share), compilers=compilers)
+        assert kept.config.train.compiler == "graph" and kept.sources["train.compiler"]["why"].endswith(why)
+        assert kept.sources["train.steps_per_epoch"]["probe_s_per_step"] == pytest.approx(0.8)
+    user = plan_run(found, RunConfig().override(["train.compiler=graph"]), {"train.compiler"}, memory=2**34,
+                    measure=device(0.5), compilers=compilers)
+    assert user.config.train.compiler == "graph" and user.sources["train.compiler"]["source"] == "user"
+    other_backend = plan_run(found, RunConfig(), set(), memory=2**34, measure=device(0.5), compilers=[])
+    assert other_backend.config.train.compiler == "auto"  # nothing to choose: Keras' own compilation
+
+
 def test_environment_precision_is_the_users_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("MSUNET_PRECISION", "float32")
     device = FakeDevice({"float32": 0.1})
@@ -156,6 +186,27 @@ def test_train_with_the_probe_records_the_measured_precision(tmp_path, monkeypat
     assert entry["source"] == "device" and entry["value"] in entry["seconds_per_step"]
     assert entry["seconds_per_step"][entry["value"]] == min(entry["seconds_per_step"].values())  # the faster
     assert sources["train.steps_per_epoch"]["value"] == 10 and sources["train.steps_per_epoch"]["source"] == "data"
+    compiler = sources["train.compiler"]  # the graph and XLA timed; whichever ran the training
+    assert compiler["source"] == "device" and compiler["value"] in ("graph", "xla") and "with XLA" in compiler["why"]
+
+
+def test_training_compiled_with_xla_runs_end_to_end(tmp_path):
+    """`train.compiler=xla`: the training step and the validation compiled with XLA (tiny model)."""
+    import csv
+
+    import numpy as np
+
+    from msunet.training.run import train
+
+    data = make_folder(tmp_path / "data", count=6, size=(32, 32))
+    config = RunConfig().override(["model.filters=4", "model.depth=2", "train.epochs=1", "train.steps_per_epoch=3",
+                                   "train.workers=1", "train.compiler=xla"])
+    result = train(config, data, tmp_path / "run", verbose=0)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["compiler"] == "xla" and saved["sources"]["train.compiler"]["source"] == "user"
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert result.epochs_done == 1 and len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    assert 0 <= float(rows[0]["val_dice"]) <= 1 and result.metrics["evaluated_on"] == "validation tiles"
 
 
 def test_the_probe_says_once_what_it_measures_and_when_the_cache_answers(tmp_path, monkeypatch, caplog):
@@ -174,5 +225,7 @@ def test_the_probe_says_once_what_it_measures_and_when_the_cache_answers(tmp_pat
     with caplog.at_level(logging.INFO, logger="msunet"):
         plan_dataset(data, config, {"model.filters", "model.depth", "model.precision"})
     second = [r.getMessage() for r in caplog.records if "training step" in r.getMessage()]
-    assert len(first) == 1 and first[0].startswith("measuring a few training steps (float32, batch")
-    assert len(second) == 1 and "from the cache" in second[0] and "measuring" not in second[0]
+    # the graph's step, then XLA's (TensorFlow): each measured once, then read from the cache
+    assert len(first) == 2 and all(m.startswith("measuring a few training steps (float32, batch") for m in first)
+    assert first[1].endswith("XLA); cached in " + str(tmp_path / "cache" / "probe.json"))
+    assert len(second) == 2 and all("from the cache" in m and "measuring" not in m for m in second)

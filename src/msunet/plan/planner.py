@@ -17,6 +17,7 @@ a value with its source and reason:
 | model.depth                | a bottleneck of about 16 px on the patch (8 px with the whole image in a patch) |
 | train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, cut until a measured step takes ~1-2 s |
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
+| train.compiler             | measured (device, TensorFlow): the kept precision's step as a graph and with XLA, XLA if >= 5% faster |
 | model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default) passes over the training pixels (at least 300 steps in all), in fewer, longer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
@@ -35,18 +36,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from msunet.config import ENCODERS, SECTIONS, RunConfig, jsonable, non_default_keys
+from msunet.plan.device import DEVICE_KEYS, Measure, apply_values, plan_device
 from msunet.plan.survey import Survey, preview
 from msunet.plan.timing import expected_step_seconds
 
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
-CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
 EPOCH_S = 120.0  # at most ~2 minutes per epoch where measured: checkpoints, curves and resume stay frequent
 EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (validation, 3 checkpoint files) costs
@@ -54,7 +54,6 @@ EPOCH_MIN_S = 10.0  # at least ~10 s per epoch where measured: an epoch end (val
 VAL_FRACTION_OF_EPOCH = 0.15
 MIN_TOTAL_STEPS = 300  # where 50 passes over a small folder take fewer steps, training still gets this many: the
 #                        64 px newcomer folder ran 500 (77 s, held-out Dice 0.969); 250: 47 s, 0.912; 300: 56 s, 0.943
-DEVICE_KEYS = {"model.precision", "model.filters"}
 MIN_PATCH_SHARE = 0.25  # a patch that sees less of the median image than this asks for a lower resolution...
 MIN_OBJECT_DEPTH = 4.0  # ...unless the objects would get thinner than this (object_depth, px)
 RESAMPLE_MIN = 0.125  # derived from measurements, not from the files
@@ -66,7 +65,6 @@ WHOLE_IMAGE_PATCH = 128  # to this side. busi-subset, 5 min on 2 cores (benchmar
 #                          depth 2, test Dice 0.43; the whole image in 128 px at depth 4, 0.61; 1/2 res. in 256 px, 0.41
 UPRIGHT_SKEW = 0.08  # labels this far (pixel-weighted) from the middle rows, and 1.5 times as far as from the middle
 #                      columns, mean the images have an up and a down: no vertical flips or 90-degree turns
-Measure = Callable[[RunConfig, Sequence[str]], dict]
 
 
 @dataclasses.dataclass
@@ -183,7 +181,7 @@ def available_memory_bytes() -> int:
 
 def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable[str] | None = None,
              accelerator: bool = False, memory: int | None = None, measure: Measure | None = None,
-             precisions: Sequence[str] = ("float32",)) -> Plan:
+             precisions: Sequence[str] = ("float32",), compilers: Sequence[str] = ()) -> Plan:
     """Fills every key of `config` that is not in `user_keys` from the survey of the data.
 
     Args:
@@ -195,6 +193,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         measure: `measure(run_config, precisions) -> {precision: seconds per training step}` (the
             device probe, `msunet.training.probe.measure_steps`); None: no measurement, the estimates stay.
         precisions: the precisions worth measuring on this device (`model.precision=auto`).
+        compilers: the ways of running a step to choose from (`train.compiler=auto`; TensorFlow: graph, xla).
 
     Returns:
         A `Plan`; `plan.config` validates (it is a `RunConfig`).
@@ -254,10 +253,11 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("train.batch_size", batch, "activation memory" + ("" if accelerator else f", at most {CPU_BATCH_CAP} on a CPU"))
         if min(min(s) for s in scaled) < patch:
             notes.append(f"some images are smaller than the {patch} px patch: they are padded (ignored pixels)")
-    measured, step = _plan_device(config, user, values, why, derive, notes, measure, precisions, accelerator)
+    measured, step = plan_device(config, user, values, why, derive, notes, measure, precisions, compilers,
+                                  accelerator)
     _plan_epoch(found, config, user, values, derive, step)
 
-    resolved = _apply(config, values)
+    resolved = apply_values(config, values)
     sources = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -276,66 +276,6 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
                 entry["probe_s_per_step"] = round(step, 4)
             sources[key] = entry
     return Plan(resolved, sources, notes, disagreeing)
-
-
-def _plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],
-                 measure: Measure | None, precisions: Sequence[str], accelerator: bool
-                 ) -> tuple[dict[str, float], float | None]:
-    """Precision by measurement, then (on a CPU) the batch and width that keep a step at ~1-2 s.
-
-    Returns the measured seconds per step at the planned batch, per precision ({} unmeasured), and
-    the expected seconds per step of the plan (None unmeasured).
-    """
-    env = os.environ.get("MSUNET_PRECISION")
-    if "model.precision" not in user and env and env != "auto":
-        values["model.precision"], why["model.precision"] = env, "MSUNET_PRECISION in the environment"
-        user.add("model.precision")  # the user's choice, through the environment
-    if measure is None:
-        return {}, None
-    chosen = values.get("model.precision", config.model.precision)
-    fixed = None if chosen == "auto" else chosen  # "auto", planned or set: measure and keep the faster
-    candidates = [fixed] if fixed else list(precisions)
-    planned = _apply(config, values)
-    seconds = measure(planned, candidates)
-    precision = min(seconds, key=seconds.get)
-    batch, patch = planned.train.batch_size, planned.data.patch_size
-    timing = ", ".join(f"{t:.3f} s in {p}" for p, t in sorted(seconds.items(), key=lambda kv: kv[1]))
-    if not fixed:
-        values["model.precision"] = precision
-        why["model.precision"] = (f"measured a training step (batch {batch}, {patch} px): {timing}"
-                                  + ("; the faster" if len(seconds) > 1 else ""))
-    step = seconds[precision]
-    if accelerator:
-        return seconds, step
-    low, high = CPU_STEP_S
-    filters = config.model.filters
-    if step > high and "model.filters" not in user and filters > 16:
-        # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
-        # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
-        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": filters // 2})
-        slow = measure(narrower, [precision])[precision]
-        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU at batch "
-               f"{batch}, {slow:.1f} s at {filters // 2} (the width goes before the batch)")
-        step, filters = slow, filters // 2
-    if step > high and "train.batch_size" not in user and batch > 2:
-        smaller = max(2, int(batch * (low + high) / 2 / step))
-        # measured again: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8, 1.87 s at 4, not 1.48)
-        cut = _apply(config, {**values, "model.precision": precision, "model.filters": filters,
-                              "train.batch_size": smaller})
-        measured_step, step = step, measure(cut, [precision])[precision]
-        derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
-               f"(measured {measured_step:.2f} s at batch {batch}, {step:.2f} s at {smaller}, {filters} filters)")
-        batch = smaller
-    if step > high and "model.filters" not in user and filters > 8:
-        narrower = _apply(config, {**values, "model.precision": precision, "model.filters": filters // 2})
-        slow = measure(narrower, [precision])[precision]
-        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU, "
-               f"{slow:.1f} s at {filters // 2}")
-        step = slow
-    if step > high:
-        notes.append(f"a training step takes ~{step:.1f} s on this CPU; a GPU, a smaller data.patch_size or "
-                     "train.time_budget_min keeps training short")
-    return seconds, step
 
 
 def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, derive, step: float | None) -> None:
@@ -450,11 +390,3 @@ def _plan_masks(found: Survey, config: RunConfig, user: set[str], derive, notes:
 
 def _binary_are_01(found: Survey) -> bool:
     return all(set(m.values) <= {0, 1} for m in found.masks if m.kind == "binary")
-
-
-def _apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
-    changes: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for key, value in values.items():
-        section, _, field = key.partition(".")
-        changes[section][field] = value
-    return RunConfig(**{name: getattr(config, name).replace(**changes[name]) for name in SECTIONS})

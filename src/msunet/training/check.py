@@ -65,7 +65,7 @@ def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iter
     if probe.probing_enabled():
         def measure(run: RunConfig, precisions):
             what = (f"{' and '.join(precisions)}, batch {run.train.batch_size}, {run.data.patch_size} px, "
-                    f"{run.model.filters} filters")
+                    f"{run.model.filters} filters" + (", XLA" if run.train.compiler == "xla" else ""))
             if set(probe.cached_steps(run, precisions)) == set(precisions):
                 log.info("training step times (%s) from the cache %s, measured on this machine earlier", what,
                          probe.cache_path())
@@ -73,7 +73,8 @@ def plan_dataset(data_dir: str | os.PathLike, config: RunConfig, user_keys: Iter
                 log.info("measuring a few training steps (%s); cached in %s", what, probe.cache_path())
             return probe.measure_steps(run, precisions)
     return plan_run(survey(data_dir, config.data), config, user_keys, has_accelerator(), measure=measure,
-                    precisions=probe.precision_candidates() if measure else ("float32",))
+                    precisions=probe.precision_candidates() if measure else ("float32",),
+                    compilers=probe.compiler_candidates() if measure else ())
 
 
 def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str | os.PathLike | None = None,

@@ -19,7 +19,9 @@ SPATIAL = (0, 1, 2)  # batch Dice: sums over the batch and the pixels, per class
 
 
 def split_target(y_true):
-    """(probabilities, weight) of a `(..., K + 1)` target."""
+    """(probabilities, weight) of a `(..., K + 1)` target (a tensor: on the PyTorch backend the trainer
+    hands the batch's NumPy arrays over as they are)."""
+    y_true = ops.convert_to_tensor(y_true)
     return y_true[..., :-1], y_true[..., -1:]
 
 

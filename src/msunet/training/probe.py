@@ -5,7 +5,10 @@ step of the planned model takes on this machine (`msunet.train`'s trainer and op
 planned patch and batch, synthetic data): the median of a few steps after the first (tracing),
 the precisions alternating so that a change in the machine's load hits both. It keeps the faster
 precision ("auto": a CPU flag is not a measurement; on a 2-core Xeon that reports AVX512-BF16,
-bfloat16 ran at 0.6x of float32) and sizes the batch to the step time it aims for.
+bfloat16 ran at 0.6x of float32), then, on TensorFlow, times the kept precision's step compiled with
+XLA (`train.compiler=auto`: 0.76-0.87x the graph's time on a 2-core AVX2 EPYC, 1.17x on the 2-core
+CPU of 2026-11-23), and sizes the batch to the step time it aims for. A model XLA cannot compile keeps
+the graph.
 
 Results are cached per machine (CPU model and count, accelerators), backend, Keras version and
 model shape in `$MSUNET_CACHE_DIR` (default `~/.cache/msunet`)/probe.json, so `msunet check` pays for
@@ -60,6 +63,8 @@ def _key(run: RunConfig, precision: str) -> str:
     model = {k: v for k, v in run.model.to_dict().items() if k != "precision"}
     shape = {"model": model, "patch": run.data.patch_size, "batch": run.train.batch_size,
              "loss": run.train.loss, "optimizer": run.train.optimizer, "precision": precision}
+    if run.train.compiler == "xla":  # graph steps keep the keys they were cached under
+        shape["compiler"] = "xla"
     # the method is in the key: figures of another number of rounds are measured again
     text = machine_id() + f"|rounds {ROUNDS}|" + json.dumps(shape, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
@@ -89,16 +94,17 @@ def _synthetic_batch(run: RunConfig, seed: int = 0):
 
 def _trainer(run: RunConfig, precision: str):
     from msunet.models import build_model
-    from msunet.training.trainer import MultiScaleTrainer, make_optimizer
+    from msunet.training.trainer import MultiScaleTrainer, jit_compile, make_optimizer
 
     run = RunConfig(run.model.replace(precision=precision), run.data, run.train)
     trainer = MultiScaleTrainer(build_model(run.model), run)
-    trainer.compile(optimizer=make_optimizer(run, 1000), jit_compile=False)  # training's (loss scaling for float16)
+    trainer.compile(optimizer=make_optimizer(run, 1000), jit_compile=jit_compile(run))  # training's (loss scaling)
     return trainer
 
 
 def cached_steps(run: RunConfig, precisions: Sequence[str]) -> dict[str, float]:
-    """{precision: seconds per step} of those `measure_steps` would read from the cache."""
+    """{precision: seconds per step} of those `measure_steps` would read from the cache (None: the
+    step failed to compile, which is cached too)."""
     cache = _read_cache()
     keys = {p: _key(run, p) for p in precisions}
     return {p: cache[k]["seconds"] for p, k in keys.items() if k in cache}
@@ -108,41 +114,57 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
     """Seconds per training step of `run`'s model at its patch and batch, for each precision.
 
     Cached results are returned without measuring; the others are measured together (one traced
-    step each, then `rounds` timed steps, alternating) and added to the cache.
+    step each, then `rounds` timed steps, alternating) and added to the cache. With
+    `train.compiler=xla`, a precision whose step XLA fails to compile is left out of the result.
     """
     keys = {p: _key(run, p) for p in precisions}
     found = cached_steps(run, precisions)
     todo = [p for p in precisions if p not in found]
     if not todo:
-        return found
+        return {p: s for p, s in found.items() if s is not None}
     x, y = _synthetic_batch(run)
-    trainers = {}
+    trainers, failed = {}, set()
     for precision in todo:
-        trainers[precision] = _trainer(run, precision)
-        trainers[precision].train_on_batch(x, y)  # traces; not timed
+        try:
+            trainers[precision] = _trainer(run, precision)
+            trainers[precision].train_on_batch(x, y)  # traces; not timed
+        except Exception as err:  # XLA lacks a kernel for some op: the graph step stays
+            if run.train.compiler != "xla":
+                raise
+            log.info("XLA could not compile the training step (%s): %s", precision, str(err).splitlines()[0][:200])
+            trainers.pop(precision, None)
+            failed.add(precision)
+    todo = [p for p in todo if p in trainers]
     times: dict[str, list[float]] = {p: [] for p in todo}
-    for round_ in range(rounds):
+    for round_ in range(rounds if todo else 0):
         if round_ >= 3 and max(sum(t) for t in times.values()) > LONG_S:
             break
         for precision in todo:
             start = time.perf_counter()
             trainers[precision].train_on_batch(x, y)
             times[precision].append(time.perf_counter() - start)
-    measured = {p: statistics.median(t) for p, t in times.items()}
+    measured = {p: statistics.median(t) for p, t in times.items()} | dict.fromkeys(failed)
     keras.backend.clear_session()
     cache = _read_cache()  # another process may have written meanwhile
     for precision, seconds in measured.items():
-        cache[keys[precision]] = {"seconds": round(seconds, 6), "machine": machine_id(),
+        cache[keys[precision]] = {"seconds": None if seconds is None else round(seconds, 6),
+                                  "machine": machine_id(),
                                   "patch": run.data.patch_size, "batch": run.train.batch_size,
                                   "model": f"{run.model.encoder}+{run.model.decoder} d{run.model.depth} "
-                                           f"f{run.model.filters}", "precision": precision,
+                                           f"f{run.model.filters}", "precision": precision, "compiler": run.train.compiler,
                                   "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cache_path(), json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError as err:  # a read-only home: measure again next time, never fail a run for it
         log.info("could not write the probe cache %s: %s", cache_path(), err)
-    return {**found, **measured}
+    return {p: s for p, s in {**found, **measured}.items() if s is not None}
+
+
+def compiler_candidates() -> list[str]:
+    """The ways of running a training step worth timing here: the graph and XLA on TensorFlow (which
+    is faster depends on the CPU); nothing to choose on other backends."""
+    return ["graph", "xla"] if keras.backend.backend() == "tensorflow" else []
 
 
 def precision_candidates() -> list[str]:

@@ -35,7 +35,7 @@ from msunet.training.run_folder import (
     trim_history,
     write_json_atomic,
 )
-from msunet.training.trainer import MultiScaleTrainer, make_optimizer
+from msunet.training.trainer import MultiScaleTrainer, jit_compile, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
     # Model, optimizer, resume state.
     model = build_model(run.model)
     trainer = MultiScaleTrainer(model, run)
-    trainer.compile(optimizer=make_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=False)
+    trainer.compile(optimizer=make_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=jit_compile(run))
     x0, y0 = train_data[0]
     trainer(x0[:1], training=False)
     trainer.optimizer.build(trainer.trainable_variables)

@@ -84,6 +84,13 @@ def make_optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimiz
     return optimizer
 
 
+def jit_compile(run: RunConfig) -> bool:
+    """Keras' `jit_compile` for `run.train.compiler`: XLA only where asked for or chosen by the device
+    probe, on TensorFlow ("auto" unmeasured is the graph); other backends keep the graph / eager step
+    msunet has always used there."""
+    return keras.backend.backend() == "tensorflow" and run.train.compiler == "xla"
+
+
 def schedule_factor(schedule: str, progress: float) -> float:
     """Learning-rate multiplier at `progress` in [0, 1] (the same curves as `make_optimizer`'s schedules)."""
     p = min(max(progress, 0.0), 1.0)

@@ -1,0 +1,98 @@
+"""The device's part of the plan: precision, compiler, width and batch, by measuring training steps.
+
+`plan_device` asks `measure(run, precisions) -> {precision: seconds per step}` (the device probe,
+`msunet.training.probe.measure_steps`, handed in by `msunet.training.check`: this module never imports keras)
+for the planned model, keeps the faster precision and, on TensorFlow, the faster of a graph and XLA
+(which is faster depends on the CPU), then on a CPU narrows the model and cuts the batch until a step
+takes ~1-2 s, measuring again after each change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from msunet.config import SECTIONS, RunConfig
+
+CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
+DEVICE_KEYS = {"model.precision", "model.filters", "train.compiler"}
+XLA_GAIN = 0.95  # XLA where its step takes under this share of the graph's: it compiles ~10 s longer at the start.
+#                  busi-subset / DSB plans, steps alternated in one process, 2-core AVX2 EPYC: 0.76x / 0.87x
+Measure = Callable[[RunConfig, Sequence[str]], dict]
+
+
+def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],
+                 measure: Measure | None, precisions: Sequence[str], compilers: Sequence[str], accelerator: bool
+                 ) -> tuple[dict[str, float], float | None]:
+    """Precision and compiler by measurement, then (on a CPU) the batch and width that keep a step at ~1-2 s.
+
+    Returns the measured seconds per step at the planned batch, per precision ({} unmeasured), and
+    the expected seconds per step of the plan (None unmeasured).
+    """
+    env = os.environ.get("MSUNET_PRECISION")
+    if "model.precision" not in user and env and env != "auto":
+        values["model.precision"], why["model.precision"] = env, "MSUNET_PRECISION in the environment"
+        user.add("model.precision")  # the user's choice, through the environment
+    if measure is None:
+        return {}, None
+    chosen = values.get("model.precision", config.model.precision)
+    fixed = None if chosen == "auto" else chosen  # "auto", planned or set: measure and keep the faster
+    candidates = [fixed] if fixed else list(precisions)
+    planned = apply_values(config, values)
+    seconds = measure(planned, candidates)
+    precision = min(seconds, key=seconds.get)
+    batch, patch = planned.train.batch_size, planned.data.patch_size
+    timing = ", ".join(f"{t:.3f} s in {p}" for p, t in sorted(seconds.items(), key=lambda kv: kv[1]))
+    if not fixed:
+        values["model.precision"] = precision
+        why["model.precision"] = (f"measured a training step (batch {batch}, {patch} px): {timing}"
+                                  + ("; the faster" if len(seconds) > 1 else ""))
+    step = seconds[precision]
+    if len(compilers) > 1 and values.get("train.compiler", config.train.compiler) == "auto":
+        xla = measure(apply_values(config, {**values, "model.precision": precision, "train.compiler": "xla"}),
+                      [precision]).get(precision)
+        values["train.compiler"] = "xla" if xla is not None and xla < XLA_GAIN * step else "graph"
+        why["train.compiler"] = (f"measured a training step: {step:.3f} s as a graph, "
+                                 + (f"{xla:.3f} s with XLA" if xla is not None else "XLA could not compile it"))
+        step = xla if values["train.compiler"] == "xla" else step
+    if accelerator:
+        return seconds, step
+    low, high = CPU_STEP_S
+    filters = config.model.filters
+    if step > high and "model.filters" not in user and filters > 16:
+        # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
+        # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
+        narrower = apply_values(config, {**values, "model.precision": precision, "model.filters": filters // 2})
+        slow = measure(narrower, [precision])[precision]
+        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU at batch "
+               f"{batch}, {slow:.1f} s at {filters // 2} (the width goes before the batch)")
+        step, filters = slow, filters // 2
+    if step > high and "train.batch_size" not in user and batch > 2:
+        smaller = max(2, int(batch * (low + high) / 2 / step))
+        # measured again: a step does not shrink in proportion (DSB, 256 px: 2.96 s at batch 8, 1.87 s at 4, not 1.48)
+        cut = apply_values(config, {**values, "model.precision": precision, "model.filters": filters,
+                              "train.batch_size": smaller})
+        measured_step, step = step, measure(cut, [precision])[precision]
+        derive("train.batch_size", smaller, f"a training step of ~{step:.1f} s on this CPU "
+               f"(measured {measured_step:.2f} s at batch {batch}, {step:.2f} s at {smaller}, {filters} filters)")
+        batch = smaller
+    if step > high and "model.filters" not in user and filters > 8:
+        narrower = apply_values(config, {**values, "model.precision": precision, "model.filters": filters // 2})
+        slow = measure(narrower, [precision])[precision]
+        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU, "
+               f"{slow:.1f} s at {filters // 2}")
+        step = slow
+    if step > high:
+        notes.append(f"a training step takes ~{step:.1f} s on this CPU; a GPU, a smaller data.patch_size or "
+                     "train.time_budget_min keeps training short")
+    return seconds, step
+
+
+def apply_values(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """`config` with `values` ({"section.field": value}) set."""
+    changes: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        section, _, field = key.partition(".")
+        changes[section][field] = value
+    return RunConfig(**{name: getattr(config, name).replace(**changes[name]) for name in SECTIONS})

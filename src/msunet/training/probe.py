@@ -151,7 +151,8 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
                                   "machine": machine_id(),
                                   "patch": run.data.patch_size, "batch": run.train.batch_size,
                                   "model": f"{run.model.encoder}+{run.model.decoder} d{run.model.depth} "
-                                           f"f{run.model.filters}", "precision": precision, "compiler": run.train.compiler,
+                                           f"f{run.model.filters}", "precision": precision,
+                                  "compiler": "xla" if run.train.compiler == "xla" else "graph",
                                   "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)

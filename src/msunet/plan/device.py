@@ -25,7 +25,7 @@ Measure = Callable[[RunConfig, Sequence[str]], dict]
 def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],
                  measure: Measure | None, precisions: Sequence[str], compilers: Sequence[str], accelerator: bool
                  ) -> tuple[dict[str, float], float | None]:
-    """Precision and compiler by measurement, then (on a CPU) the batch and width that keep a step at ~1-2 s.
+    """Precision by measurement, then (on a CPU) the batch and width that keep a step at ~1-2 s, then the compiler.
 
     Returns the measured seconds per step at the planned batch, per precision ({} unmeasured), and
     the expected seconds per step of the plan (None unmeasured).
@@ -49,15 +49,8 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
         why["model.precision"] = (f"measured a training step (batch {batch}, {patch} px): {timing}"
                                   + ("; the faster" if len(seconds) > 1 else ""))
     step = seconds[precision]
-    if len(compilers) > 1 and values.get("train.compiler", config.train.compiler) == "auto":
-        xla = measure(apply_values(config, {**values, "model.precision": precision, "train.compiler": "xla"}),
-                      [precision]).get(precision)
-        values["train.compiler"] = "xla" if xla is not None and xla < XLA_GAIN * step else "graph"
-        why["train.compiler"] = (f"measured a training step: {step:.3f} s as a graph, "
-                                 + (f"{xla:.3f} s with XLA" if xla is not None else "XLA could not compile it"))
-        step = xla if values["train.compiler"] == "xla" else step
     if accelerator:
-        return seconds, step
+        return seconds, _plan_compiler(config, values, why, measure, compilers, step)
     low, high = CPU_STEP_S
     filters = config.model.filters
     if step > high and "model.filters" not in user and filters > 16:
@@ -83,10 +76,30 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
         derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU, "
                f"{slow:.1f} s at {filters // 2}")
         step = slow
+    step = _plan_compiler(config, values, why, measure, compilers, step)
     if step > high:
         notes.append(f"a training step takes ~{step:.1f} s on this CPU; a GPU, a smaller data.patch_size or "
                      "train.time_budget_min keeps training short")
     return seconds, step
+
+
+def _plan_compiler(config: RunConfig, values: dict, why: dict, measure: Measure, compilers: Sequence[str],
+                   step: float) -> float:
+    """XLA or the graph (`train.compiler=auto`), timed at the planned shape; returns the kept one's step.
+
+    Last, so that the width and batch cuts are timed as graphs (cached, cheap) and XLA compiles once: DRIVE's
+    probe with XLA timed at every cut took 4 compilations (f32 b8, f16 b8, f16 b5) of ~20-30 s each.
+    """
+    if len(compilers) < 2 or values.get("train.compiler", config.train.compiler) != "auto":
+        return step
+    planned = apply_values(config, {**values, "train.compiler": "xla"})
+    precision = planned.model.precision
+    xla = measure(planned, [precision]).get(precision)
+    values["train.compiler"] = "xla" if xla is not None and xla < XLA_GAIN * step else "graph"
+    why["train.compiler"] = (f"measured a training step (batch {planned.train.batch_size}, {planned.model.filters} "
+                             f"filters): {step:.3f} s as a graph, "
+                             + (f"{xla:.3f} s with XLA" if xla is not None else "XLA could not compile it"))
+    return xla if values["train.compiler"] == "xla" else step
 
 
 def apply_values(config: RunConfig, values: dict[str, Any]) -> RunConfig:

@@ -2,9 +2,9 @@
 
 `plan_device` asks `measure(run, precisions) -> {precision: seconds per step}` (the device probe,
 `msunet.training.probe.measure_steps`, handed in by `msunet.training.check`: this module never imports keras)
-for the planned model, keeps the faster precision and, on TensorFlow, the faster of a graph and XLA
-(which is faster depends on the CPU), then on a CPU narrows the model and cuts the batch until a step
-takes ~1-2 s, measuring again after each change.
+for the planned model, keeps the faster precision, on a CPU narrows the model and cuts the batch until
+a step takes ~1-2 s, measuring again after each change, and last, on TensorFlow, keeps the faster of a
+graph and XLA at that shape (which is faster depends on the CPU).
 """
 
 from __future__ import annotations

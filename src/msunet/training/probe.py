@@ -5,9 +5,9 @@ step of the planned model takes on this machine (`msunet.train`'s trainer and op
 planned patch and batch, synthetic data): the median of a few steps after the first (tracing),
 the precisions alternating so that a change in the machine's load hits both. It keeps the faster
 precision ("auto": a CPU flag is not a measurement; on a 2-core Xeon that reports AVX512-BF16,
-bfloat16 ran at 0.6x of float32), then, on TensorFlow, times the kept precision's step compiled with
-XLA (`train.compiler=auto`: 0.76-0.87x the graph's time on a 2-core AVX2 EPYC, 1.17x on the 2-core
-CPU of 2026-11-23), and sizes the batch to the step time it aims for. A model XLA cannot compile keeps
+bfloat16 ran at 0.6x of float32) and sizes the width and batch to the step time it aims for; then, on
+TensorFlow, it times the planned step compiled with XLA (`train.compiler=auto`: 0.76-0.87x the graph's
+time on a 2-core AVX2 EPYC, 1.17x on the 2-core CPU of 2026-11-23). A model XLA cannot compile keeps
 the graph.
 
 Results are cached per machine (CPU model and count, accelerators), backend, Keras version and
@@ -117,11 +117,14 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
     step each, then `rounds` timed steps, alternating) and added to the cache. With
     `train.compiler=xla`, a precision whose step XLA fails to compile is left out of the result.
     """
-    keys = {p: _key(run, p) for p in precisions}
     found = cached_steps(run, precisions)
     todo = [p for p in precisions if p not in found]
-    if not todo:
-        return {p: s for p, s in found.items() if s is not None}
+    measured = _measure(run, todo, rounds) if todo else {}
+    return {p: s for p, s in {**found, **measured}.items() if s is not None}
+
+
+def _measure(run: RunConfig, todo: Sequence[str], rounds: int) -> dict[str, float | None]:
+    """Times the precisions `todo` (None: XLA could not compile the step) and adds them to the cache."""
     x, y = _synthetic_batch(run)
     trainers, failed = {}, set()
     for precision in todo:
@@ -147,7 +150,7 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
     keras.backend.clear_session()
     cache = _read_cache()  # another process may have written meanwhile
     for precision, seconds in measured.items():
-        cache[keys[precision]] = {"seconds": None if seconds is None else round(seconds, 6),
+        cache[_key(run, precision)] = {"seconds": None if seconds is None else round(seconds, 6),
                                   "machine": machine_id(),
                                   "patch": run.data.patch_size, "batch": run.train.batch_size,
                                   "model": f"{run.model.encoder}+{run.model.decoder} d{run.model.depth} "
@@ -159,7 +162,7 @@ def measure_steps(run: RunConfig, precisions: Sequence[str], rounds: int = ROUND
         write_text_atomic(cache_path(), json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError as err:  # a read-only home: measure again next time, never fail a run for it
         log.info("could not write the probe cache %s: %s", cache_path(), err)
-    return {p: s for p, s in {**found, **measured}.items() if s is not None}
+    return measured
 
 
 def compiler_candidates() -> list[str]:

@@ -47,6 +47,11 @@ def test_a_cpu_step_is_kept_near_one_to_two_seconds(tmp_path, no_env_precision):
     assert (plan.config.train.batch_size, plan.config.model.filters) == (8, 16)
     assert "the width goes before the batch" in plan.sources["model.filters"]["why"]
     assert plan.sources["model.filters"]["source"] == "device" and slow.calls[-1] == (8, 16, ("float32",))
+    near = FakeDevice({"float32": 0.22})  # 1.76 s at 32 filters: under 2 s, but the width cuts from 1.5 s (a margin
+    plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=near)  # over the noise of a measured step)
+    assert (plan.config.train.batch_size, plan.config.model.filters) == (8, 16)
+    kept = FakeDevice({"float32": 0.18})  # 1.44 s: kept
+    assert plan_run(found, RunConfig(), set(), memory=2**34, measure=kept).config.model.filters == 32
     slower = FakeDevice({"float32": 1.2})  # 9.6 s at 32 filters, 2.4 s at 16 (batch 8): then the batch is cut
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slower)
     assert (plan.config.train.batch_size, plan.config.model.filters) == (5, 16)  # int(8 * 1.5 / 2.4)

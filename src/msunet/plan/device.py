@@ -17,6 +17,9 @@ from msunet.config import SECTIONS, RunConfig
 
 CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
 DEVICE_KEYS = {"model.precision", "model.filters", "train.compiler"}
+WIDTH_STEP_S = 1.5  # the first width cut: a margin below CPU_STEP_S's 2 s, because a threshold at 2 s sat inside the
+#                    noise of busi-subset's 32-filter step (1.99-2.15 s in four fresh probes): the plan flipped
+#                    between 16 and 32 filters; at 16 it reached 0.615 / 0.740 Dice at 5 / 20 min, at 32 0.566 / 0.690
 XLA_GAIN = 0.95  # XLA where its step takes under this share of the graph's: it compiles ~10 s longer at the start.
 #                  busi-subset / DSB plans, steps alternated in one process, 2-core AVX2 EPYC: 0.76x / 0.87x
 Measure = Callable[[RunConfig, Sequence[str]], dict]
@@ -53,7 +56,7 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
         return seconds, _plan_compiler(config, values, why, measure, compilers, step)
     low, high = CPU_STEP_S
     filters = config.model.filters
-    if step > high and "model.filters" not in user and filters > 16:
+    if step > WIDTH_STEP_S and "model.filters" not in user and filters > 16:
         # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
         # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
         narrower = apply_values(config, {**values, "model.precision": precision, "model.filters": filters // 2})

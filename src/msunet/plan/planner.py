@@ -18,7 +18,7 @@ a value with its source and reason:
 | train.batch_size           | memory for the activations (at most 8 on a CPU); on a CPU, cut until a measured step takes ~1-2 s |
 | model.precision            | measured (device): a few training steps of the planned model per precision, the faster |
 | train.compiler             | measured (device, TensorFlow): the planned step (precision, width, batch) as a graph and with XLA, XLA if >= 5% faster |
-| model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 2 s (before the batch is cut); 8 when it still does at batch 2 |
+| model.filters              | measured (device): on a CPU, 16 when a step at 32 takes over 1.5 s (before the batch is cut); 8 when one takes over 2 s at batch 2 |
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default) passes over the training pixels (at least 300 steps in all), in fewer, longer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |

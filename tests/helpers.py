@@ -31,6 +31,17 @@ def expected_shapes(cfg: ModelConfig, height: int, width: int, batch: int = 1) -
             for head in cfg.heads}
 
 
+def expected_volume_shapes(cfg: ModelConfig, size: tuple[int, int, int], batch: int = 1) -> dict[str, tuple]:
+    """The contract in 3-D: "mask_s{s}" is ceil(D/s) x ceil(H/s) x ceil(W/s), or keeps D slices where the
+    first `inplane_levels` downsamplings pool in-plane only."""
+    shapes = {}
+    for head in cfg.heads:
+        level = head.scale.bit_length() - 1  # scale 2**level
+        factor = (2 ** max(0, level - cfg.inplane_levels), head.scale, head.scale)
+        shapes[head.name] = (batch, *(math.ceil(n / f) for n, f in zip(size, factor)), cfg.num_classes)
+    return shapes
+
+
 def shared_dataset(name: str):
     """Path of a dataset in ../shared/data, or skip the test with the reason."""
     import pytest

@@ -32,6 +32,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     config = _load_model_config(args)
     if args.save_config:
         config.to_json(args.save_config)
+    if size is not None and len(size) == 3 and config.dims == 2:
+        config = config.replace(dims=3)  # a DxHxW size asks for the volume model
     if size is not None and config.input_size is None:
         config = config.replace(input_size=size)  # so that every layer shows its real shape
     print(summarize(build_model(config), size))

@@ -13,7 +13,7 @@ import pathlib
 import keras
 import numpy as np
 
-from helpers import expected_shapes
+from helpers import expected_shapes, expected_volume_shapes
 import dataclasses
 
 from msunet.config import ModelConfig, RunConfig, TrainConfig
@@ -26,6 +26,7 @@ from msunet.runtime.tiling import predict_tiled
 from msunet.training.trainer import MultiScaleTrainer
 
 SIZES = [(1, 1), (37, 101), (255, 257)]
+VOLUME_SIZES = [(1, 1, 1), (7, 13, 11), (19, 33, 17)]  # odd in every axis: the ceil rounding at each scale
 
 
 # One backbone per keras.applications family in `make test` (they share their code path: the
@@ -64,9 +65,28 @@ def architectures(slow: bool = False) -> list[dict]:
     return combos
 
 
+def volume_architectures() -> list[dict]:
+    """Every built-in encoder x decoder that builds volumes (`model.dims=3`), each boolean option of a part
+    on once, and a model whose first downsampling pools in-plane only (`inplane_levels=1`, anisotropic
+    volumes). The `keras.applications` backbones are image networks: 2-D only."""
+    combos = []
+    built_in = [e for e in ENCODERS.names() if 3 in ENCODERS[e].dims]
+    for encoder, decoder in itertools.product(built_in, [d for d in DECODERS.names() if 3 in DECODERS[d].dims]):
+        combos.append(dict(encoder=encoder, decoder=decoder, dims=3))
+        combos += [dict(encoder=encoder, decoder=decoder, dims=3, decoder_options={flag: True})
+                   for flag in _flags(DECODERS[decoder])]
+        if decoder == "unet":
+            combos += [dict(encoder=encoder, decoder=decoder, dims=3, encoder_options={flag: True})
+                       for flag in _flags(ENCODERS[encoder])]
+            combos.append(dict(encoder=encoder, decoder=decoder, dims=3, inplane_levels=1))
+    return combos
+
+
 def combo_id(combo: dict) -> str:
     flags = [k for key in ("encoder_options", "decoder_options") for k, v in combo.get(key, {}).items() if v]
-    return f"{combo['encoder']}-{combo['decoder']}" + "".join(f"-{flag}" for flag in flags)
+    flags += [f"inplane{combo['inplane_levels']}"] if combo.get("inplane_levels") else []
+    return (f"{combo['encoder']}-{combo['decoder']}" + "".join(f"-{flag}" for flag in flags)
+            + ("-3d" if combo.get("dims") == 3 else ""))
 
 
 def small_config(combo: dict, **overrides) -> ModelConfig:
@@ -82,14 +102,17 @@ def _numpy(outputs) -> dict[str, np.ndarray]:
 
 
 def sample_batch(cfg: ModelConfig, size: int = 32, batch: int = 4, seed: int = 0):
-    """Images whose foreground is a bright disc (learnable in a few steps), and per-head targets."""
+    """Images whose foreground is a bright disc (volumes: a ball; learnable in a few steps), and per-head
+    targets. Volumes are `size // 2` on a side (16^3 for the default)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
+    if cfg.dims == 3:
+        size = size // 2
+    grid = np.mgrid[(slice(0, size),) * cfg.dims]
     images, masks = [], []
     for _ in range(batch):
-        cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(4, 8)]
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.int16)
-        image = rng.normal(0, 0.3, (size, size, cfg.in_channels)) + mask[..., None]
+        centre, r = rng.uniform(size / 4, size - size / 4, cfg.dims), rng.uniform(size / 8, size / 4)
+        mask = (sum((g - c) ** 2 for g, c in zip(grid, centre)) < r**2).astype(np.int16)
+        image = rng.normal(0, 0.3, (*mask.shape, cfg.in_channels)) + mask[..., None]
         images.append(image.astype(np.float32))
         masks.append(mask)
     return np.stack(images), batch_targets(masks, cfg, "average")
@@ -100,10 +123,11 @@ def check_output_sizes(cfg: ModelConfig) -> keras.Model:
     """Every head at ceil(H/s) x ceil(W/s) (full size for mask and mask_fused), float32, finite."""
     model = build_model(cfg)
     assert output_names(model) == list(cfg.head_names)
-    for height, width in SIZES:
-        x = np.random.default_rng(height).random((1, height, width, cfg.in_channels), dtype=np.float32)
+    for size in SIZES if cfg.dims == 2 else VOLUME_SIZES:
+        x = np.random.default_rng(size[0]).random((1, *size, cfg.in_channels), dtype=np.float32)
         out = _numpy(model(x, training=False))
-        assert {k: v.shape for k, v in out.items()} == expected_shapes(cfg, height, width), (height, width)
+        want = expected_shapes(cfg, *size) if cfg.dims == 2 else expected_volume_shapes(cfg, size)
+        assert {k: v.shape for k, v in out.items()} == want, size
         for name, value in out.items():
             assert value.dtype == np.float32 and np.isfinite(value).all(), name
     for name in cfg.head_names:  # the logits layer of every head exists and is float32
@@ -115,7 +139,8 @@ def check_output_sizes(cfg: ModelConfig) -> keras.Model:
 def check_save_reload(model: keras.Model, folder: pathlib.Path) -> pathlib.Path:
     """Saved and reloaded with plain `keras.saving.load_model` (no custom_objects, safe mode):
     identical outputs. Returns the file, for a reload in a fresh process."""
-    x = np.random.default_rng(1).random((2, 37, 29, model.inputs[0].shape[-1]), dtype=np.float32)
+    size = (37, 29) if len(model.inputs[0].shape) == 4 else (9, 17, 13)
+    x = np.random.default_rng(1).random((2, *size, model.inputs[0].shape[-1]), dtype=np.float32)
     path = folder / f"{model.name}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)

@@ -79,7 +79,13 @@ class ModelConfig(BaseConfig):
             float32. Heads, losses and masks stay float32. MSUNET_PRECISION overrides "auto".
         output_activation: "auto" (sigmoid if num_classes == 1 else softmax), "sigmoid",
             "softmax" or "linear" (the heads return logits).
-        input_size: optional fixed (height, width); None accepts any size.
+        input_size: optional fixed (height, width), or (depth, height, width) with dims=3; None
+            accepts any size.
+        dims: 2 for images (Conv2D, inputs (b, h, w, c)), 3 for volumes (Conv3D, inputs (b, d, h, w, c)).
+            The heads keep their names; in 3-D "mask_s2" has ceil(D/2) x ceil(H/2) x ceil(W/2) voxels.
+        inplane_levels: with dims=3, the first N downsamplings pool in-plane only (1 x 2 x 2), for
+            volumes whose slices are thicker than their pixels (nnU-Net's rule; the planner sets it
+            from the spacing): "mask_s2" then keeps all D slices.
     """
 
     encoder: str = "conv"
@@ -107,8 +113,10 @@ class ModelConfig(BaseConfig):
     ds_heads: int | None = None
     fused_head: bool = False
     output_activation: str = "auto"
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     precision: str = "auto"
+    dims: int = 2
+    inplane_levels: int = 0
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -160,18 +168,32 @@ class ModelConfig(BaseConfig):
                 f"{owner}.output_activation='softmax' with num_classes=1 gives a constant 1; "
                 "use 'sigmoid' (or 'auto') for binary masks."
             )
+        check_int(owner, "dims", self.dims, 2, 3)
+        check_int(owner, "inplane_levels", self.inplane_levels, 0, self.depth)
+        if self.inplane_levels and self.dims != 3:
+            raise ConfigError(f"{owner}.inplane_levels={self.inplane_levels} keeps the slices of volumes; it needs "
+                              "model.dims=3 (set model.inplane_levels=0 for images).")
         if self.input_size is not None:
             size = self.input_size
-            if not isinstance(size, tuple) or len(size) != 2:
-                raise ConfigError(f"{owner}.input_size={jsonable(size)!r} must be [height, width] or null.")
-            check_int(owner, "input_size[0]", size[0], 1)
-            check_int(owner, "input_size[1]", size[1], 1)
+            if not isinstance(size, tuple) or len(size) != self.dims:
+                axes = "[height, width]" if self.dims == 2 else "[depth, height, width]"
+                raise ConfigError(f"{owner}.input_size={jsonable(size)!r} must be {axes} or null (model.dims="
+                                  f"{self.dims}).")
+            for i, value in enumerate(size):
+                check_int(owner, f"input_size[{i}]", value, 1)
         self._validate_combination(owner)
 
     def _validate_combination(self, owner: str) -> None:
         """Options that are valid alone but not together: say why and what to change."""
         encoder, decoder = ENCODERS.lookup(self.encoder), DECODERS.lookup(self.decoder)
         for part in (encoder, decoder):
+            if self.dims not in part.dims:
+                builds = [n for n in (ENCODERS if part.kind == "encoder" else DECODERS).names()
+                          if self.dims in (ENCODERS if part.kind == "encoder" else DECODERS)[n].dims]
+                raise ConfigError(
+                    f"{owner}.{part.kind}={part.name!r} is {'/'.join(map(str, part.dims))}-D only (model.dims="
+                    f"{self.dims}); in {self.dims}-D use {', '.join(builds)}."
+                )
             if self.depth < part.min_depth:
                 raise ConfigError(
                     f"{owner}.{part.kind}={part.name!r} needs depth >= {part.min_depth} (received depth={self.depth}). "
@@ -284,6 +306,25 @@ class ModelConfig(BaseConfig):
         if self.filters_per_level is not None:
             return tuple(self.filters_per_level)
         return tuple(max(1, int(round(self.filters * self.filter_growth**i))) for i in range(self.depth + 1))
+
+    @property
+    def level_strides(self) -> tuple[tuple[int, ...], ...]:
+        """The downsampling from level i to i + 1, per spatial axis ((z,) y, x): (2, 2) in 2-D; (2, 2, 2)
+        in 3-D, (1, 2, 2) for the first `inplane_levels`."""
+        if self.dims == 2:
+            return ((2, 2),) * self.depth
+        return tuple((1 if i < self.inplane_levels else 2, 2, 2) for i in range(self.depth))
+
+    def factor_between(self, fine: int, coarse: int) -> tuple[int, ...]:
+        """The size ratio between level `fine` and the coarser level `coarse`, per spatial axis."""
+        factor = [1] * self.dims
+        for stride in self.level_strides[fine:coarse]:
+            factor = [f * s for f, s in zip(factor, stride)]
+        return tuple(factor)
+
+    def scale_factor(self, scale: int) -> tuple[int, ...]:
+        """The size ratio of the decoder scale `scale` (1, 2, 4, ...) to the input, per spatial axis."""
+        return self.factor_between(0, scale.bit_length() - 1)
 
     @property
     def head_scales(self) -> tuple[int, ...]:

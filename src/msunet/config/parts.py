@@ -49,6 +49,7 @@ class Part:
             `model.encoder_options` / `model.decoder_options`.
         min_depth, max_depth: the `model.depth` range the part supports.
         pretrained: it can load pretrained weights (`model.encoder_weights`).
+        dims: the spatial dimensions it builds (`model.dims`: 2 for images, 3 for volumes).
         summary: one line for `msunet summary --list` (default: the builder's first docstring line).
     """
 
@@ -60,6 +61,7 @@ class Part:
     max_depth: int | None = None
     pretrained: bool = False
     summary: str = ""
+    dims: tuple[int, ...] = (2, 3)
 
     @property
     def option_names(self) -> set[str]:
@@ -94,7 +96,8 @@ class PartRegistry(dict):
         return self
 
     def register(self, name: str, *, options: type[PartOptions] = PartOptions, min_depth: int = 1,
-                 max_depth: int | None = None, pretrained: bool = False, summary: str = "") -> Callable:
+                 max_depth: int | None = None, pretrained: bool = False, summary: str = "",
+                 dims: tuple[int, ...] = (2, 3)) -> Callable:
         """Decorator registering a builder as the part `name` (once), with its options class."""
         if not (isinstance(options, type) and issubclass(options, PartOptions)):
             raise TypeError(f"{self.kind} {name!r}: options must be a PartOptions dataclass, not {options!r}.")
@@ -103,7 +106,7 @@ class PartRegistry(dict):
             if name in self and self[name].build.__module__ != build.__module__:
                 raise ValueError(f"{self.kind.capitalize()} {name!r} is registered already (by "
                                  f"{self[name].build.__module__}).")
-            self[name] = Part(self.kind, name, build, options, min_depth, max_depth, pretrained, summary)
+            self[name] = Part(self.kind, name, build, options, min_depth, max_depth, pretrained, summary, tuple(dims))
             return build
 
         return register

@@ -124,8 +124,8 @@ def build_model(config: ModelConfig | None = None) -> keras.Model:
         )
     build_encoder, build_decoder = get_encoder(cfg.encoder), get_decoder(cfg.decoder)
     with precision_scope(cfg.precision):
-        height, width = cfg.input_size if cfg.input_size is not None else (None, None)
-        inputs = keras.Input(shape=(height, width, cfg.in_channels), name="image")
+        spatial = tuple(cfg.input_size) if cfg.input_size is not None else (None,) * cfg.dims
+        inputs = keras.Input(shape=(*spatial, cfg.in_channels), name="image")
         pyramid = build_encoder(inputs, cfg)
         features = build_decoder(pyramid, cfg)
         missing = [s for s in cfg.head_scales if s not in features]
@@ -228,22 +228,22 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ValueError(f"Model file {path!r} is not a readable .keras archive ({err}); it may be truncated.") from err
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parses "HxW" (or "N" for N x N) into a (height, width) tuple of positive ints."""
+def parse_size(text: str) -> tuple[int, ...]:
+    """Parses "HxW" (or "N" for N x N) into (height, width), or "DxHxW" into (depth, height, width)."""
     parts = str(text).lower().replace(" ", "").split("x")
     try:
-        if len(parts) == 1:
-            parts = parts * 2
-        height, width = (int(p) for p in parts)
+        size = tuple(int(p) for p in (parts * 2 if len(parts) == 1 else parts))
     except ValueError:
-        height = width = 0
-    if len(parts) != 2 or height < 1 or width < 1:
-        raise ValueError(f"Size {text!r} is not of the form HxW with positive integers (e.g. 256x256 or 37x101).")
-    return height, width
+        size = ()
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise ValueError(f"Size {text!r} is not of the form HxW or DxHxW with positive integers (e.g. 256x256, 37x101 "
+                         "or 32x64x64 for a volume).")
+    return size
 
 
-def output_shapes(model: keras.Model, size: tuple[int, int], batch: int = 1) -> dict[str, tuple]:
-    """Shape of each output for an input of `size` = (height, width), inferred without running it."""
+def output_shapes(model: keras.Model, size: tuple[int, ...], batch: int = 1) -> dict[str, tuple]:
+    """Shape of each output for an input of `size` = (height, width) or, for a volume model,
+    (depth, height, width), inferred without running it."""
     channels = model.inputs[0].shape[-1]
     spec = model.compute_output_spec(keras.KerasTensor((batch, *size, channels)))
     return {name: tuple(spec[name].shape) for name in output_names(model)}
@@ -255,7 +255,7 @@ def summarize(model: keras.Model, size: tuple[int, int] | None = None) -> str:
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=110)
     lines.append(f"Parameters: {model.count_params():,}")
     if size is not None:
-        lines.append(f"Outputs for a {size[0]}x{size[1]} input:")
+        lines.append(f"Outputs for a {'x'.join(map(str, size))} input:")
         for name, shape in output_shapes(model, size).items():
             lines.append(f"  {name:<12} {shape}")
     return "\n".join(lines)

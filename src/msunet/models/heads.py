@@ -9,8 +9,7 @@ from keras import layers
 
 from msunet.config import ModelConfig
 from msunet.heads import FUSED, Head, parse_head
-from msunet.models.blocks import apply_conv_block, conv_settings, match_size
-from msunet.models.layers import BilinearUpsampling2D
+from msunet.models.blocks import apply_conv_block, conv_settings, linear_upsample, match_size, pointwise_conv
 
 
 def apply_head(x, num_classes: int, activation: str, name: str):
@@ -19,7 +18,7 @@ def apply_head(x, num_classes: int, activation: str, name: str):
     The 1x1 conv and the activation run in float32 (a negligible share of the FLOPs), so that
     mixed-precision models give float32 logits to the losses and float32 masks to the user.
     """
-    logits = layers.Conv2D(num_classes, 1, dtype="float32", name=parse_head(name).logits_name)(x)
+    logits = pointwise_conv(x, num_classes, dtype="float32", name=parse_head(name).logits_name)
     return layers.Activation(activation, dtype="float32", name=name)(logits)
 
 
@@ -27,7 +26,7 @@ def apply_fused_head(features: dict[int, object], cfg: ModelConfig, name: str = 
     """Predicts from every decoder scale at full resolution.
 
     Each scale's features are projected to the first level's width with a 1x1 conv (cheap at the
-    coarse size, and it keeps the full-resolution concatenation small), upsampled bilinearly to
+    coarse size, and it keeps the full-resolution concatenation small), upsampled (bi/trilinearly) to
     full resolution, cropped to the input size and concatenated; a conv block and a head follow.
     """
     full = features[1]
@@ -36,8 +35,8 @@ def apply_fused_head(features: dict[int, object], cfg: ModelConfig, name: str = 
     for scale, x in sorted(features.items()):
         if scale == 1:
             continue
-        x = layers.Conv2D(width, 1, name=f"{name}_s{scale}_project")(x)
-        x = BilinearUpsampling2D(scale, name=f"{name}_s{scale}_upsample")(x)
+        x = pointwise_conv(x, width, name=f"{name}_s{scale}_project")
+        x = linear_upsample(x, cfg.factor_between(0, scale.bit_length() - 1), name=f"{name}_s{scale}_upsample")
         parts.append(match_size(x, full, name=f"{name}_s{scale}_crop"))
     x = layers.Concatenate(name=f"{name}_concat")(parts) if len(parts) > 1 else full
     x = apply_conv_block(x, width, **conv_settings(cfg), name=f"{name}_block")

@@ -8,7 +8,7 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="msunet")
 class CropToMatch(keras.layers.Layer):
-    """Crops the spatial size of `x` to that of `reference` (top-left anchored).
+    """Crops the spatial size of `x` to that of `reference` (top-left anchored), in 2-D or 3-D.
 
     Stride-2 "same" downsampling rounds sizes up (ceil(H/2)), so upsampling by 2 can overshoot the
     skip connection by one pixel on odd sizes; this layer removes that pixel. The builder only
@@ -17,24 +17,26 @@ class CropToMatch(keras.layers.Layer):
 
     Example:
     ```python
-    y = CropToMatch()([upsampled, skip])  # y has skip's height and width
+    y = CropToMatch()([upsampled, skip])  # y has skip's height and width (and depth, for volumes)
     ```
 
     Input shape:
-        A list `[x, reference]` of 4D channels-last tensors; `x` at least as large as `reference`.
+        A list `[x, reference]` of 4D (images) or 5D (volumes) channels-last tensors; `x` at least
+        as large as `reference`.
     Output shape:
-        `(batch, reference_height, reference_width, x_channels)`.
+        `(batch, *reference_spatial_shape, x_channels)`.
     """
 
     def call(self, inputs):
         x, reference = inputs
         x_shape = ops.shape(x)
         ref_shape = ops.shape(reference)
-        return ops.slice(x, (0, 0, 0, 0), (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3]))
+        rank = len(x.shape)
+        return ops.slice(x, (0,) * rank, (x_shape[0], *(ref_shape[1:rank - 1]), x_shape[rank - 1]))
 
     def compute_output_shape(self, input_shape):
         x_shape, ref_shape = input_shape
-        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+        return (x_shape[0], *ref_shape[1:-1], x_shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="msunet")
@@ -101,6 +103,72 @@ class BilinearUpsampling2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+def _linear_upsample_axis(x, axis: int, size: int):
+    """Linear upsampling of `x` by `size` along `axis` (half-pixel centres, edges clamped)."""
+    if size == 1:
+        return x
+    rank = len(x.shape)
+
+    def cut(start, stop):
+        index = [slice(None)] * rank
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
+
+    padded = ops.concatenate([cut(0, 1), x, cut(-1, None)], axis=axis)
+    index = [slice(None)] * rank
+    index[axis] = slice(None, -2)
+    prev = padded[tuple(index)]
+    index[axis] = slice(2, None)
+    nxt = padded[tuple(index)]
+    phases = []
+    for k in range(size):
+        offset = (k + 0.5) / size - 0.5
+        phases.append(x * (1.0 + offset) + prev * (-offset) if offset < 0 else x * (1.0 - offset) + nxt * offset)
+    stacked = ops.stack(phases, axis=axis + 1)
+    shape = ops.shape(x)
+    dims = [x.shape[i] if x.shape[i] is not None else shape[i] for i in range(rank)]
+    dims[axis] = dims[axis] * size
+    return ops.reshape(stacked, tuple(dims))
+
+
+@keras.saving.register_keras_serializable(package="msunet")
+class LinearUpsampling3D(keras.layers.Layer):
+    """Trilinear upsampling of a volume by an integer factor per axis, for inputs of unknown size.
+
+    The 3-D counterpart of `BilinearUpsampling2D` (the same half-pixel centres and clamped edges,
+    one axis after the other), with a factor per axis so that anisotropic models (no pooling along
+    z at the first levels) upsample (1, 2, 2).
+
+    Example:
+    ```python
+    y = LinearUpsampling3D((1, 2, 2))(x)  # (b, d, 2h, 2w, c)
+    ```
+
+    Args:
+        size: an integer >= 1 or a (depth, height, width) triple of them.
+    """
+
+    def __init__(self, size=2, **kwargs):
+        super().__init__(**kwargs)
+        size = (size,) * 3 if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+        if len(size) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+            raise ValueError(f"LinearUpsampling3D: size must be an integer >= 1 or three of them, received {size!r}.")
+        self.size = size
+
+    def call(self, inputs):
+        x = inputs
+        for axis, factor in zip((1, 2, 3), self.size):
+            x = _linear_upsample_axis(x, axis, factor)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, *spatial, c = input_shape
+        return (b, *(None if n is None else n * f for n, f in zip(spatial, self.size)), c)
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}
 
 
 @keras.saving.register_keras_serializable(package="msunet")

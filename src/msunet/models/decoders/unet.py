@@ -33,7 +33,8 @@ def build_unet_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     x = pyramid[2**cfg.depth]
     features = {}
     for level in reversed(range(cfg.depth)):
-        x = apply_up(x, pyramid[2**level], cfg.upsample, cfg.fusion, cfg.decoder_options.attention, name=f"dec{level}_up")
+        x = apply_up(x, pyramid[2**level], cfg.upsample, cfg.fusion, cfg.decoder_options.attention,
+                     factor=cfg.level_strides[level], name=f"dec{level}_up")
         x = apply_conv_block(x, filters[level], **settings, name=f"dec{level}")
         features[2**level] = x
     return features

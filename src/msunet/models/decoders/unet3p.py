@@ -19,9 +19,7 @@ def build_unet3p_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     then one conv -> norm -> act to `cat * (depth + 1)` channels, the paper's aggregation.
     """
     depth, cat = cfg.depth, cfg.level_filters[0]
-    from keras import layers
-
-    from msunet.models.blocks import apply_conv, apply_fusion, apply_norm_act, apply_upsample
+    from msunet.models.blocks import apply_conv, apply_fusion, apply_norm_act, apply_upsample, spatial_layer
 
     kernel, norm, groups, act = cfg.kernel_size, cfg.norm, cfg.groups, cfg.activation
 
@@ -36,11 +34,12 @@ def build_unet3p_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
         for j in range(i + 1):
             x = pyramid[2**j]
             if j < i:
-                factor = 2 ** (i - j)
-                x = layers.MaxPooling2D(factor, padding="same", name=f"dec{i}_from_enc{j}_maxpool")(x)
+                factor = cfg.factor_between(j, i)
+                x = spatial_layer("maxpool", x)(factor, padding="same", name=f"dec{i}_from_enc{j}_maxpool")(x)
             parts.append(conv_norm_act(x, cat, f"dec{i}_from_enc{j}"))
         for k in range(i + 1, depth + 1):
-            x = apply_upsample(stages[k], reference, 2 ** (k - i), cfg.upsample, cat, name=f"dec{i}_from_dec{k}")
+            x = apply_upsample(stages[k], reference, cfg.factor_between(i, k), cfg.upsample, cat,
+                               name=f"dec{i}_from_dec{k}")
             parts.append(conv_norm_act(x, cat, f"dec{i}_from_dec{k}"))
         x = apply_fusion(parts, cfg.fusion, name=f"dec{i}")
         stages[i] = conv_norm_act(x, cat * (depth + 1), f"dec{i}")

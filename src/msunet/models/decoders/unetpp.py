@@ -22,7 +22,8 @@ def build_unetpp_decoder(pyramid: dict, cfg: ModelConfig) -> Features:
     for j in range(1, depth + 1):
         for i in range(depth - j + 1):
             name = f"dec{i}_{j}"
-            up = apply_upsample(nodes[(i + 1, j - 1)], nodes[(i, 0)], 2, cfg.upsample, filters[i], name=f"{name}_up")
+            up = apply_upsample(nodes[(i + 1, j - 1)], nodes[(i, 0)], cfg.level_strides[i], cfg.upsample, filters[i],
+                                name=f"{name}_up")
             x = apply_fusion([*(nodes[(i, k)] for k in range(j)), up], cfg.fusion, name=name)
             nodes[(i, j)] = apply_conv_block(x, filters[i], **settings, name=name)
     return {2**i: nodes[(i, depth - i)] for i in range(depth)}

@@ -2,7 +2,7 @@
 their table (`backbone_table.py`); the builder (`backbones.py`) is imported when a model is built.
 
 Each backbone is registered as an encoder (`model.encoder=resnet50v2`, ...) that can load pretrained
-weights (`model.encoder_weights`) and supports depth <= 5 (backbones end at stride 32).
+weights (`model.encoder_weights`) and supports depth <= 5 (backbones end at stride 32), in 2-D only (they are image networks).
 """
 
 from __future__ import annotations
@@ -24,6 +24,6 @@ def _registered(name: str):
 
 
 for _name, _spec in BACKBONE_SPECS.items():
-    register_encoder(_name, max_depth=BACKBONE_MAX_DEPTH, pretrained=True,
+    register_encoder(_name, max_depth=BACKBONE_MAX_DEPTH, pretrained=True, dims=(2,),
                      summary=f"keras.applications.{_spec.constructor} backbone (weights: none, imagenet or a file; "
                              f"input scaling {FAMILIES[_spec.family].scaling} in the graph; depth <= 5)")(_registered(_name))

@@ -21,6 +21,7 @@ def build_conv_encoder(inputs, cfg: ModelConfig) -> Pyramid:
         dropout = cfg.dropout if level >= cfg.depth - 1 else 0.0
         x = apply_conv_block(x, filters[level], **settings, dropout=dropout, name=f"enc{level}")
         pyramid[2**level] = x
-        x = apply_down(x, cfg.downsample, cfg.norm, cfg.groups, cfg.activation, name=f"enc{level}_down")
+        x = apply_down(x, cfg.downsample, cfg.norm, cfg.groups, cfg.activation, factor=cfg.level_strides[level],
+                       name=f"enc{level}_down")
     pyramid[2**cfg.depth] = apply_conv_block(x, filters[cfg.depth], **settings, dropout=cfg.dropout, name="bottleneck")
     return pyramid

@@ -49,9 +49,9 @@ def build_resconv_encoder(inputs, cfg: ModelConfig) -> Pyramid:
         strides = 1
         if level > 0:
             if cfg.downsample == "strided_conv":
-                strides = 2
+                strides = cfg.level_strides[level - 1]
             else:
-                x = apply_down(x, cfg.downsample, name=f"enc{level}_down")
+                x = apply_down(x, cfg.downsample, factor=cfg.level_strides[level - 1], name=f"enc{level}_down")
         for block in range(options.res_blocks):
             x = apply_res_block(x, filters[level], strides=strides if block == 0 else 1,
                                 preactivation=options.preactivation, **settings, name=f"enc{level}_res{block}")

@@ -8,7 +8,7 @@ from msunet.config.base import BaseConfig, ConfigError, check_choice, check_floa
 
 # --------------------------------------------------------------------------------------------------
 MASK_ENCODINGS = ("auto", "binary", "index", "palette")
-NORMALIZATIONS = ("dataset", "image", "unit")
+NORMALIZATIONS = ("dataset", "image", "unit", "volume")
 FLIPS = ("horizontal", "vertical")
 TARGET_DOWNSAMPLINGS = ("average", "nearest", "max")
 RESAMPLE_FACTORS = (1.0, 0.5, 0.25, 0.125)
@@ -28,9 +28,10 @@ class DataConfig(BaseConfig):
         ignore_label: mask value that contributes to no loss or metric (e.g. CamVid's void, 11).
         val_fraction: validation share when there is no `split.csv` (seeded by `seed`).
         normalization: "dataset" (per-channel mean/std of the training images, saved with the run
-            and reused by predict), "image" (per-image z-score) or "unit" (the [0, 1] scale only:
-            a backbone encoder applies its own ImageNet scaling inside the model).
-        patch_size: square training patch side; images smaller than it are padded.
+            and reused by predict), "image" (per-image z-score), "unit" (the [0, 1] scale only:
+            a backbone encoder applies its own ImageNet scaling inside the model) or "volume" (each
+            volume z-scored as a whole when it is read, for MRI; volumes only).
+        patch_size: square training patch side (a cube's, for volumes); images smaller than it are padded.
         foreground_oversample: share of patches centred on a foreground pixel.
         flip: random flips: true (both axes), "horizontal" (left-right only, for images with an up and
             a down such as street scenes), "vertical" or false.
@@ -46,6 +47,8 @@ class DataConfig(BaseConfig):
             images are block-averaged, masks take each block's majority class; `predict` (tiling,
             TTA, every head) and `evaluate` return masks at the original size.
         seed: seed of the split and of the sampling.
+        spacing: the voxel size (z, y, x) in mm of volumes whose files do not say it (TIFF stacks,
+            .npy); NIfTI headers take precedence. None: 1 mm.
     """
 
     pairs_csv: str | None = None
@@ -67,6 +70,7 @@ class DataConfig(BaseConfig):
     max_pixels: int = 250_000_000
     resample: float = 1.0
     seed: int = 0
+    spacing: tuple[float, float, float] | None = None
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -97,6 +101,12 @@ class DataConfig(BaseConfig):
             raise ConfigError(f"{owner}.resample={self.resample!r} is not valid; valid: "
                               f"{', '.join(str(f) for f in RESAMPLE_FACTORS)} (a fraction of the resolution).")
         check_int(owner, "seed", self.seed, 0)
+        if self.spacing is not None:
+            if not isinstance(self.spacing, tuple) or len(self.spacing) != 3:
+                raise ConfigError(f"{owner}.spacing={list(self.spacing) if isinstance(self.spacing, tuple) else self.spacing!r}"
+                                  " must be [z, y, x] voxel sizes in mm (e.g. --set data.spacing=2.5,0.8,0.8).")
+            for i, value in enumerate(self.spacing):
+                check_float(owner, f"spacing[{i}]", value, 1e-6, 1e6)
 
     @property
     def resample_step(self) -> int:

@@ -41,7 +41,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.height, img.width
     except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
-        raise ImageReadError(f"{path}: cannot read the image header ({_reason(err, path)}). Replace or remove the file.") from err
+        raise ImageReadError(f"{path}: cannot read the image header ({decoder_reason(err, path)}). Replace or remove the file.") from err
 
 
 def _tiff_hw(shape: tuple, axes: str) -> tuple[int, int]:
@@ -50,7 +50,7 @@ def _tiff_hw(shape: tuple, axes: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _reason(err: Exception, path: str | os.PathLike | None = None) -> str:
+def decoder_reason(err: Exception, path: str | os.PathLike | None = None) -> str:
     """The decoder's first line, without the path it repeats (our message starts with it already)."""
     text = str(err).strip() or type(err).__name__
     if path is not None:
@@ -129,8 +129,8 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
                         return np.asarray(img)
                 except Exception as pil_err:  # noqa: BLE001
                     raise ImageReadError(
-                        f"{path}: this TIFF's compression needs the 'imagecodecs' package ({_reason(err, path)}); "
-                        f"Pillow could not read it either ({_reason(pil_err)}). Run: pip install imagecodecs"
+                        f"{path}: this TIFF's compression needs the 'imagecodecs' package ({decoder_reason(err, path)}); "
+                        f"Pillow could not read it either ({decoder_reason(pil_err)}). Run: pip install imagecodecs"
                     ) from err
             if axes.startswith(("S", "C")) and array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] > 4:
                 array = np.moveaxis(array, 0, -1)  # planar (C, H, W) TIFF
@@ -155,7 +155,7 @@ def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) ->
         raise
     except Exception as err:  # noqa: BLE001
         raise ImageReadError(
-            f"{path}: cannot decode the image ({_reason(err, path)}); the file may be truncated or corrupt. "
+            f"{path}: cannot decode the image ({decoder_reason(err, path)}); the file may be truncated or corrupt. "
             "Replace or remove it."
         ) from err
 
@@ -319,5 +319,5 @@ def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
                         else:
                             return RowBandReader(path, page.dataoffsets[0], shape, page.dtype)
         except Exception as err:  # noqa: BLE001
-            raise ImageReadError(f"{path}: cannot read the TIFF structure ({_reason(err, path)}). Replace or remove it.") from err
+            raise ImageReadError(f"{path}: cannot read the TIFF structure ({decoder_reason(err, path)}). Replace or remove it.") from err
     return read_image(path, max_pixels)

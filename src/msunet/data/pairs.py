@@ -13,6 +13,7 @@ import numpy as np
 
 from msunet.config import DataConfig
 from msunet.data.imageio import IMAGE_SUFFIXES, is_image_file
+from msunet.data.volumes import VOLUME_SUFFIXES, is_volume_only, volume_stem
 from msunet.data.preprocessing import (
     DataError,
 )
@@ -45,13 +46,14 @@ def _files_by_stem(folder: pathlib.Path) -> tuple[dict[str, pathlib.Path], list[
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
-        if not is_image_file(path):
-            problems.append((str(path), f"not an image file (suffix {path.suffix or 'none'!r}); ignored"))
+        if not (is_image_file(path) or is_volume_only(path)):
+            problems.append((str(path), f"not an image file (suffix {path.suffix or 'none'!r}; nor a volume); ignored"))
             continue
-        if path.stem in found:
-            problems.append((str(path), f"same name as {found[path.stem].name}; keep one file per name"))
+        stem = volume_stem(path)  # "case.nii.gz" -> "case"; "a.png" -> "a"
+        if stem in found:
+            problems.append((str(path), f"same name as {found[stem].name}; keep one file per name"))
             continue
-        found[path.stem] = path
+        found[stem] = path
     return found, problems
 
 
@@ -78,7 +80,8 @@ def find_pairs(data_dir: str | os.PathLike, cfg: DataConfig | None = None, requi
         )
     images, problems = _files_by_stem(images_dir)
     if not images:
-        raise DataError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}). Add images to train on.")
+        raise DataError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) or volumes "
+                        f"({', '.join(VOLUME_SUFFIXES)}). Add images to train on.")
     if not masks_dir.is_dir():
         if require_masks:
             raise DataError(
@@ -114,7 +117,7 @@ def _pairs_from_csv(root: pathlib.Path, csv_path: pathlib.Path) -> PairIndex:
             if missing:
                 problems.append((str(csv_path), f"line {line}: {', '.join(missing)} not found; pair skipped"))
                 continue
-            pairs.append(Pair(image.stem, image, mask))
+            pairs.append(Pair(volume_stem(image), image, mask))
     return PairIndex(root, pairs, problems)
 
 
@@ -127,7 +130,7 @@ def read_split(root: pathlib.Path) -> dict[str, str]:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"name", "split"} <= set(reader.fieldnames):
             raise DataError(f"{path}: needs a header with columns name,split; found {reader.fieldnames}.")
-        return {pathlib.Path(row["name"]).stem: row["split"].strip().lower() for row in reader}
+        return {volume_stem(row["name"]): row["split"].strip().lower() for row in reader}
 
 
 def split_pairs(index: PairIndex, cfg: DataConfig) -> dict[str, list[Pair]]:
@@ -155,15 +158,18 @@ def split_pairs(index: PairIndex, cfg: DataConfig) -> dict[str, list[Pair]]:
 # --------------------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------------------
-def decode_mask(raw: np.ndarray, cfg: DataConfig, num_classes: int, path: str | os.PathLike = "mask") -> np.ndarray:
+def decode_mask(raw: np.ndarray, cfg: DataConfig, num_classes: int, path: str | os.PathLike = "mask",
+                volume: bool = False) -> np.ndarray:
     """Decodes a mask file's array into class ids (int16), with `IGNORE` (-1) for ignored pixels.
+
+    `volume`: `raw` is a (D, H, W) label volume (three axes, no colour channel).
 
     Raises:
         DataError: values outside the declared classes, or colours not in the palette.
     """
     raw = np.asarray(raw)
     encoding = cfg.mask_encoding
-    if raw.ndim == 3:
+    if raw.ndim == 3 and not volume:
         if encoding != "palette":
             raise DataError(
                 f"{path}: a colour mask, but data.mask_encoding={encoding!r}. Save masks as single-channel class ids, "

@@ -37,11 +37,11 @@ class Normalization:
     def apply(self, unit_image: np.ndarray) -> np.ndarray:
         """Normalises an image already scaled by `to_unit_float`."""
         x = unit_image.astype(np.float32, copy=False)
-        if self.mode == "unit":
+        if self.mode in ("unit", "volume"):  # "volume": z-scored as a whole when read (msunet.data.volumes)
             return x
         if self.mode == "image":
-            mean = x.mean(axis=(0, 1), keepdims=True)
-            std = x.std(axis=(0, 1), keepdims=True)
+            mean = x.mean(axis=tuple(range(x.ndim - 1)), keepdims=True)
+            std = x.std(axis=tuple(range(x.ndim - 1)), keepdims=True)
             return (x - mean) / np.maximum(std, 1e-6)
         return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
@@ -81,7 +81,7 @@ def channel_moments(image, rows: int = 128) -> tuple[np.ndarray, np.ndarray, int
 
 def compute_normalization(images, mode: str) -> Normalization:
     """Per-channel mean and std over `images` (unit-scaled, pooled over all pixels), or the per-image mode."""
-    if mode in ("image", "unit"):
+    if mode in ("image", "unit", "volume"):
         return Normalization(mode)
     if not images:
         raise DataError("No training images to compute normalisation statistics from.")

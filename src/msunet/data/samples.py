@@ -1,9 +1,15 @@
 """Training samples: a split loaded into memory, random patches with augmentation (flips, rotation,
-zoom, intensity), fixed tiles for validation, calibration patches for int8 export."""
+zoom, intensity), fixed tiles for validation, calibration patches for int8 export.
+
+Images and volumes take the same path: a sample's arrays are (H, W, C) / (H, W) or (D, H, W, C) /
+(D, H, W), and a patch is `data.patch_size` on every spatial axis. Volumes get flips on every axis,
+in-plane quarter turns and the intensity changes; rotation and zoom are 2-D only so far.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -19,6 +25,7 @@ from msunet.data.preprocessing import (
     to_unit_float,
 )
 from msunet.data.targets import downsample_target, one_hot_target
+from msunet.data.volumes import read_volume, standardize_volume
 
 
 # --------------------------------------------------------------------------------------------------
@@ -27,9 +34,9 @@ from msunet.data.targets import downsample_target, one_hot_target
 @dataclasses.dataclass
 class Sample:
     name: str
-    image: np.ndarray  # (H, W, C) raw dtype
-    mask: np.ndarray  # (H, W) int16 class ids, IGNORE for ignored
-    foreground: np.ndarray  # (N, 2) coordinates of non-background pixels (subsampled)
+    image: np.ndarray  # (H, W, C) raw dtype; volumes (D, H, W, C) float32
+    mask: np.ndarray  # (H, W) int16 class ids, IGNORE for ignored; volumes (D, H, W)
+    foreground: np.ndarray  # (N, 2) coordinates of non-background pixels (subsampled); volumes (N, 3)
 
 
 def load_samples(
@@ -40,24 +47,28 @@ def load_samples(
     rng = np.random.default_rng(data_cfg.seed)
     for pair in pairs:
         try:
-            image = read_image(pair.image, data_cfg.max_pixels)
+            if model_cfg.dims == 3:
+                image, mask = _read_volume_pair(pair, data_cfg, model_cfg)
+            else:
+                image = read_image(pair.image, data_cfg.max_pixels)
+                mask = decode_mask(read_mask(pair.mask, data_cfg.max_pixels), data_cfg, model_cfg.num_classes,
+                                   pair.mask)
             if image.shape[-1] != model_cfg.in_channels:
                 raise DataError(
                     f"{pair.image}: {image.shape[-1]} channel(s), but model.in_channels={model_cfg.in_channels}. "
                     f"Set model.in_channels={image.shape[-1]} or convert the image."
                 )
-            mask = decode_mask(read_mask(pair.mask, data_cfg.max_pixels), data_cfg, model_cfg.num_classes, pair.mask)
-            if mask.shape != image.shape[:2]:
+            if mask.shape != image.shape[:-1]:
                 raise DataError(
-                    f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the image {pair.image.name} is "
-                    f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size."
+                    f"{pair.mask}: mask is {'x'.join(map(str, mask.shape[::-1]))} but the image {pair.image.name} is "
+                    f"{'x'.join(map(str, image.shape[-2::-1]))} (width first); masks must match their image's size."
                 )
         except (ImageReadError, DataError) as err:
             if problems is None:
                 raise
             problems.append((str(pair.mask if "mask" in str(err).split(":")[0] else pair.image), str(err)))
             continue  # the caller reports `problems` (once each)
-        if data_cfg.resample_step > 1:
+        if data_cfg.resample_step > 1 and model_cfg.dims == 2:
             image = downscale_image(image, data_cfg.resample_step)
             mask = downscale_labels(mask, data_cfg.resample_step, model_cfg.num_classes)
         fg = np.argwhere(mask > 0)
@@ -67,19 +78,33 @@ def load_samples(
     return samples
 
 
+def _read_volume_pair(pair: Pair, data_cfg: DataConfig, model_cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A volume and its labels; with `data.normalization=volume` the volume is z-scored as a whole here."""
+    volume = read_volume(pair.image, max_voxels=data_cfg.max_pixels)
+    labels = read_volume(pair.mask, mask=True, max_voxels=data_cfg.max_pixels)
+    if volume.affine is not None and labels.affine is not None and not np.allclose(volume.affine, labels.affine,
+                                                                                    atol=1e-3 * np.abs(volume.affine).max()):
+        raise DataError(f"{pair.mask}: its affine (voxel-to-world) differs from the image {pair.image.name}'s; the "
+                        "mask was made for another grid: resample it onto the image, or fix its header.")
+    image = standardize_volume(volume.array) if data_cfg.normalization == "volume" else volume.array
+    return image, decode_mask(labels.array, data_cfg, model_cfg.num_classes, pair.mask, volume=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # Patch sampling and augmentation
 # --------------------------------------------------------------------------------------------------
 def sample_patch(
     sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator, augment: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A (size, size) patch of unit-scaled image and class ids, jointly augmented.
+    """A (size, size) patch ((size, size, size) of a volume) of unit-scaled image and class ids, jointly augmented.
 
     Geometry (zoom, rotation, flips, 90-degree turns) is one mapping from patch to image
     coordinates: the image is interpolated linearly, the mask by nearest neighbour (no value that
     is not a class), and pixels from outside the image are zero in the image and IGNORE in the mask,
     which also pads images smaller than a patch.
     """
+    if sample.mask.ndim == 3:
+        return _sample_volume_patch(sample, size, cfg, rng, augment)
     height, width = sample.mask.shape
     if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
         cy, cx = sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, 2)
@@ -109,6 +134,46 @@ def sample_patch(
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask)
 
 
+def _sample_volume_patch(sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator,
+                         augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A cube of a volume: centred on a foreground voxel (`foreground_oversample`) or anywhere; flips on
+    every axis, in-plane quarter turns and the intensity changes."""
+    shape = sample.mask.shape
+    if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
+        centre = sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, 3)
+    else:
+        centre = [rng.uniform(min(size / 2, n / 2), max(n - size / 2, n / 2)) for n in shape]
+    corner = [int(round(c - size / 2)) for c in centre]
+    image, mask = crop_nd(sample.image, sample.mask, corner, (size,) * 3)
+    image *= _unit_scale(sample.image.dtype)
+    if augment:
+        if cfg.flip:
+            flips = rng.random(3) < 0.5
+            for axis in range(3):
+                if flips[axis] and (cfg.flip is True or (cfg.flip == "vertical") == (axis == 1)):
+                    image, mask = np.flip(image, axis), np.flip(mask, axis)
+        if cfg.rot90:
+            k = int(rng.integers(4))
+            image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k, axes=(1, 2))
+        image = _intensity(image, cfg, rng)
+    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask)
+
+
+def crop_nd(image: np.ndarray, mask: np.ndarray, corner, shape) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 window of `shape` at `corner` (any number of spatial axes; values in the image's own
+    scale) and its mask, zero / IGNORE outside the image."""
+    out_image = np.zeros((*shape, image.shape[-1]), np.float32)
+    out_mask = np.full(shape, IGNORE, np.int16)
+    lo = [max(c, 0) for c in corner]
+    hi = [min(c + n, m) for c, n, m in zip(corner, shape, mask.shape)]
+    if all(h > low for low, h in zip(lo, hi)):
+        src = tuple(slice(low, h) for low, h in zip(lo, hi))
+        dst = tuple(slice(low - c, h - c) for low, h, c in zip(lo, hi, corner))
+        out_image[dst] = image[src]
+        out_mask[dst] = mask[src]
+    return out_image, out_mask
+
+
 def _unit_scale(dtype) -> float:
     """The factor `to_unit_float` applies: 1 / dtype max for integers, 1 for floats."""
     return 1.0 / float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
@@ -116,14 +181,7 @@ def _unit_scale(dtype) -> float:
 
 def _crop(image: np.ndarray, mask: np.ndarray, top: int, left: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A (size, size) float32 window (values in the image's own scale) and its mask, padded outside."""
-    out_image = np.zeros((size, size, image.shape[-1]), np.float32)
-    out_mask = np.full((size, size), IGNORE, np.int16)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + size, mask.shape[0]), min(left + size, mask.shape[1])
-    if y1 > y0 and x1 > x0:
-        out_image[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
-        out_mask[y0 - top : y1 - top, x0 - left : x1 - left] = mask[y0:y1, x0:x1]
-    return out_image, out_mask
+    return crop_nd(image, mask, (top, left), (size, size))
 
 
 def _warp(image, mask, cy, cx, size, angle, zoom):
@@ -151,7 +209,7 @@ def _intensity(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> 
         image = np.power(np.clip(image, 0.0, None), gamma)
     if cfg.contrast > 0:
         factor = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
-        mean = image.mean(axis=(0, 1), keepdims=True)
+        mean = image.mean(axis=tuple(range(image.ndim - 1)), keepdims=True)
         image = (image - mean) * factor + mean
     if cfg.brightness > 0:
         image = image + rng.uniform(-cfg.brightness, cfg.brightness)
@@ -162,16 +220,16 @@ def _intensity(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> 
 def fixed_patches(
     samples: Sequence[Sample], size: int, limit: int = 512, seed: int = 0
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Non-overlapping tiles covering each image (padded at the border), at most `limit` in all."""
+    """Non-overlapping tiles (cubes, for volumes) covering each image (padded at the border), at most
+    `limit` in all."""
     images, masks = [], []
     for sample in samples:
         unit = to_unit_float(sample.image)
-        height, width = sample.mask.shape
-        for top in range(0, height, size):
-            for left in range(0, width, size):
-                image, mask = _crop(unit, sample.mask, top, left, size)
-                images.append(image)
-                masks.append(mask)
+        shape = sample.mask.shape
+        for corner in itertools.product(*(range(0, n, size) for n in shape)):
+            image, mask = crop_nd(unit, sample.mask, corner, (size,) * len(shape))
+            images.append(image)
+            masks.append(mask)
     if len(images) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
         images = [images[i] for i in keep]
@@ -191,10 +249,8 @@ def calibration_patches(samples: Sequence[Sample], size: int, count: int = 32, s
     patches = []
     for i in np.sort(chosen):
         sample = samples[int(i)]
-        height, width = sample.mask.shape
-        top = int(rng.integers(0, max(height - size, 0) + 1))
-        left = int(rng.integers(0, max(width - size, 0) + 1))
-        image, _ = _crop(sample.image, sample.mask, top, left, size)
+        corner = [int(rng.integers(0, max(n - size, 0) + 1)) for n in sample.mask.shape]
+        image, _ = crop_nd(sample.image, sample.mask, corner, (size,) * sample.mask.ndim)
         patches.append(image * _unit_scale(sample.image.dtype))
     return np.stack(patches).astype(np.float16)
 

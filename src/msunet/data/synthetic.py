@@ -95,3 +95,40 @@ def make_dataset(out_dir: str | os.PathLike, count: int = 40, size: tuple[int, i
         write_png(out / "images" / f"synth_{i:03d}.png", image)
         write_png(out / "masks" / f"synth_{i:03d}.png", mask)
     return out
+
+
+def make_volume_pair(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One (volume float32 (D, H, W) on an arbitrary scale, labels uint8 (D, H, W)) pair: two touching
+    ellipsoids (labels 1 and 2, as the anterior and posterior hippocampus) of different brightness over
+    smooth noise, at a random position and size."""
+    grid = np.mgrid[tuple(slice(0, n) for n in shape)].astype(np.float32)
+    centre = np.array([rng.uniform(0.35, 0.65) * n for n in shape], np.float32)
+    radii = np.array([rng.uniform(0.15, 0.25) * n for n in shape], np.float32)
+    axis = int(rng.integers(1, 3))  # the two parts lie along y or x
+    offset = np.zeros(3, np.float32)
+    offset[axis] = radii[axis] * 0.9
+    labels = np.zeros(shape, np.uint8)
+    image = 100.0 + 12.0 * _smooth_noise(rng, shape, 3)
+    for label, sign, level in ((1, -1.0, 60.0), (2, 1.0, 35.0)):
+        c = centre + sign * offset
+        region = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, radii)) <= 1.0
+        labels[region & (labels == 0)] = label
+        image[region] += level
+    image = image * rng.uniform(0.5, 2.0) + rng.normal(0, 6.0, shape)  # the scale differs per volume (MRI)
+    return image.astype(np.float32), labels
+
+
+def make_volume_dataset(out_dir: str | os.PathLike, count: int = 12, shape: tuple[int, int, int] = (24, 32, 28),
+                        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), seed: int = 0) -> pathlib.Path:
+    """Writes `count` NIfTI pairs (`images/vol_NNN.nii.gz`, `masks/vol_NNN.nii.gz`, labels 0/1/2) with the
+    voxel `spacing` (z, y, x) in their headers; returns out_dir."""
+    from msunet.data.volumes import Volume, write_volume
+
+    out = pathlib.Path(out_dir)
+    rng = np.random.default_rng(seed)
+    like = Volume(np.zeros(0), spacing=tuple(float(s) for s in spacing))
+    for i in range(count):
+        image, labels = make_volume_pair(shape, rng)
+        write_volume(out / "images" / f"vol_{i:03d}.nii.gz", image, like=like)
+        write_volume(out / "masks" / f"vol_{i:03d}.nii.gz", labels, like=like)
+    return out

@@ -16,7 +16,8 @@ from msunet.heads import head_scale
 # Multi-scale targets
 # --------------------------------------------------------------------------------------------------
 def one_hot_target(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W, K + 1): class probabilities (K = 1 foreground channel for binary) and a validity channel."""
+    """(H, W, K + 1) (or (D, H, W, K + 1) for a volume): class probabilities (K = 1 foreground channel
+    for binary) and a validity channel."""
     valid = mask != IGNORE
     if num_classes == 1:
         probs = (mask == 1)[..., None]
@@ -25,9 +26,10 @@ def one_hot_target(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.concatenate([probs & valid[..., None], valid[..., None]], axis=-1).astype(np.float32)
 
 
-def downsample_target(target: np.ndarray, scale: int, rule: str = "average") -> np.ndarray:
+def downsample_target(target: np.ndarray, scale, rule: str = "average") -> np.ndarray:
     """Target of the head at `scale`: ceil(H/s) x ceil(W/s), aligned with the model's heads.
 
+    `scale` is an int or one factor per spatial axis (a volume's head at (1, 2, 2) keeps its slices).
     Coarse pixel (i, j) covers fine pixels [s*i, s*i+s) x [s*j, s*j+s) (the model's ceil-rounded
     downsampling); blocks at the border are averaged over the pixels that exist.
 
@@ -37,43 +39,46 @@ def downsample_target(target: np.ndarray, scale: int, rule: str = "average") -> 
         "nearest": the block's top-left pixel.
         "max": a class is present if any valid pixel of the block has it (renormalised to sum 1).
     """
-    if scale == 1:
+    spatial, channels = target.shape[:-1], target.shape[-1]
+    factor = (scale,) * len(spatial) if isinstance(scale, (int, np.integer)) else tuple(scale)
+    if all(f == 1 for f in factor):
         return target
-    height, width, channels = target.shape
-    out_h, out_w = -(-height // scale), -(-width // scale)
     if rule == "nearest":
-        return np.ascontiguousarray(target[::scale, ::scale])
-    padded = np.zeros((out_h * scale, out_w * scale, channels), np.float32)
-    padded[:height, :width] = target
-    blocks = padded.reshape(out_h, scale, out_w, scale, channels)
+        return np.ascontiguousarray(target[tuple(slice(None, None, f) for f in factor)])
+    out = [-(-n // f) for n, f in zip(spatial, factor)]
+    inner = tuple(slice(0, n) for n in spatial)
+    padded = np.zeros((*(o * f for o, f in zip(out, factor)), channels), np.float32)
+    padded[inner] = target
+    split = [v for o, f in zip(out, factor) for v in (o, f)]  # (o1, f1, o2, f2, ...): blocks on the odd axes
+    blocks = padded.reshape(*split, channels)
+    block_axes = tuple(range(1, 2 * len(spatial), 2))
     valid = blocks[..., -1]
     probs = blocks[..., :-1]
-    valid_count = valid.sum(axis=(1, 3))
+    valid_count = valid.sum(axis=block_axes)
     if rule == "average":
-        sums = probs.sum(axis=(1, 3))
-        out = sums / np.maximum(valid_count, 1.0)[..., None]
+        result = probs.sum(axis=block_axes) / np.maximum(valid_count, 1.0)[..., None]
     elif rule == "max":
-        out = probs.max(axis=(1, 3))
+        result = probs.max(axis=block_axes)
         if channels - 1 > 1:
-            out = out / np.maximum(out.sum(-1, keepdims=True), 1.0)
+            result = result / np.maximum(result.sum(-1, keepdims=True), 1.0)
     else:
         raise ValueError(f"downsample_target: unknown rule {rule!r}; valid: 'average', 'nearest', 'max'.")
     # Validity: the fraction of the block's real (inside-image) pixels that are not ignored.
-    inside = np.zeros((out_h * scale, out_w * scale), np.float32)
-    inside[:height, :width] = 1.0
-    inside_count = inside.reshape(out_h, scale, out_w, scale).sum(axis=(1, 3))
+    inside = np.zeros(padded.shape[:-1], np.float32)
+    inside[inner] = 1.0
+    inside_count = inside.reshape(split).sum(axis=block_axes)
     valid_frac = valid_count / np.maximum(inside_count, 1.0)
-    return np.concatenate([out, valid_frac[..., None]], axis=-1).astype(np.float32)
+    return np.concatenate([result, valid_frac[..., None]], axis=-1).astype(np.float32)
 
 
 def multiscale_targets(
     mask: np.ndarray, model_cfg: ModelConfig, rule: str = "average"
 ) -> dict[str, np.ndarray]:
-    """Targets for every head of `model_cfg`, each of its own size: name -> (h, w, K + 1)."""
+    """Targets for every head of `model_cfg`, each of its own size: name -> (h, w, K + 1) ((d, h, w, K + 1))."""
     full = one_hot_target(mask, model_cfg.num_classes)
     targets = {}
     for name in model_cfg.head_names:
-        targets[name] = downsample_target(full, head_scale(name), rule)
+        targets[name] = downsample_target(full, model_cfg.scale_factor(head_scale(name)), rule)
     return targets
 
 

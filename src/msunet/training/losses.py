@@ -1,6 +1,6 @@
 """Segmentation losses: pure `keras.ops` functions on logits, plus thin classes.
 
-Targets have shape `(B, H, W, K + 1)`: K class probabilities (K = 1 foreground channel for binary
+Targets have shape `(B, H, W, K + 1)` (`(B, D, H, W, K + 1)` for volumes): K class probabilities (K = 1 foreground channel for binary
 masks; soft values at coarse scales) and a last channel with each pixel's weight (0 where ignored,
 the valid fraction of a coarse block). Predictions are logits `(B, H, W, K)`: the losses apply the
 sigmoid / softmax themselves, in a numerically stable form. The per-pixel cross-entropies come from
@@ -15,7 +15,10 @@ from keras import ops
 
 from msunet.config import TrainConfig
 
-SPATIAL = (0, 1, 2)  # batch Dice: sums over the batch and the pixels, per class
+def spatial_axes(x) -> tuple[int, ...]:
+    """The batch and spatial axes of `x` (all but the channels): batch Dice sums over the batch and the
+    pixels (voxels, for volumes), per class."""
+    return tuple(range(len(x.shape) - 1))
 
 
 def split_target(y_true):
@@ -65,8 +68,9 @@ def soft_dice_loss(y_true, logits, smooth: float = 1.0, class_weights=None, incl
     target, weight = split_target(y_true)
     target, probs = _scored(target, probabilities(logits), include_background)
     target, probs = target * weight, probs * weight
-    intersection = ops.sum(target * probs, axis=SPATIAL)
-    denominator = ops.sum(target, axis=SPATIAL) + ops.sum(probs, axis=SPATIAL)
+    axes = spatial_axes(target)
+    intersection = ops.sum(target * probs, axis=axes)
+    denominator = ops.sum(target, axis=axes) + ops.sum(probs, axis=axes)
     dice = (2.0 * intersection + smooth) / (denominator + smooth)
     return 1.0 - _class_mean(dice, class_weights, logits.shape[-1], include_background)
 
@@ -76,9 +80,10 @@ def tversky_loss(y_true, logits, alpha: float = 0.3, beta: float = 0.7, smooth: 
     """1 - Tversky index TP / (TP + alpha FP + beta FN); alpha = beta = 0.5 is the Dice loss."""
     target, weight = split_target(y_true)
     target, probs = _scored(target, probabilities(logits), include_background)
-    tp = ops.sum(probs * target * weight, axis=SPATIAL)
-    fp = ops.sum(probs * (1.0 - target) * weight, axis=SPATIAL)
-    fn = ops.sum((1.0 - probs) * target * weight, axis=SPATIAL)
+    axes = spatial_axes(target)
+    tp = ops.sum(probs * target * weight, axis=axes)
+    fp = ops.sum(probs * (1.0 - target) * weight, axis=axes)
+    fn = ops.sum((1.0 - probs) * target * weight, axis=axes)
     index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
     return 1.0 - _class_mean(index, class_weights, logits.shape[-1], include_background)
 

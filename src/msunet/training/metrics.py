@@ -28,9 +28,10 @@ def confusion_counts(y_true, logits, threshold: float = 0.5):
     """Per-class (tp, fp, fn) sums over batch and pixels, weighted by the target's weight channel."""
     target, weight = split_target(y_true)
     pred = hard_predictions(logits, threshold)
-    tp = ops.sum(pred * target * weight, axis=(0, 1, 2))
-    fp = ops.sum(pred * (1.0 - target) * weight, axis=(0, 1, 2))
-    fn = ops.sum((1.0 - pred) * target * weight, axis=(0, 1, 2))
+    axes = tuple(range(len(pred.shape) - 1))  # batch and pixels (voxels): all but the classes
+    tp = ops.sum(pred * target * weight, axis=axes)
+    fp = ops.sum(pred * (1.0 - target) * weight, axis=axes)
+    fn = ops.sum((1.0 - pred) * target * weight, axis=axes)
     return tp, fp, fn
 
 

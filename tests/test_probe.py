@@ -87,10 +87,11 @@ def test_an_epoch_is_one_pass_over_the_training_pixels(tmp_path, no_env_precisio
     plan = plan_run(big, RunConfig(), set(), memory=2**34)
     one_pass = -(-big.train_pixels // (256 * 256 * 8))
     assert big.train_pixels == 24 * 600 * 520 and plan.config.train.steps_per_epoch == one_pass
-    timed = plan_run(big, RunConfig(), set(), memory=2**34, measure=FakeDevice({"float32": 0.25}))  # 2 s steps
+    # 2 s steps (32 filters kept as the user's: the planner would narrow a step over 1.5 s)
+    timed = plan_run(big, RunConfig(), {"model.filters"}, memory=2**34, measure=FakeDevice({"float32": 0.25}))
     assert timed.config.train.steps_per_epoch == one_pass  # 24 steps x 2 s: under 2 minutes
     many = dataclasses.replace(big, train_pixels=1000 * 256 * 256)  # a pass: 125 steps of 2 s
-    timed = plan_run(many, RunConfig(), set(), memory=2**34, measure=FakeDevice({"float32": 0.25}))
+    timed = plan_run(many, RunConfig(), {"model.filters"}, memory=2**34, measure=FakeDevice({"float32": 0.25}))
     assert timed.config.train.steps_per_epoch == 60  # at most ~2 minutes per epoch
     assert "at most ~2 min per epoch" in timed.sources["train.steps_per_epoch"]["why"]
 

@@ -55,7 +55,7 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
     if accelerator:
         return seconds, _plan_compiler(config, values, why, measure, compilers, step)
     low, high = CPU_STEP_S
-    filters = config.model.filters
+    filters = values.get("model.filters", config.model.filters)  # the data part may have planned it (volumes)
     if step > WIDTH_STEP_S and "model.filters" not in user and filters > 16:
         # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
         # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.

@@ -22,6 +22,7 @@ a value with its source and reason:
 | train.steps_per_epoch      | one pass over the training pixels, 10..250 steps, ~10 s to ~2 min where measured |
 | train.epochs               | 50 (the default) passes over the training pixels (at least 300 steps in all), in fewer, longer epochs where an epoch would last < 10 s; with train.time_budget_min, enough that the budget ends training |
 | train.val_batches          | about 15% of an epoch's steps                                   |
+| model.dims (volumes)       | 3 for NIfTI / TIFF-stack / .npy volumes; their patch cube, depth, in-plane pooling, batch: `msunet.plan.volumes` |
 | data.flip, data.rot90      | the labels' layout: where classes sit high or low in the image (sky over road), \"horizontal\" flips only and no 90-degree turns |
 
 `msunet check` prints the plan, `msunet train` trains with it and writes it to the run's
@@ -45,6 +46,7 @@ from msunet.config import ENCODERS, SECTIONS, RunConfig, jsonable, non_default_k
 from msunet.plan.device import DEVICE_KEYS, Measure, apply_values, plan_device
 from msunet.plan.survey import Survey, preview
 from msunet.plan.timing import expected_step_seconds
+from msunet.plan.volumes import plan_volumes
 
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
@@ -217,6 +219,8 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
                          "are skipped in training; convert them")
     _plan_masks(found, config, user, derive, notes, disagreeing)
+    if found.dims == 3:
+        plan_volumes(found, config, user, values, derive, notes, accelerator, memory or available_memory_bytes())
     rows, cols = found.skew()
     if rows > UPRIGHT_SKEW and rows > 1.5 * cols:
         reason = (f"the labels sit {rows:.2f} from the middle rows (columns {cols:.2f}): the images have an up and a "
@@ -232,10 +236,10 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("data.normalization", "unit", f"the {model} backbone scales its input as its ImageNet weights expect, "
                "inside the model")
     resample = config.data.resample
-    if found.sizes and "data.resample" not in user:
+    if found.sizes and found.dims == 2 and "data.resample" not in user:
         resample, reason = _plan_resample(found, accelerator)
         derive("data.resample", resample, reason)
-    if found.sizes:
+    if found.sizes and found.dims == 2:
         scaled = [(max(1, round(h * resample)), max(1, round(w * resample))) for h, w in found.sizes]
         object_depth = float(np.median(found.object_depths)) * resample if found.object_depths else 0.0
         patch, depth, bottleneck, reason = _patch_and_depth(scaled, accelerator, object_depth)
@@ -289,9 +293,10 @@ def _plan_epoch(found: Survey, config: RunConfig, user: set[str], values: dict, 
     if found.train_pixels:
         low, high = STEPS_PER_EPOCH
         resample = values.get("data.resample", config.data.resample)
-        one_pass = math.ceil(found.train_pixels * resample * resample / (patch * patch * batch))
+        one_pass = math.ceil(found.train_pixels * resample**found.dims / (patch**found.dims * batch))
         steps = min(max(one_pass, low), high)
-        reason = f"one pass over the training pixels ({one_pass} steps of {batch} x {patch} px patches)"
+        reason = (f"one pass over the training {'voxels' if found.dims == 3 else 'pixels'} ({one_pass} steps of "
+                  f"{batch} x {patch}{'^3 voxel' if found.dims == 3 else ' px'} patches)")
         if one_pass < low or one_pass > high:
             reason += f", within {low}..{high}"
         if step and steps * step > EPOCH_S and steps > low:

@@ -16,6 +16,7 @@ from scipy import ndimage
 from msunet.config import DataConfig
 from msunet.data.imageio import ImageReadError, read_image, read_mask
 from msunet.data.pairs import find_pairs, split_pairs
+from msunet.data.volumes import VolumeReadError, is_volume_only, read_volume, volume_suffix
 
 BINARY_SETS = ({0, 255}, {0, 1})
 
@@ -47,6 +48,8 @@ class Survey:
     train_pixels: int = 0  # pixels of the images training will sample from (split.csv / val_fraction)
     object_depths: list[float] = dataclasses.field(default_factory=list)  # per sampled mask: `object_depth`
     layout: dict[int, list[float]] = dataclasses.field(default_factory=dict)  # label -> [pixels, sum row, sum col]
+    dims: int = 2  # 3: a folder of volumes (sizes are (depth, height, width), train_pixels counts voxels)
+    spacings: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)  # (z, y, x) mm, volumes
 
     def skew(self) -> tuple[float, float]:
         """How far the labels sit from the image's middle, rows and columns: the pixel-weighted mean over
@@ -65,9 +68,10 @@ def preview(values, limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
 
 
-def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None) -> tuple[MaskInfo, collections.Counter]:
+def _mask_info(path: str, raw: np.ndarray, ignore_label: int | None,
+               volume: bool = False) -> tuple[MaskInfo, collections.Counter]:
     colours: collections.Counter = collections.Counter()
-    if raw.ndim == 3:
+    if raw.ndim == 3 and not volume:
         rgb = raw[..., :3].astype(np.int64)
         code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         found, counts = np.unique(code, return_counts=True)
@@ -137,6 +141,8 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, dept
     each mask. Unreadable files are listed in `problems` (as training would skip them)."""
     data_cfg = data_cfg or DataConfig()
     index = find_pairs(data_dir, data_cfg)
+    if any(_is_volume(pair.image) for pair in index.pairs):
+        return _survey_volumes(data_dir, data_cfg, index)
     problems = list(index.problems)
     channels: collections.Counter = collections.Counter()
     colours: collections.Counter = collections.Counter()
@@ -172,3 +178,46 @@ def survey(data_dir: str | os.PathLike, data_cfg: DataConfig | None = None, dept
 
 # --------------------------------------------------------------------------------------------------
 # The plan
+
+
+def _is_volume(path: pathlib.Path) -> bool:
+    """A NIfTI / .npy file, or a TIFF whose first series is a stack of pages."""
+    if is_volume_only(path):
+        return True
+    if volume_suffix(path) in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return bool(set(tif.series[0].axes) & set("ZQI"))
+        except Exception:  # noqa: BLE001 - unreadable: the image reader reports it
+            return False
+    return False
+
+
+def _survey_volumes(data_dir, data_cfg: DataConfig, index) -> Survey:
+    """The survey of a folder of volumes: channels, (depth, height, width) and spacing of each, the masks'
+    labels. A 2-D image among volumes is a problem (skipped), as training would skip it."""
+    problems = list(index.problems)
+    channels: collections.Counter = collections.Counter()
+    sizes, masks, spacings = [], [], []
+    train_names = {pair.name for pair in split_pairs(index, data_cfg)["train"]}
+    voxels = 0
+    for pair in index.pairs:
+        try:
+            if not _is_volume(pair.image):
+                raise VolumeReadError(f"{pair.image}: a 2-D image in a folder of volumes; move it to a folder of "
+                                      "images or save it as a stack of slices.")
+            volume = read_volume(pair.image, max_voxels=data_cfg.max_pixels)
+            labels = read_volume(pair.mask, mask=True, max_voxels=data_cfg.max_pixels)
+        except (ImageReadError, OSError) as err:
+            problems.append((str(pair.image), str(err)))
+            continue
+        channels[int(volume.array.shape[-1])] += 1
+        sizes.append(volume.shape)
+        spacings.append(volume.spacing or tuple(data_cfg.spacing or (1.0, 1.0, 1.0)))
+        voxels += int(np.prod(volume.shape)) if pair.name in train_names else 0
+        info, _ = _mask_info(str(pair.mask), labels.array, data_cfg.ignore_label, volume=True)
+        masks.append(info)
+    return Survey(pathlib.Path(data_dir), len(index.pairs), channels, sizes, masks, collections.Counter(), problems,
+                  voxels, dims=3, spacings=spacings)

@@ -116,12 +116,13 @@ def check_dataset(data_dir: str | os.PathLike, config: RunConfig | Mapping | str
         ignored += int((~valid).sum())
         total += s.mask.size
         for cls in range(1, classes):
-            labels, n = ndimage.label(s.mask == cls, structure=np.ones((3, 3)))  # 8-connected: vessel trees
+            # 8-connected (26 in a volume): vessel trees
+            labels, n = ndimage.label(s.mask == cls, structure=np.ones((3,) * s.mask.ndim))
             if n:
                 # Extent: the larger side of the bounding box; thickness: twice the largest inscribed
                 # radius (a vessel tree is wide in extent but a few pixels thick).
                 for sl in ndimage.find_objects(labels):
-                    object_sizes.append(max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start))
+                    object_sizes.append(max(axis.stop - axis.start for axis in sl))
                 edt = ndimage.distance_transform_edt(labels > 0)
                 thickness.extend((2 * np.asarray(ndimage.maximum(edt, labels, np.arange(1, n + 1)))).tolist())
     fractions = {c: float(counts[c] / max(counts.sum(), 1)) for c in range(classes)}
@@ -154,9 +155,10 @@ def format_report(report: CheckReport, config: RunConfig | None = None) -> str:
         if len(report.problems) > 50:
             lines.append(f"    ... and {len(report.problems) - 50} more")
     if report.sizes:
-        common = ", ".join(f"{w}x{h} ({n})" for (h, w), n in report.sizes.most_common(8))
+        common = ", ".join(f"{'x'.join(map(str, shape[::-1]))} ({n})" for shape, n in report.sizes.most_common(8))
         more = f" and {len(report.sizes) - 8} more sizes" if len(report.sizes) > 8 else ""
-        lines.append(f"  image sizes (WxH): {common}{more}")
+        volumes = len(next(iter(report.sizes))) == 3
+        lines.append(f"  {'volume sizes (WxHxD, voxels)' if volumes else 'image sizes (WxH)'}: {common}{more}")
         lines.append(f"  channels: {', '.join(f'{c} ({n})' for c, n in sorted(report.channels.items()))}")
         lines.append("  class pixel fractions: " + ", ".join(f"{c}: {f:.3%}" for c, f in report.class_fraction.items())
                      + (f"; ignored {report.ignored_fraction:.2%}" if report.ignored_fraction else ""))

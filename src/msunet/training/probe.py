@@ -78,17 +78,19 @@ def _read_cache() -> dict:
 
 
 def _synthetic_batch(run: RunConfig, seed: int = 0):
+    """A batch of the planned shape: (batch, patch, patch, C) images, or patch^3 cubes for volumes."""
     rng = np.random.default_rng(seed)
     patch, batch, classes = run.data.patch_size, run.train.batch_size, run.model.num_classes
-    x = rng.standard_normal((batch, patch, patch, run.model.in_channels)).astype(np.float32)
+    dims = run.model.dims
+    x = rng.standard_normal((batch, *(patch,) * dims, run.model.in_channels)).astype(np.float32)
     y = {}
     for head in run.model.heads:
-        side = -(-patch // head.scale)
+        sides = tuple(-(-patch // f) for f in run.model.scale_factor(head.scale))
         if classes == 1:
-            target = (rng.random((batch, side, side, 1)) > 0.5).astype(np.float32)
+            target = (rng.random((batch, *sides, 1)) > 0.5).astype(np.float32)
         else:
-            target = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, (batch, side, side))]
-        y[head.name] = np.concatenate([target, np.ones((batch, side, side, 1), np.float32)], axis=-1)
+            target = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, (batch, *sides))]
+        y[head.name] = np.concatenate([target, np.ones((batch, *sides, 1), np.float32)], axis=-1)
     return x, y
 
 

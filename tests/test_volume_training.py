@@ -1,0 +1,120 @@
+"""Training on a folder of volumes: the plan (3-D, patch cube, depth, in-plane pooling), the run, bad files."""
+
+import json
+import pathlib
+import shutil
+
+import nibabel
+import numpy as np
+import pytest
+
+import msunet
+from helpers import shared_dataset
+from msunet.data.synthetic import make_volume_dataset
+from msunet.data.volumes import Volume, scaled_affine, write_volume
+from msunet.models import load_model
+from msunet.training.check import check_dataset, format_report
+
+TINY = ["model.filters=4", "model.depth=2", "data.patch_size=16", "train.batch_size=2", "train.steps_per_epoch=4",
+        "train.epochs=2", "train.val_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    return make_volume_dataset(tmp_path_factory.mktemp("volumes") / "data", count=8, shape=(12, 20, 18),
+                               spacing=(3.0, 1.0, 1.0))
+
+
+def test_a_folder_of_volumes_is_planned_as_3d(volumes):
+    plan = check_dataset(volumes).plan
+    config, sources = plan.config, plan.sources
+    assert config.model.dims == 3 and config.model.in_channels == 1 and config.model.num_classes == 3
+    assert config.data.normalization == "volume" and config.data.mask_encoding == "index"
+    assert config.data.patch_size == 24  # the median's middle side (18) rounded up to a multiple of 8
+    assert config.model.depth == 2  # 24 / 2**2 = 6 voxels at the bottleneck (>= 4)
+    assert config.model.inplane_levels == 1 and "3.0x thicker" in sources["model.inplane_levels"]["why"]
+    assert config.data.rotate == 0 and "2-D only" in sources["data.rotate"]["why"]
+    assert (config.model.filters, config.train.batch_size) == (16, 2)  # a CPU: where the probe starts
+    text = format_report(check_dataset(volumes))
+    assert "volume sizes (WxHxD, voxels): 18x20x12 (8)" in text and "OK: ready to train" in text
+
+
+def test_train_on_volumes_writes_a_3d_run(volumes, tmp_path):
+    result = msunet.train(None, volumes, tmp_path / "run", overrides=TINY, verbose=0)
+    assert result.epochs_done == 2 and 0.0 <= result.best_dice <= 1.0
+    model = load_model(tmp_path / "run" / "best.keras")
+    assert len(model.inputs[0].shape) == 5
+    out = model.predict(np.zeros((1, 12, 20, 18, 1), np.float32), verbose=0)
+    # inplane_levels=1 (3 mm slices, 1 mm pixels): the first pooling keeps the 12 slices
+    assert out["mask"].shape == (1, 12, 20, 18, 3) and out["mask_s2"].shape == (1, 12, 10, 9, 3)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["dims"] == 3 and config["sources"]["model.dims"]["source"] == "data"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"mask", "mask_s2"} <= set(metrics["heads"])
+    assert json.loads((tmp_path / "run" / "normalization.json").read_text())["mode"] == "volume"
+
+
+def test_bad_volumes_are_reported_and_skipped(volumes, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(volumes, data)
+    (data / "images" / "vol_000.nii.gz").write_bytes((data / "images" / "vol_000.nii.gz").read_bytes()[:300])
+    image = nibabel.load(str(data / "images" / "vol_001.nii.gz"))  # a mask for another grid
+    shifted = image.affine.copy()
+    shifted[0, 3] += 40.0
+    labels = np.asarray(nibabel.load(str(data / "masks" / "vol_001.nii.gz")).dataobj)
+    nibabel.save(nibabel.Nifti1Image(labels, shifted), str(data / "masks" / "vol_001.nii.gz"))
+    write_volume(data / "images" / "flat.nii.gz", np.zeros((1, 20, 18), np.float32), like=Volume(np.zeros(0)))
+    write_volume(data / "masks" / "flat.nii.gz", np.zeros((1, 20, 18), np.uint8), like=Volume(np.zeros(0)))
+    report = check_dataset(data, overrides=TINY)
+    text = "\n".join(f"{path}: {message}" for path, message in report.problems)
+    assert "vol_000.nii.gz" in text and "truncated" in text
+    assert "vol_001.nii.gz" in text and "affine" in text
+    assert "flat.nii.gz" in text and "2-D image" in text
+    assert report.usable == 6 and report.ok
+
+
+def test_msd_hippocampus_plan():
+    root = shared_dataset("msd-hippocampus")
+    plan = check_dataset(root).plan
+    config = plan.config
+    assert (config.model.dims, config.model.num_classes, config.model.in_channels) == (3, 3, 1)
+    assert config.model.inplane_levels == 0 and config.data.normalization == "volume"
+    assert config.data.patch_size == 40 and config.model.depth == 3  # median ~35x50x36: a 40^3 cube, 5 voxels deep
+
+
+def test_predict_volumes_writes_nifti_masks_on_the_input_grid_at_every_scale(volumes, tmp_path):
+    msunet.train(None, volumes, tmp_path / "run", overrides=TINY, verbose=0)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("vol_006.nii.gz", "vol_007.nii.gz"):
+        shutil.copy(volumes / "images" / name, inputs / name)
+    (inputs / "photo.png").write_bytes((volumes / "images" / "vol_006.nii.gz").read_bytes()[:10])
+    summary = msunet.predict(tmp_path / "run", inputs, tmp_path / "out", probabilities=True, tta=True)
+    assert [pathlib.Path(p).name for p, _ in summary.failed] == ["photo.png"]
+    assert "2-D image" in summary.failed[0][1]
+    source = nibabel.load(str(inputs / "vol_006.nii.gz"))
+    mask = nibabel.load(str(tmp_path / "out" / "vol_006.nii.gz"))
+    coarse = nibabel.load(str(tmp_path / "out" / "vol_006_s2.nii.gz"))
+    assert mask.shape == source.shape == (18, 20, 12) and coarse.shape == (9, 10, 12)  # (x, y, z); z kept (3 mm)
+    np.testing.assert_allclose(mask.affine, source.affine)
+    np.testing.assert_allclose(coarse.affine, scaled_affine(source.affine, (1, 2, 2)))
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    probs = nibabel.load(str(tmp_path / "out" / "vol_006_prob.nii.gz"))
+    assert probs.shape == (18, 20, 12, 3)
+    np.testing.assert_allclose(np.asarray(probs.dataobj).sum(-1), 1.0, atol=1e-4)
+    assert (tmp_path / "out" / "vol_006_overlay.png").is_file()
+    again = msunet.predict(tmp_path / "run", inputs, tmp_path / "out", probabilities=True)
+    assert not again.written and len(again.existing) == 2  # nothing overwritten without overwrite=True
+
+    # Evaluation: per volume, class and scale; distances in mm from the spacing (3 x 1 x 1 mm).
+    result = msunet.evaluate(tmp_path / "run", volumes, tmp_path / "eval")
+    assert result.summary["distance_unit"] == "mm" and result.summary["split"] == "val"
+    scales = {(r["image"], r["class"], r["scale"]) for r in result.rows}
+    val = {r["image"] for r in result.rows}
+    assert {(v, c, s) for v in val for c in (1, 2) for s in (1, 2)} == scales
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "axial: ground truth" in report and "sagittal: prediction 1/2" in report and " mm.</p>" in report
+    # The same scores from the folders (msunet evaluate --pred --gt), distances included.
+    again = msunet.evaluate(pred_dir=tmp_path / "eval" / "predictions", gt_dir=volumes / "masks",
+                            out_dir=tmp_path / "eval2", num_classes=3, names=sorted(val))
+    assert again.summary["overall"]["dice_mean"] == pytest.approx(result.summary["overall"]["dice_mean"])

@@ -162,3 +162,20 @@ def test_surface_distances_k_d_tree_and_distance_transform_agree(monkeypatch, si
     monkeypatch.setattr(ev, "KDTREE_MAX_POINTS", 0)
     by_edt = ev.surface_distances(pred, truth)
     assert by_tree == pytest.approx(by_edt, rel=1e-12)
+
+
+def test_surface_distances_of_volumes_are_in_mm_from_the_spacing(monkeypatch):
+    """Two 6^3 cubes, one shifted by 2 voxels along z (3 mm slices) or along x (1 mm): the faces that
+    moved are 6 mm / 2 mm apart, which is HD95's value; the same in voxels without a spacing."""
+    truth = np.zeros((16, 16, 16), bool)
+    truth[5:11, 5:11, 5:11] = True
+    along_z, along_x = np.roll(truth, 2, axis=0), np.roll(truth, 2, axis=2)
+    assert surface_distances(along_z, truth, spacing=(3.0, 1.0, 1.0))[0] == pytest.approx(6.0)
+    assert surface_distances(along_x, truth, spacing=(3.0, 1.0, 1.0))[0] == pytest.approx(2.0)
+    assert surface_distances(along_z, truth)[0] == pytest.approx(2.0)
+    # The distance-transform branch (many boundary points) agrees with the k-d tree's.
+    from msunet.evaluation import scores
+
+    kd = surface_distances(along_z, truth, spacing=(3.0, 1.0, 1.0))
+    monkeypatch.setattr(scores, "KDTREE_MAX_POINTS", 10)
+    assert surface_distances(along_z, truth, spacing=(3.0, 1.0, 1.0)) == pytest.approx(kd)

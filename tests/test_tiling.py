@@ -106,3 +106,42 @@ def test_tiled_compressed_tiff_is_read_lazily_and_exactly(tmp_path):
     out = predict_tiled(identity, lazy, 64, 0.25, preprocess=lambda t: np.asarray(t, np.float32), out_of_core=True,
                         workdir=tmp_path)["output"]
     np.testing.assert_allclose(np.asarray(out), image.astype(np.float32), atol=1e-3)  # blending rounds in float32
+
+
+VOLUME_SIZES = [(5, 9, 7), (16, 16, 16), (19, 23, 17), (40, 18, 33)]  # smaller, equal, larger, odd
+
+
+@pytest.mark.parametrize("size, overlap, out_of_core",
+                         list(itertools.product(VOLUME_SIZES, [0.0, 0.5], [False, True])))
+def test_volumes_are_tiled_in_3d_and_stitched_exactly(size, overlap, out_of_core):
+    """3-D windows and a 3-D Gaussian: an identity predictor returns the volume; a head that keeps every
+    second voxel (scale 2) or every second in-plane voxel (scale (1, 2, 2)) returns the volume's own
+    subsampling, so each output is stitched on its own grid."""
+    volume = np.random.default_rng(sum(size)).random((*size, 2), dtype=np.float32)
+
+    def heads(batch):
+        return {"mask": batch, "mask_s2": batch[:, ::2, ::2, ::2], "mask_inplane": batch[:, :, ::2, ::2]}
+
+    out = predict_tiled(heads, volume, tile_size=16, overlap=overlap, batch_size=3, out_of_core=out_of_core,
+                        scales={"mask": 1, "mask_s2": 2, "mask_inplane": (1, 2, 2)})
+    np.testing.assert_allclose(np.asarray(out["mask"]), volume, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["mask_s2"]), volume[::2, ::2, ::2], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["mask_inplane"]), volume[:, ::2, ::2], atol=1e-6)
+
+
+def test_a_volume_is_held_in_slabs(monkeypatch):
+    """Out of core, the accumulators hold about a tile's slices, not the volume: a (64, 16, 16) volume in
+    16^3 windows keeps at most 16 + 16 slices open."""
+    from msunet.runtime import tiling
+
+    volume = np.ones((64, 16, 16, 1), np.float32)
+    seen = []
+    original = tiling._RollingCanvas.add
+
+    def spy(self, corner, values, weights):
+        original(self, corner, values, weights)
+        seen.append(len(self.sum))
+
+    monkeypatch.setattr(tiling._RollingCanvas, "add", spy)
+    predict_tiled(identity, volume, tile_size=16, overlap=0.5, batch_size=1, out_of_core=True)
+    assert max(seen) <= 32

@@ -20,11 +20,7 @@ self-contained file: images embedded)."""
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
-import math
 import os
 import pathlib
 from collections.abc import Sequence
@@ -39,7 +35,7 @@ from msunet.data.targets import downsample_target, one_hot_target
 from msunet.evaluation.report import build_report
 from msunet.evaluation.scores import (
     CONVENTIONS,
-    METRICS,
+    EvaluationResult,
     class_metrics,
     find_by_stem,
     finite,
@@ -47,21 +43,15 @@ from msunet.evaluation.scores import (
     mask_to_classes,
     soft_dice,
     summarize,
+    write_metrics_csv,
 )
+from msunet.data.volumes import is_volume_only
+from msunet.evaluation.volumes import evaluate_volume_folders, find_volume
 from msunet.heads import head_from_suffix
-
 
 # --------------------------------------------------------------------------------------------------
 # Folders
 # --------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class EvaluationResult:
-    out_dir: pathlib.Path
-    rows: list[dict]
-    summary: dict
-    problems: list[tuple[str, str]]
-
-
 
 def _predictions_without_truth(pred_dir: pathlib.Path, truth_stems: set[str]) -> list[str]:
     """Stems of predicted masks that neither are a ground-truth stem nor extend one (`NAME_s2`, ...)."""
@@ -168,22 +158,12 @@ def evaluate_folders(
     summary = summarize(rows, classes, num_classes)
     summary.update(conventions=CONVENTIONS, problems=[{"image": s, "reason": r} for s, r in problems],
                    predictions=str(pred_dir), ground_truth=str(gt_dir), roi=str(roi_dir) if roi_dir else None)
-    _write_csv(out / "metrics.csv", rows)
+    write_metrics_csv(out / "metrics.csv", rows)
     write_text_atomic(out / "summary.json", json.dumps(finite(summary), indent=2) + "\n")
     report = build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run_dir, data_cfg)
     write_text_atomic(out / "report.html", report)
     return EvaluationResult(out, rows, summary, problems)
 
-
-
-def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    fields = ["image", "class", "scale", *METRICS, "tp", "fp", "fn", "tn"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    write_text_atomic(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +216,8 @@ def evaluate(model=None, data_dir=None, out_dir=None, *, pred_dir=None, gt_dir=N
     if pred_dir is not None or gt_dir is not None:
         if model is not None or data_dir is not None or pred_dir is None or gt_dir is None:
             raise ValueError("evaluate takes model and data_dir, or pred_dir and gt_dir (not a mix).")
+        if any(is_volume_only(p) for p in pathlib.Path(gt_dir).iterdir()):  # NIfTI / .npy: volumes
+            return evaluate_volume_folders(pred_dir, gt_dir, out_dir, **options)
         return evaluate_folders(pred_dir, gt_dir, out_dir, **options)
     if model is None or data_dir is None:
         raise ValueError("evaluate takes model and data_dir, or pred_dir and gt_dir.")
@@ -270,8 +252,9 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     out = pathlib.Path(out_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
+    volumes = loaded.config.model.dims == 3
     for stem in chosen:
-        src = find_by_stem(data / "images", stem)
+        src = find_volume(data / "images", stem) if volumes else find_by_stem(data / "images", stem)
         link = inputs / src.name
         if not link.exists():
             link.symlink_to(src.resolve())
@@ -279,10 +262,16 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
                       progress=progress)
     if roi_dir is None and (data / "fov").is_dir():
         roi_dir = data / "fov"
-    result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
-                              loaded.config.data, roi_dir, names=chosen, images_dir=data / "images",
-                              run_dir=loaded.run_dir, distances=distances,
-                              include_background=loaded.config.train.include_background)
+    if volumes:
+        result = evaluate_volume_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
+                                         loaded.config.data, names=chosen, images_dir=data / "images",
+                                         run_dir=loaded.run_dir, distances=distances,
+                                         include_background=loaded.config.train.include_background)
+    else:
+        result = evaluate_folders(out / "predictions", data / "masks", out, loaded.config.model.num_classes,
+                                  loaded.config.data, roi_dir, names=chosen, images_dir=data / "images",
+                                  run_dir=loaded.run_dir, distances=distances,
+                                  include_background=loaded.config.train.include_background)
     result.summary["split"] = split
     result.summary["engine"] = summary_engine
     result.summary["split_note"] = split_note

@@ -84,7 +84,8 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
         f"<code>{html.escape(str(summary.get('ground_truth')))}</code>"
         + (f", region of interest <code>{html.escape(str(summary['roi']))}</code>" if summary.get("roi") else "")
         + f". Overall: Dice (mean) <b>{fmt(summary['overall']['dice_mean'])}</b>, Dice (pooled) "
-        f"<b>{fmt(summary['overall']['dice_pooled'])}</b>, HD95 (mean) {fmt(summary['overall']['hd95_mean'])} px.</p>",
+        f"<b>{fmt(summary['overall']['dice_pooled'])}</b>, HD95 (mean) {fmt(summary['overall']['hd95_mean'])} "
+        f"{summary.get('distance_unit', 'px')}.</p>",
         "<h2>Summary</h2>", "".join(table),
         f"<p><small>Conventions: {html.escape('; '.join(f'{k}: {v}' for k, v in CONVENTIONS.items()))}</small></p>",
         "<h2>Per class</h2>", f"<img id='bars' alt='per-class Dice and IoU' src='{_bars(summary, classes)}'>",
@@ -103,6 +104,11 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
     parts.append("<h2>Worst and best images</h2><p><small>by mean Dice over classes; coarse predictions are "
                  "shown at full size</small></p><div class='cases' id='cases'>")
     for kind, stem in chosen:
+        if callable(pictures[stem]):  # volumes: the case draws its own slices (msunet.evaluation.volumes)
+            tiles, captions = pictures[stem]()
+            tiles = [_thumbnail(t) for t in tiles]
+            parts.append(_case_html(kind, stem, float(np.mean(dice_of[stem])), tiles, captions))
+            continue
         pred_path, gt_path = pictures[stem]
         truth = decode_mask(read_mask(gt_path), data_cfg or DataConfig(), num_classes, gt_path)
         truth = np.where(truth == IGNORE, 0, truth)
@@ -118,9 +124,12 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
             up = cmask.repeat(scale, 0).repeat(scale, 1)[: pred.shape[0], : pred.shape[1]]  # shown at full size
             tiles.append(overlay(_thumbnail(base), _thumbnail(up), num_classes))
             captions.append(f"prediction 1/{scale}")
-        imgs = "".join(f"<figure><img src='{_png_data_uri(t)}' alt='{html.escape(stem)} {c}'><figcaption>{c}</figcaption>"
-                       "</figure>" for t, c in zip(tiles, captions))
-        parts.append(f"<div class='case {kind}'><b>{kind}</b>: {html.escape(stem)} (Dice {np.mean(dice_of[stem]):.4f})"
-                     f"<div class='row'>{imgs}</div></div>")
+        parts.append(_case_html(kind, stem, float(np.mean(dice_of[stem])), tiles, captions))
     parts.append("</div></body></html>")
     return "\n".join(parts)
+
+
+def _case_html(kind: str, stem: str, dice: float, tiles, captions) -> str:
+    imgs = "".join(f"<figure><img src='{_png_data_uri(t)}' alt='{html.escape(stem)} {c}'><figcaption>{c}</figcaption>"
+                   "</figure>" for t, c in zip(tiles, captions))
+    return f"<div class='case {kind}'><b>{kind}</b>: {html.escape(stem)} (Dice {dice:.4f})<div class='row'>{imgs}</div></div>"

@@ -4,6 +4,9 @@ masks; aggregates over images (mean, median) and pooled from summed counts."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import logging
 import math
 import pathlib
@@ -11,6 +14,7 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
+from msunet.atomic import write_text_atomic
 from msunet.counts import overlap_from_counts
 from msunet.data.imageio import is_image_file
 
@@ -18,7 +22,7 @@ METRICS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "msd")
 CONVENTIONS = {
     "both_empty": "Dice = IoU = precision = recall = 1, HD95 = MSD = 0",
     "one_empty": "Dice = IoU = 0; precision/recall 0 where defined; HD95 = MSD = NaN (left out of means, counted)",
-    "distances": "pixels (isotropic spacing 1), symmetric: HD95 = max of the two directed 95th percentiles, "
+    "distances": "pixels (isotropic spacing 1); volumes: mm, from the ground truth's voxel spacing; symmetric: HD95 = max of the two directed 95th percentiles, "
                  "MSD = mean of all boundary-to-boundary distances in both directions",
     "pooled": "scores from counts summed over all images (dataset-level), as vessel papers report",
 }
@@ -35,8 +39,10 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 KDTREE_MAX_POINTS = 20_000  # boundaries up to this many pixels: nearest neighbours, else distance transforms
 
 
-def surface_distances(pred: np.ndarray, truth: np.ndarray, percentile: float = 95) -> tuple[float, float]:
-    """(HD at `percentile`, MSD) between the boundaries of two non-empty binary masks, in pixels.
+def surface_distances(pred: np.ndarray, truth: np.ndarray, percentile: float = 95,
+                      spacing: tuple[float, ...] | None = None) -> tuple[float, float]:
+    """(HD at `percentile`, MSD) between the boundaries of two non-empty binary masks (images or
+    volumes), in pixels, or in the units of `spacing` (the size of a pixel / voxel along each axis: mm).
 
     The distances from each boundary pixel to the nearest pixel of the other boundary: by a k-d tree
     over the boundary pixels when they are few (large compact objects: milliseconds), else by
@@ -45,24 +51,27 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, percentile: float = 9
     """
     pred_b, truth_b = _boundary(pred), _boundary(truth)
     pred_pts, truth_pts = np.argwhere(pred_b), np.argwhere(truth_b)
+    scale = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, np.float64)
     if max(len(pred_pts), len(truth_pts)) <= KDTREE_MAX_POINTS:
         from scipy.spatial import cKDTree
 
-        to_truth = cKDTree(truth_pts).query(pred_pts)[0]
-        to_pred = cKDTree(pred_pts).query(truth_pts)[0]
+        to_truth = cKDTree(truth_pts * scale).query(pred_pts * scale)[0]
+        to_pred = cKDTree(pred_pts * scale).query(truth_pts * scale)[0]
     else:
         both = np.concatenate([pred_pts, truth_pts])
-        (top, left), (bottom, right) = both.min(axis=0), both.max(axis=0) + 1
-        pred_b, truth_b = pred_b[top:bottom, left:right], truth_b[top:bottom, left:right]
-        to_truth = ndimage.distance_transform_edt(~truth_b)[pred_b]
-        to_pred = ndimage.distance_transform_edt(~pred_b)[truth_b]
+        box = tuple(slice(lo, hi) for lo, hi in zip(both.min(axis=0), both.max(axis=0) + 1))
+        pred_b, truth_b = pred_b[box], truth_b[box]
+        to_truth = ndimage.distance_transform_edt(~truth_b, sampling=scale)[pred_b]
+        to_pred = ndimage.distance_transform_edt(~pred_b, sampling=scale)[truth_b]
     hd95 = max(float(np.percentile(to_truth, percentile)), float(np.percentile(to_pred, percentile)))
     msd = float(np.concatenate([to_truth, to_pred]).mean())
     return hd95, msd
 
 
-def class_metrics(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, distances: bool = True) -> dict[str, float]:
-    """Metrics of one class: `pred`, `truth` boolean maps; `valid` marks the pixels that count."""
+def class_metrics(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, distances: bool = True,
+                  spacing: tuple[float, ...] | None = None) -> dict[str, float]:
+    """Metrics of one class: `pred`, `truth` boolean maps; `valid` marks the pixels that count; distances
+    in pixels, or in mm with the voxel `spacing`."""
     p, t = pred & valid, truth & valid
     tp = int((p & t).sum())
     fp = int((p & ~t).sum())
@@ -76,7 +85,7 @@ def class_metrics(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, distan
         elif not p.any() or not t.any():
             out["hd95"] = out["msd"] = math.nan
         else:
-            out["hd95"], out["msd"] = surface_distances(p, t)
+            out["hd95"], out["msd"] = surface_distances(p, t, spacing=spacing)
     return out
 
 
@@ -156,3 +165,22 @@ def finite(value):
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    out_dir: pathlib.Path
+    rows: list[dict]
+    summary: dict
+    problems: list[tuple[str, str]]
+
+
+def write_metrics_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    """metrics.csv: a row per image (volume), class and scale; NaN distances as empty cells."""
+    fields = ["image", "class", "scale", *METRICS, "tp", "fp", "fn", "tn"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    write_text_atomic(path, buffer.getvalue())

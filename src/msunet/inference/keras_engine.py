@@ -33,13 +33,17 @@ def make_predict_fn(model: keras.Model, heads: Sequence[str], batch_size: int, t
 
 def run_engine(run: LoadedRun, description: str = "") -> Engine:
     """A Keras run as the `Engine` that `predict_files` drives."""
+    patch = run.config.data.patch_size
     return Engine(
         heads=output_names(run.model), default_heads=trained_heads(run), in_channels=run.config.model.in_channels,
         num_classes=run.config.model.num_classes, normalization=run.normalization,
         make_fn=lambda heads, batch_size, tta: make_predict_fn(run.model, heads, batch_size, tta),
-        resample_step=run.config.data.resample_step, default_tile=min(512, 2 * run.config.data.patch_size),
+        resample_step=run.config.data.resample_step,
+        default_tile=patch if run.config.model.dims == 3 else min(512, 2 * patch),  # volumes: the training cube
         max_pixels=run.config.data.max_pixels, flip=run.config.data.flip,
         description=description or f"Keras ({keras.backend.backend()}), the model as trained",
+        dims=run.config.model.dims,
+        scale_factors={h.name: run.config.model.scale_factor(h.scale) for h in run.config.model.heads},
     )
 
 

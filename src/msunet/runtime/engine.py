@@ -30,6 +30,9 @@ class Engine:
         flip: the model's training flips (`data.flip`): test-time augmentation uses only those.
         threshold: the binary threshold when the options give none (a bundle's, else 0.5).
         description: what runs, on what, and why it was chosen (printed by `msunet predict`).
+        dims: 2 for images, 3 for volumes (batches (B, d, h, w, C)).
+        scale_factors: head -> its size ratio to the input per spatial axis, where it is not the head's
+            scale on every axis (a volume model that pools in-plane first: "mask_s2" is (1, 2, 2)).
     """
 
     heads: list[str]
@@ -44,9 +47,17 @@ class Engine:
     flip: bool | str = True
     threshold: float = 0.5
     description: str = ""
+    dims: int = 2
+    scale_factors: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def factor(self, head: str, scale: int) -> tuple[int, ...]:
+        """The head's size ratio to the input, per spatial axis."""
+        return tuple(self.scale_factors.get(head, (scale,) * self.dims))
 
 
 TTA_AXES = {True: ((1,), (2,), (1, 2)), "horizontal": ((2,),), "vertical": ((1,),)}
+# Volumes (B, D, H, W, C): every combination of the three axes (nnU-Net's 8 mirrorings with the original).
+TTA_AXES_3D = {True: ((1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)), "horizontal": ((3,),), "vertical": ((2,),)}
 
 
 def batch_function(call: Callable[[np.ndarray], dict], batch_size: int, tta: bool | str = False
@@ -57,11 +68,10 @@ def batch_function(call: Callable[[np.ndarray], dict], batch_size: int, tta: boo
     `tta`, the four flips (none, vertical, horizontal, both) are predicted and their un-flipped
     probabilities averaged ("horizontal" or "vertical": that flip only, for models trained on
     images with an up and a down); tiles are multiples of the coarsest scale, so coarse outputs flip
-    onto the same cells.
+    onto the same cells. Volumes average the eight mirrorings over their three axes.
     """
-    axes_list = TTA_AXES[tta] if tta else ()
-
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        axes_list = ((TTA_AXES_3D if batch.ndim == 5 else TTA_AXES)[tta]) if tta else ()
         count = len(batch)
         if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])

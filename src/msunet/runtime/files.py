@@ -33,10 +33,12 @@ from msunet.data.preprocessing import (
     resize_probabilities,
     to_unit_float,
 )
+from msunet.data.volumes import is_volume_only, volume_stem, volume_suffix
 from msunet.heads import file_suffix, head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob, PredictOptions
 from msunet.runtime.tiling import predict_tiled
+from msunet.runtime.volumes import predict_volume_file
 from msunet.runtime.writers import (
     OVERLAY_MAX_SIDE,
     STREAMED_OVERLAY_MAX_SIDE,
@@ -94,8 +96,9 @@ def output_stems(files: Sequence[pathlib.Path]) -> dict[pathlib.Path, str]:
     share a stem (a.png and a.tif write a_png.png and a_tif.png, never over each other)."""
     count: dict[str, int] = {}
     for path in files:
-        count[path.stem] = count.get(path.stem, 0) + 1
-    return {p: p.stem if count[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files}
+        count[volume_stem(path)] = count.get(volume_stem(path), 0) + 1
+    suffix = {p: (volume_suffix(p) or p.suffix).lstrip(".").replace(".", "_").lower() for p in files}
+    return {p: volume_stem(p) if count[volume_stem(p)] == 1 else f"{volume_stem(p)}_{suffix[p]}" for p in files}
 
 
 def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streamed: bool,
@@ -148,6 +151,8 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
     outcome with the reason (the path is the outcome's). The step `predict_files` and the Ray actors
     (`msunet.distributed.ray_predict`) share.
     """
+    if engine.dims == 3 or is_volume_only(path):
+        return _predict_volume_file(engine, fn, path, stem, job, progress)
     if not is_image_file(path):
         return FileOutcome(path, "ignored")
     options = job.options
@@ -168,6 +173,23 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
                              "convert the image or use a model trained on such images")
         written = _predict_one(path, source, engine, fn, job, paths, streamed, progress)
         return FileOutcome(path, "written", written, megapixels=height * width / 1e6, outputs=outputs)
+    except (ImageReadError, ValueError, OSError) as err:
+        text = str(err)
+        return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
+
+
+def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob, progress) -> FileOutcome:
+    if engine.dims != 3:
+        return FileOutcome(path, "failed", reason="a volume; this model segments 2-D images (train one on volumes: "
+                                                  "docs/volumes.md)")
+    if not volume_suffix(path):
+        if is_image_file(path):
+            return FileOutcome(path, "failed", reason="a 2-D image; this model segments volumes (NIfTI, TIFF stacks, "
+                                                      ".npy)")
+        return FileOutcome(path, "ignored")
+    try:
+        status, written, outputs, megavoxels = predict_volume_file(engine, fn, path, stem, job, progress)
+        return FileOutcome(path, status, written, megapixels=megavoxels, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
         text = str(err)
         return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)

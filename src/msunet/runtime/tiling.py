@@ -1,4 +1,4 @@
-"""Tiled prediction with blended overlaps, for any image size and several output scales. NumPy only.
+"""Tiled prediction with blended overlaps, for any image or volume size and several output scales. NumPy only.
 
 `predict_tiled(predict_fn, image, ...)` covers the image with windows of a fixed size (evenly
 spread, the last flush with the border), runs `predict_fn` on batches of tiles and blends the
@@ -13,11 +13,16 @@ array-like with NumPy slicing: `numpy.memmap`, `msunet.runtime.tiling.RowBandRea
 accumulators hold only the rows that later windows can still reach (windows go in row-major order),
 and finished rows go to the result: an array in memory, or, `out_of_core`, a raw file appended
 sequentially and returned as a read-only `numpy.memmap`. This module never imports keras.
+
+Volumes ((D, H, W, C)) take the same path with 3-D windows and a 3-D Gaussian: "rows" are then
+slices (z), so a volume larger than memory is predicted in slabs; a scale may differ per axis
+((1, 2, 2) where a model pools in-plane only).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import tempfile
@@ -74,11 +79,28 @@ def gaussian_importance(height: int, width: int, sigma_scale: float = 1 / 8) -> 
     return weights
 
 
-def _blend_weights(height: int, width: int, blend: str) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _gaussian_nd(shape: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """`gaussian_importance` for any number of axes (a volume's windows)."""
+    if len(shape) == 2:
+        return gaussian_importance(*shape, sigma_scale)
+    weights = np.ones((), np.float64)
+    for n in shape:
+        axis = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        weights = np.multiply.outer(weights, np.exp(-0.5 * (axis / max(n * sigma_scale, 1e-6)) ** 2))
+    weights /= weights.max()
+    positive = weights[weights > 0]
+    weights[weights <= 0] = positive.min() if positive.size else 1.0
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def _blend_weights(shape: tuple[int, ...], blend: str) -> np.ndarray:
     if blend == "gaussian":
-        return gaussian_importance(height, width)
+        return _gaussian_nd(tuple(int(n) for n in shape))
     if blend == "constant":
-        return np.ones((height, width), np.float32)
+        return np.ones(shape, np.float32)
     raise ValueError(f"predict_tiled: blend must be 'gaussian' or 'constant', received {blend!r}.")
 
 
@@ -115,38 +137,40 @@ class _FileSink:
 class _RollingCanvas:
     """Weighted accumulator of one output at its own scale, holding only the rows still open.
 
-    Windows arrive in row-major order; once no later window can touch a row, `flush` divides it
-    by its weight and hands it to the sink. Memory: about (tile + batch rows) x width, whatever
-    the image height.
+    Windows arrive in row-major order (slices first, for volumes); once no later window can touch a
+    row, `flush` divides it by its weight and hands it to the sink. Memory: about (tile + batch rows)
+    x the rest of the output, whatever the image height (the volume's depth).
     """
 
-    def __init__(self, width: int, channels: int, out_hw: tuple[int, int], sink):
-        self.width, self.channels = width, channels
-        self.out_h, self.out_w = out_hw
+    def __init__(self, rest: tuple[int, ...], channels: int, out_shape: tuple[int, ...], sink):
+        self.rest, self.channels = tuple(rest), channels  # padded sizes of the axes after the first
+        self.out_shape = tuple(out_shape)
         self.sink = sink
         self.origin = 0  # global row of sum[0]
-        self.sum = np.zeros((0, width, channels), np.float32)
-        self.weight = np.zeros((0, width), np.float32)
+        self.sum = np.zeros((0, *self.rest, channels), np.float32)
+        self.weight = np.zeros((0, *self.rest), np.float32)
 
-    def add(self, top: int, left: int, values: np.ndarray, weights: np.ndarray) -> None:
-        h, w = values.shape[:2]
-        need = top + h - self.origin
+    def add(self, corner: tuple[int, ...], values: np.ndarray, weights: np.ndarray) -> None:
+        size = values.shape[:-1]
+        need = corner[0] + size[0] - self.origin
         if need > len(self.sum):
             grow = need - len(self.sum)
-            self.sum = np.concatenate([self.sum, np.zeros((grow, self.width, self.channels), np.float32)])
-            self.weight = np.concatenate([self.weight, np.zeros((grow, self.width), np.float32)])
-        r = top - self.origin
-        self.sum[r : r + h, left : left + w] += values * weights[..., None]
-        self.weight[r : r + h, left : left + w] += weights
+            self.sum = np.concatenate([self.sum, np.zeros((grow, *self.rest, self.channels), np.float32)])
+            self.weight = np.concatenate([self.weight, np.zeros((grow, *self.rest), np.float32)])
+        region = (slice(corner[0] - self.origin, corner[0] - self.origin + size[0]),
+                  *(slice(c, c + n) for c, n in zip(corner[1:], size[1:])))
+        self.sum[region] += values * weights[..., None]
+        self.weight[region] += weights
 
     def flush(self, until: int) -> None:
         """Finalises rows [origin, until) (rows past the output height are dropped)."""
         count = min(until - self.origin, len(self.sum))
         if count <= 0:
             return
-        keep = max(0, min(until, self.out_h) - self.origin)
+        keep = max(0, min(until, self.out_shape[0]) - self.origin)
         if keep:
-            block = self.sum[:keep, : self.out_w] / np.maximum(self.weight[:keep, : self.out_w, None], 1e-12)
+            inner = (slice(0, keep), *(slice(0, n) for n in self.out_shape[1:]))
+            block = self.sum[inner] / np.maximum(self.weight[inner][..., None], 1e-12)
             self.sink.write(block)
         self.sum, self.weight = self.sum[count:].copy(), self.weight[count:].copy()
         self.origin += count
@@ -177,13 +201,15 @@ def predict_tiled(
 
     Args:
         predict_fn: maps a batch (B, th, tw, C) to a dict name -> (B, th/s, tw/s, K) (or one array,
-            returned as "output").
-        image: (H, W, C) array-like supporting NumPy slicing (ndarray, memmap, zarr store, ...).
-        tile_size: tile side, or (height, width); must be a multiple of the coarsest scale.
+            returned as "output"); for volumes (B, td, th, tw, C).
+        image: (H, W, C) array-like supporting NumPy slicing (ndarray, memmap, zarr store, ...), or a
+            volume (D, H, W, C).
+        tile_size: tile side, or one per axis; must be a multiple of the coarsest scale.
         overlap: fraction of the tile shared by neighbouring windows, in [0, 1).
         batch_size: tiles per `predict_fn` call.
         blend: "gaussian" (sigma = tile/8, no zeros) or "constant".
-        scales: output name -> downsampling factor; None infers them from the first batch's shapes.
+        scales: output name -> downsampling factor (or one per axis); None infers them from the first
+            batch's shapes.
         pad_value: value of padded pixels (images smaller than a tile, alignment padding), after
             `preprocess`: a number or one value per channel (msunet pads with what training pads: a
             black pixel, normalised).
@@ -195,77 +221,83 @@ def predict_tiled(
         progress: called as progress(tiles_done, tiles_total) after each batch.
 
     Returns:
-        name -> (ceil(H/s), ceil(W/s), K) float32 arrays (read-only memory maps in a temporary
+        name -> (ceil(H/s), ceil(W/s), K) float32 arrays ((ceil(D/s), ...) for volumes) (read-only memory maps in a temporary
         folder when out of core; the caller removes `os.path.dirname(result.filename)`).
     """
     if getattr(image, "ndim", None) == 2:
         image = image[..., None] if isinstance(image, np.ndarray) else np.asarray(image)[..., None]
-    if getattr(image, "ndim", None) != 3:
-        raise ValueError(f"predict_tiled: image must be (H, W, C), received shape {getattr(image, 'shape', None)}.")
-    height, width, channels = (int(v) for v in image.shape)
-    tile_h, tile_w = (tile_size, tile_size) if isinstance(tile_size, int) else (int(tile_size[0]), int(tile_size[1]))
+    if getattr(image, "ndim", None) not in (3, 4):
+        raise ValueError(f"predict_tiled: image must be (H, W, C) or a volume (D, H, W, C), received shape "
+                         f"{getattr(image, 'shape', None)}.")
+    *spatial, channels = (int(v) for v in image.shape)
+    nd = len(spatial)
+    tile = (tile_size,) * nd if isinstance(tile_size, int) else tuple(int(t) for t in tile_size)
+    if len(tile) != nd:
+        raise ValueError(f"predict_tiled: tile_size {tile_size} for an input of {nd} spatial axes.")
     if batch_size < 1:
         raise ValueError(f"predict_tiled: batch_size must be >= 1, received {batch_size}.")
-    if scales is not None:
-        align = max(scales.values())
-        if tile_h % align or tile_w % align:
+    factors: dict[str, tuple[int, ...]] = {name: _per_axis(f, nd) for name, f in (scales or {}).items()}
+    if factors:
+        align = tuple(max(f[axis] for f in factors.values()) for axis in range(nd))
+        if any(t % a for t, a in zip(tile, align)):
+            suggest = "x".join(str(a * max(1, round(t / a))) for t, a in zip(tile, align))
             raise ValueError(
-                f"predict_tiled: tile {tile_h}x{tile_w} must be a multiple of the coarsest scale {align} so that "
-                f"every output is stitched at its own resolution; use e.g. {align * max(1, round(tile_h / align))}."
+                f"predict_tiled: tile {'x'.join(map(str, tile))} must be a multiple of the coarsest scale "
+                f"{'x'.join(map(str, align)) if len(set(align)) > 1 else align[0]} so that every output is stitched "
+                f"at its own resolution; use e.g. {suggest}."
             )
     else:
-        align = 1  # single-scale unless told otherwise; a coarse output then must fit the windows (checked)
+        align = (1,) * nd  # single-scale unless told otherwise; a coarse output then must fit the windows (checked)
     # Pad (virtually) to at least a tile and to a multiple of `align` beyond the tile.
-    padded_h = tile_h if height <= tile_h else tile_h + _round_up(height - tile_h, align)
-    padded_w = tile_w if width <= tile_w else tile_w + _round_up(width - tile_w, align)
-    tops = window_starts(padded_h, tile_h, overlap, align)
-    lefts = window_starts(padded_w, tile_w, overlap, align)
-    windows = [(t, l) for t in tops for l in lefts]
+    padded = tuple(t if n <= t else t + _round_up(n - t, a) for n, t, a in zip(spatial, tile, align))
+    starts = [window_starts(p, t, overlap, a) for p, t, a in zip(padded, tile, align)]
+    windows = list(itertools.product(*starts))  # row-major: the first axis outermost
     if out_of_core is None:
-        out_of_core = height * width > OUT_OF_CORE_PIXELS
+        out_of_core = math.prod(spatial) > OUT_OF_CORE_PIXELS
     folder = tempfile.mkdtemp(prefix="msunet-tiles-", dir=workdir) if out_of_core else None
 
     canvases: dict[str, _RollingCanvas] = {}
-    factors: dict[str, int] = dict(scales or {})
     done = 0
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
-        batch = np.full((len(chunk), tile_h, tile_w, channels), pad_value, np.float32)
-        for i, (top, left) in enumerate(chunk):
-            part = image[top : min(top + tile_h, height), left : min(left + tile_w, width)]
+        batch = np.full((len(chunk), *tile, channels), pad_value, np.float32)
+        for i, corner in enumerate(chunk):
+            part = image[tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, spatial))]
             part = preprocess(part) if preprocess is not None else np.asarray(part, np.float32)
-            batch[i, : part.shape[0], : part.shape[1]] = part
+            batch[(i, *(slice(0, n) for n in part.shape[:-1]))] = part
         outputs = predict_fn(batch)
         if not isinstance(outputs, Mapping):
             outputs = {"output": outputs}
-        next_top = windows[start + batch_size][0] if start + batch_size < len(windows) else padded_h
+        next_top = windows[start + batch_size][0] if start + batch_size < len(windows) else padded[0]
         for name, values in outputs.items():
             values = np.asarray(values, np.float32)
-            if values.ndim == 3:
+            if values.ndim == nd + 1:
                 values = values[..., None]
             if name not in factors:
-                factors[name] = max(1, round(tile_h / values.shape[1]))
-                if any(t % factors[name] for t in tops) or any(l % factors[name] for l in lefts):
+                factors[name] = tuple(max(1, round(t / n)) for t, n in zip(tile, values.shape[1:-1]))
+                if any(c % f for corner in windows for c, f in zip(corner, factors[name])):
                     raise ValueError(
-                        f"predict_tiled: output {name!r} is at scale 1/{factors[name]}; pass scales={{...}} (name -> "
-                        "factor) so that windows start on that scale's grid."
+                        f"predict_tiled: output {name!r} is at scale 1/{factors[name][-1]}; pass scales={{...}} (name "
+                        "-> factor) so that windows start on that scale's grid."
                     )
             s = factors[name]
-            if values.shape[1:3] != (-(-tile_h // s), -(-tile_w // s)):
+            expected = tuple(-(-t // f) for t, f in zip(tile, s))
+            if tuple(values.shape[1:-1]) != expected:
                 raise ValueError(
-                    f"predict_tiled: output {name!r} has shape {values.shape[1:3]} for a {tile_h}x{tile_w} tile; "
-                    f"expected {(-(-tile_h // s), -(-tile_w // s))} at scale 1/{s}."
+                    f"predict_tiled: output {name!r} has shape {tuple(values.shape[1:-1])} for a "
+                    f"{'x'.join(map(str, tile))} tile; expected {expected} at scale 1/{'x'.join(map(str, s))}."
                 )
             if name not in canvases:
-                out_hw = (-(-height // s), -(-width // s))
-                shape = (*out_hw, values.shape[-1])
+                out_shape = tuple(-(-n // f) for n, f in zip(spatial, s))
+                shape = (*out_shape, values.shape[-1])
                 sink = _FileSink(os.path.join(folder, f"{name}.f32"), shape) if folder else _ArraySink(shape)
-                canvases[name] = _RollingCanvas(-(-padded_w // s), values.shape[-1], out_hw, sink)
-            weights = _blend_weights(values.shape[1], values.shape[2], blend)
-            for i, (top, left) in enumerate(chunk):
-                canvases[name].add(top // s, left // s, values[i], weights)
+                rest = tuple(-(-p // f) for p, f in zip(padded[1:], s[1:]))
+                canvases[name] = _RollingCanvas(rest, values.shape[-1], out_shape, sink)
+            weights = _blend_weights(values.shape[1:-1], blend)
+            for i, corner in enumerate(chunk):
+                canvases[name].add(tuple(c // f for c, f in zip(corner, s)), values[i], weights)
             # Rows above the next window's top are final: no later window reaches them.
-            canvases[name].flush(next_top // s)
+            canvases[name].flush(next_top // s[0])
         done += len(chunk)
         if progress is not None:
             progress(done, len(windows))
@@ -274,6 +306,11 @@ def predict_tiled(
         canvas.flush(canvas.origin + len(canvas.sum))
         results[name] = canvas.sink.close()
     return results
+
+
+def _per_axis(factor, nd: int) -> tuple[int, ...]:
+    """A scale given as an int (every axis) or one per axis."""
+    return (int(factor),) * nd if isinstance(factor, (int, np.integer)) else tuple(int(f) for f in factor)
 
 
 def _round_up(value: int, multiple: int) -> int:

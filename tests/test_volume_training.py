@@ -35,6 +35,7 @@ def test_a_folder_of_volumes_is_planned_as_3d(volumes):
     assert config.model.inplane_levels == 1 and "3.0x thicker" in sources["model.inplane_levels"]["why"]
     assert config.data.rotate == 0 and "2-D only" in sources["data.rotate"]["why"]
     assert (config.model.filters, config.train.batch_size) == (16, 2)  # a CPU: where the probe starts
+    assert config.model.norm == "group" and "moving statistics" in sources["model.norm"]["why"]
     text = format_report(check_dataset(volumes))
     assert "volume sizes (WxHxD, voxels): 18x20x12 (8)" in text and "OK: ready to train" in text
 

@@ -10,6 +10,7 @@ and cuts width and batch on a CPU. Never imports keras.
 | model.dims             | 3: the folder holds volumes                                                   |
 | data.normalization     | "volume": each volume z-scored as a whole (MRI)                               |
 | data.rotate, data.scale| 0: rotation and zoom augmentation are 2-D only so far                         |
+| model.norm             | "group": a batch of 2 cubes gives batch norm no usable statistics             |
 | data.patch_size        | the median volume's middle side, rounded up to a multiple of 8 (at most 64 on a CPU, 128 on a GPU) |
 | model.depth            | a bottleneck of at least 4 voxels (at most 5 downsamplings)                   |
 | model.inplane_levels   | log2(z spacing / in-plane spacing) where that ratio is 2 or more (nnU-Net's anisotropic pooling) |
@@ -43,6 +44,9 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
            "in-plane quarter turns")
     derive("data.scale", 0.0, "zoom augmentation is 2-D only so far")
     derive("data.resample", 1.0, "volumes train at their own voxel grid")
+    derive("model.norm", "group", "batches of a few 3-D patches make batch statistics noise: with batch norm a "
+           "hippocampus run scored 0.58 Dice in training mode and 0.00 with the moving statistics on the same "
+           "validation patches; group normalisation (nnU-Net uses instance normalisation) needs no batch")
     if not found.sizes:
         return
     median = np.median(np.array(found.sizes, np.float64), axis=0)

@@ -27,6 +27,14 @@ def test_speed_harness_smoke(tmp_path):
         assert data["throughput"]["infer_b1"][engine]["median"] > 0, data["skipped"]
 
 
+def test_volume_speed_harness_smoke(tmp_path):
+    """The 3-D speed harness runs msunet's side (MONAI's where `make bench-env` installed it)."""
+    data = _smoke("volume_speed.py", tmp_path)
+    assert data["results"]["msunet"]["train_voxels_per_s"] > 0 and data["results"]["msunet"]["infer_voxels_per_s"] > 0
+    assert data["shape"]["msunet_heads"] == ["mask", "mask_s2", "mask_s4"]
+    assert "monai_basicunet" in data["results"] or "monai_basicunet" in data["skipped"]
+
+
 def test_train_profile_harness_puts_the_op_time_in_families(tmp_path):
     data = _smoke("train_profile.py", tmp_path)
     for label in ("msunet float32, keras BN", "msunet float32, fused BN"):

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     dice = {cls: per[f"scale1/class{cls}"]["dice_mean"] for cls in (1, 2)}
     record = {
         "dataset": "msd-hippocampus", "date": datetime.date.today().isoformat(), "machine": machine.describe(),
+        "keras_backend": __import__("keras").backend.backend(),
         "budget_min": args.budget, "overrides": args.set, "tta": args.tta,
         "train_wall_s": train_s, "steps_done": state.get("steps_done"), "epochs_done": result.epochs_done,
         "s_per_step_from_call": train_s / max(1, state.get("steps_done") or 1),

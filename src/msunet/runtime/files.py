@@ -34,11 +34,11 @@ from msunet.data.preprocessing import (
     to_unit_float,
 )
 from msunet.data.volumes import is_volume_only, volume_stem, volume_suffix
-from msunet.heads import file_suffix, head_scale
+from msunet.heads import head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob, PredictOptions
 from msunet.runtime.tiling import predict_tiled
-from msunet.runtime.volumes import predict_volume_file
+from msunet.runtime.volumes import head_paths, predict_volume_file
 from msunet.runtime.writers import (
     OVERLAY_MAX_SIDE,
     STREAMED_OVERLAY_MAX_SIDE,
@@ -103,15 +103,7 @@ def output_stems(files: Sequence[pathlib.Path]) -> dict[pathlib.Path, str]:
 
 def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streamed: bool,
                  probabilities: bool) -> dict[str, pathlib.Path]:
-    ext = ".tif" if streamed else ".png"
-    paths = {}
-    for head in heads:
-        suffix = file_suffix(head)
-        paths[head] = out_dir / f"{stem}{suffix}{ext}"
-        if probabilities:
-            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob.tif"
-    paths["overlay"] = out_dir / f"{stem}_overlay.png"
-    return paths
+    return head_paths(out_dir, stem, heads, ".tif" if streamed else ".png", ".tif" if probabilities else None)
 
 
 @dataclasses.dataclass

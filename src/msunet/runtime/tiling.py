@@ -66,24 +66,13 @@ def gaussian_importance(height: int, width: int, sigma_scale: float = 1 / 8) -> 
     Zeros are replaced by the smallest non-zero weight so that every pixel of every tile counts
     (nnU-Net's rule). Cached: the same tile shape returns the same (read-only) array.
     """
-    ys = np.arange(height, dtype=np.float64) - (height - 1) / 2
-    xs = np.arange(width, dtype=np.float64) - (width - 1) / 2
-    gy = np.exp(-0.5 * (ys / max(height * sigma_scale, 1e-6)) ** 2)
-    gx = np.exp(-0.5 * (xs / max(width * sigma_scale, 1e-6)) ** 2)
-    weights = np.outer(gy, gx)
-    weights /= weights.max()
-    positive = weights[weights > 0]
-    weights[weights <= 0] = positive.min() if positive.size else 1.0
-    weights = weights.astype(np.float32)
-    weights.setflags(write=False)
-    return weights
+    return _gaussian_nd((height, width), sigma_scale)
 
 
 @functools.lru_cache(maxsize=16)
 def _gaussian_nd(shape: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
-    """`gaussian_importance` for any number of axes (a volume's windows)."""
-    if len(shape) == 2:
-        return gaussian_importance(*shape, sigma_scale)
+    """`gaussian_importance` for any number of axes (a volume's windows): the outer product of one
+    Gaussian per axis."""
     weights = np.ones((), np.float64)
     for n in shape:
         axis = np.arange(n, dtype=np.float64) - (n - 1) / 2

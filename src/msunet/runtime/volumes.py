@@ -26,14 +26,16 @@ from msunet.runtime.tiling import predict_tiled
 from msunet.runtime.writers import overlay, probabilities_to_mask
 
 
-def volume_output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], probabilities: bool
-                        ) -> dict[str, pathlib.Path]:
+def head_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], ext: str, prob_ext: str | None
+               ) -> dict[str, pathlib.Path]:
+    """The files one input's outputs go to: each head's mask (`stem{suffix}{ext}`), its probabilities
+    (`stem{suffix}_prob{prob_ext}`, unless None) and the overlay (`stem_overlay.png`)."""
     paths = {}
     for head in heads:
         suffix = file_suffix(head)
-        paths[head] = out_dir / f"{stem}{suffix}.nii.gz"
-        if probabilities:
-            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob.nii.gz"
+        paths[head] = out_dir / f"{stem}{suffix}{ext}"
+        if prob_ext:
+            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob{prob_ext}"
     paths["overlay"] = out_dir / f"{stem}_overlay.png"
     return paths
 
@@ -66,7 +68,7 @@ def predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: 
     loop (`msunet.runtime.files.predict_file`) reports it and goes on."""
     options = job.options
     volume = read_volume(path, max_voxels=max(engine.max_pixels, 2**34))
-    paths = volume_output_paths(job.out, stem, job.heads, options.probabilities)
+    paths = head_paths(job.out, stem, job.heads, ".nii.gz", ".nii.gz" if options.probabilities else None)
     if not options.overlay_images:
         paths.pop("overlay")
     outputs = list(paths.values())

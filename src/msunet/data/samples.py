@@ -105,12 +105,7 @@ def sample_patch(
     """
     if sample.mask.ndim == 3:
         return _sample_volume_patch(sample, size, cfg, rng, augment)
-    height, width = sample.mask.shape
-    if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
-        cy, cx = sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, 2)
-    else:
-        cy = rng.uniform(min(size / 2, height / 2), max(height - size / 2, height / 2))
-        cx = rng.uniform(min(size / 2, width / 2), max(width - size / 2, width / 2))
+    cy, cx = _patch_centre(sample, size, cfg, rng)
     angle = math.radians(rng.uniform(-cfg.rotate, cfg.rotate)) if augment and cfg.rotate > 0 else 0.0
     zoom = float(np.exp(rng.uniform(math.log(1 - cfg.scale), math.log(1 + cfg.scale)))) if augment and cfg.scale > 0 else 1.0
     # Crop (or warp) in the image's own dtype, then scale the patch: converting the whole image per
@@ -134,23 +129,30 @@ def sample_patch(
     return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask)
 
 
+def _patch_centre(sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator) -> list[float]:
+    """Where a patch is centred, per spatial axis: near a foreground pixel (`foreground_oversample`),
+    else anywhere the patch stays inside the image (the middle along an axis shorter than the patch)."""
+    shape = sample.mask.shape
+    if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
+        return list(sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, len(shape)))
+    return [rng.uniform(min(size / 2, n / 2), max(n - size / 2, n / 2)) for n in shape]
+
+
+VOLUME_FLIP_AXES = {True: (0, 1, 2), "vertical": (1,), "horizontal": (2,)}  # data.flip -> (z, y, x) axes
+
+
 def _sample_volume_patch(sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator,
                          augment: bool) -> tuple[np.ndarray, np.ndarray]:
     """A cube of a volume: centred on a foreground voxel (`foreground_oversample`) or anywhere; flips on
     every axis, in-plane quarter turns and the intensity changes."""
-    shape = sample.mask.shape
-    if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
-        centre = sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, 3)
-    else:
-        centre = [rng.uniform(min(size / 2, n / 2), max(n - size / 2, n / 2)) for n in shape]
-    corner = [int(round(c - size / 2)) for c in centre]
+    corner = [int(round(c - size / 2)) for c in _patch_centre(sample, size, cfg, rng)]
     image, mask = crop_nd(sample.image, sample.mask, corner, (size,) * 3)
     image *= _unit_scale(sample.image.dtype)
     if augment:
         if cfg.flip:
-            flips = rng.random(3) < 0.5
-            for axis in range(3):
-                if flips[axis] and (cfg.flip is True or (cfg.flip == "vertical") == (axis == 1)):
+            flips = rng.random(3) < 0.5  # all three drawn: the same stream for any mode
+            for axis in VOLUME_FLIP_AXES[cfg.flip]:
+                if flips[axis]:
                     image, mask = np.flip(image, axis), np.flip(mask, axis)
         if cfg.rot90:
             k = int(rng.integers(4))

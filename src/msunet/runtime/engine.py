@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from msunet.data.preprocessing import Normalization
+from msunet.heads import head_scale
 
 
 @dataclasses.dataclass
@@ -50,9 +51,9 @@ class Engine:
     dims: int = 2
     scale_factors: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
-    def factor(self, head: str, scale: int) -> tuple[int, ...]:
+    def factor(self, head: str) -> tuple[int, ...]:
         """The head's size ratio to the input, per spatial axis."""
-        return tuple(self.scale_factors.get(head, (scale,) * self.dims))
+        return tuple(self.scale_factors.get(head, (head_scale(head),) * self.dims))
 
 
 TTA_AXES = {True: ((1,), (2,), (1, 2)), "horizontal": ((2,),), "vertical": ((1,),)}

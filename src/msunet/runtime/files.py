@@ -38,12 +38,14 @@ from msunet.heads import head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob, PredictOptions
 from msunet.runtime.tiling import predict_tiled
-from msunet.runtime.volumes import head_paths, predict_volume_file
+from msunet.runtime.volumes import predict_volume_file
 from msunet.runtime.writers import (
     OVERLAY_MAX_SIDE,
     STREAMED_OVERLAY_MAX_SIDE,
     class_palette,
+    head_paths,
     overlay,
+    pending_outputs,
     probabilities_to_mask,
     stream_mask_tiff,
     subsample,
@@ -152,22 +154,23 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
         source = open_image_lazy(path, max(engine.max_pixels, 2**34))
         height, width, channels = source.shape
         streamed = height * width > STREAM_PIXELS
-        paths = output_paths(job.out, stem, job.heads, streamed, options.probabilities)
-        if not options.overlay_images:
-            paths.pop("overlay")
-        outputs = list(paths.values())
-        if not options.overwrite:  # write what is missing (a deleted mask, newly asked probabilities), keep the rest
-            paths = {k: p for k, p in paths.items() if not p.exists()}
-            if not paths:
-                return FileOutcome(path, "existing", outputs=outputs)
+        paths, outputs = pending_outputs(output_paths(job.out, stem, job.heads, streamed, options.probabilities),
+                                         options)
+        if not paths:
+            return FileOutcome(path, "existing", outputs=outputs)
         if channels != engine.in_channels:
             raise ValueError(f"{channels} channel(s), but the model takes {engine.in_channels}; "
                              "convert the image or use a model trained on such images")
         written = _predict_one(path, source, engine, fn, job, paths, streamed, progress)
         return FileOutcome(path, "written", written, megapixels=height * width / 1e6, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
-        text = str(err)
-        return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
+        return _failed(path, err)
+
+
+def _failed(path: pathlib.Path, err: Exception) -> FileOutcome:
+    """A "failed" outcome whose reason is the error's message without the path it starts with."""
+    text = str(err)
+    return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
 
 
 def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob, progress) -> FileOutcome:
@@ -183,8 +186,7 @@ def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job:
         status, written, outputs, megavoxels = predict_volume_file(engine, fn, path, stem, job, progress)
         return FileOutcome(path, status, written, megapixels=megavoxels, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
-        text = str(err)
-        return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
+        return _failed(path, err)
 
 
 def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.PathLike,

@@ -19,25 +19,10 @@ import numpy as np
 from msunet.data.imageio import write_png
 from msunet.data.preprocessing import to_unit_float
 from msunet.data.volumes import read_volume, standardize_volume, write_volume
-from msunet.heads import file_suffix, head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob
 from msunet.runtime.tiling import predict_tiled
-from msunet.runtime.writers import overlay, probabilities_to_mask
-
-
-def head_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], ext: str, prob_ext: str | None
-               ) -> dict[str, pathlib.Path]:
-    """The files one input's outputs go to: each head's mask (`stem{suffix}{ext}`), its probabilities
-    (`stem{suffix}_prob{prob_ext}`, unless None) and the overlay (`stem_overlay.png`)."""
-    paths = {}
-    for head in heads:
-        suffix = file_suffix(head)
-        paths[head] = out_dir / f"{stem}{suffix}{ext}"
-        if prob_ext:
-            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob{prob_ext}"
-    paths["overlay"] = out_dir / f"{stem}_overlay.png"
-    return paths
+from msunet.runtime.writers import head_paths, overlay, pending_outputs, probabilities_to_mask
 
 
 def fitted_volume_tile(shape: Sequence[int], tile_size: int, quanta: Sequence[int]) -> tuple[int, ...]:
@@ -54,7 +39,7 @@ def predict_volume(engine: Engine, fn, image: np.ndarray, heads: Sequence[str], 
         x = standardize_volume(image)
     else:
         x = engine.normalization.apply(to_unit_float(image))
-    factors = {h: engine.factor(h, head_scale(h)) for h in heads}
+    factors = {h: engine.factor(h) for h in heads}
     quanta = [max(f[axis] for f in factors.values()) for axis in range(3)]
     tile = fitted_volume_tile(x.shape[:3], tile_size, quanta)
     return predict_tiled(fn, x, tile, overlap, batch_size, blend, scales=factors, pad_value=0.0, progress=progress)
@@ -68,14 +53,10 @@ def predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: 
     loop (`msunet.runtime.files.predict_file`) reports it and goes on."""
     options = job.options
     volume = read_volume(path, max_voxels=max(engine.max_pixels, 2**34))
-    paths = head_paths(job.out, stem, job.heads, ".nii.gz", ".nii.gz" if options.probabilities else None)
-    if not options.overlay_images:
-        paths.pop("overlay")
-    outputs = list(paths.values())
-    if not options.overwrite:  # write what is missing, keep the rest
-        paths = {k: p for k, p in paths.items() if not p.exists()}
-        if not paths:
-            return "existing", [], outputs, 0.0
+    paths, outputs = pending_outputs(
+        head_paths(job.out, stem, job.heads, ".nii.gz", ".nii.gz" if options.probabilities else None), options)
+    if not paths:
+        return "existing", [], outputs, 0.0
     channels = volume.array.shape[-1]
     if channels != engine.in_channels:
         raise ValueError(f"{channels} channel(s), but the model takes {engine.in_channels}; "
@@ -91,7 +72,7 @@ def _write_volume_outputs(engine: Engine, volume, results: dict[str, np.ndarray]
                           paths: dict[str, pathlib.Path]) -> list[pathlib.Path]:
     written = []
     for head in job.heads:
-        factor = engine.factor(head, head_scale(head))
+        factor = engine.factor(head)
         probs = np.asarray(results[head])
         if head in paths:
             write_volume(paths[head], probabilities_to_mask(probs, job.threshold), like=volume, factor=factor)
@@ -102,7 +83,7 @@ def _write_volume_outputs(engine: Engine, volume, results: dict[str, np.ndarray]
     if "overlay" in paths:  # the middle slice, with the finest head written
         head = "mask" if "mask" in results else job.heads[0]
         middle = volume.array.shape[0] // 2
-        coarse = np.asarray(results[head])[middle // engine.factor(head, head_scale(head))[0]]
+        coarse = np.asarray(results[head])[middle // engine.factor(head)[0]]
         write_png(paths["overlay"], overlay(volume.array[middle], probabilities_to_mask(coarse, job.threshold),
                                             engine.num_classes))
         written.append(paths["overlay"])

@@ -4,6 +4,7 @@ huge results streamed band by band to tiled TIFF (atomically). NumPy and tifffil
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import tifffile
@@ -11,6 +12,7 @@ import tifffile
 from msunet.atomic import atomic_path
 from msunet.data.imageio import RowBandReader, write_tiff
 from msunet.data.preprocessing import to_unit_float
+from msunet.heads import file_suffix
 
 OVERLAY_MAX_SIDE = 4096  # overlays of larger images are subsampled to this side...
 STREAMED_OVERLAY_MAX_SIDE = 2048  # ...and of streamed (huge) images to an overview of this side
@@ -121,3 +123,29 @@ def write_probabilities(path: pathlib.Path, probs) -> None:
         _write_tiled_tiff(path, probs, lambda band: band, np.float32, probs.shape[-1])
     else:
         write_tiff(path, np.asarray(probs, np.float32))
+
+
+def head_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], ext: str, prob_ext: str | None
+               ) -> dict[str, pathlib.Path]:
+    """The files one input's outputs go to: each head's mask (`stem{suffix}{ext}`), its probabilities
+    (`stem{suffix}_prob{prob_ext}`, unless None) and the overlay (`stem_overlay.png`)."""
+    paths = {}
+    for head in heads:
+        suffix = file_suffix(head)
+        paths[head] = out_dir / f"{stem}{suffix}{ext}"
+        if prob_ext:
+            paths[f"{head}:prob"] = out_dir / f"{stem}{suffix}_prob{prob_ext}"
+    paths["overlay"] = out_dir / f"{stem}_overlay.png"
+    return paths
+
+
+def pending_outputs(paths: dict[str, pathlib.Path], options) -> tuple[dict[str, pathlib.Path], list[pathlib.Path]]:
+    """(the outputs still to write, every output of the input) for `PredictOptions` `options`: without
+    the overlay unless asked for; without `overwrite`, what exists is kept (a deleted mask or newly asked
+    probabilities are written, the rest stays)."""
+    if not options.overlay_images:
+        paths = {k: p for k, p in paths.items() if k != "overlay"}
+    outputs = list(paths.values())
+    if not options.overwrite:
+        paths = {k: p for k, p in paths.items() if not p.exists()}
+    return paths, outputs

@@ -119,3 +119,39 @@ def test_predict_volumes_writes_nifti_masks_on_the_input_grid_at_every_scale(vol
     again = msunet.evaluate(pred_dir=tmp_path / "eval" / "predictions", gt_dir=volumes / "masks",
                             out_dir=tmp_path / "eval2", num_classes=3, names=sorted(val))
     assert again.summary["overall"]["dice_mean"] == pytest.approx(result.summary["overall"]["dice_mean"])
+
+
+def test_augmented_patches_of_a_z_scored_volume_keep_their_negative_values():
+    """Gamma acts through the patch's range on z-scored volumes: the augmented patch keeps its order
+    and both signs (clipping at 0 erased half of every training patch, a train / inference mismatch)."""
+    from msunet.config import DataConfig
+    from msunet.data.samples import Sample, sample_patch
+    from msunet.data.volumes import standardize_volume
+
+    rng = np.random.default_rng(0)
+    image = standardize_volume(rng.normal(100.0, 20.0, (16, 16, 16, 1)).astype(np.float32))
+    sample = Sample("v", image, np.zeros((16, 16, 16), np.int16), np.zeros((0, 3)))
+    cfg = DataConfig(normalization="volume", gamma=0.5, brightness=0.0, contrast=0.0, flip=False, rot90=False,
+                     foreground_oversample=0.0)
+    for seed in range(5):
+        patch, _ = sample_patch(sample, 16, cfg, np.random.default_rng(seed))
+        assert 0.35 < (patch < 0).mean() < 0.65  # z-scored: about half below the mean, as at inference
+        order = np.argsort(image.ravel())
+        assert np.all(np.diff(patch.ravel()[order]) >= -1e-5)  # gamma is monotone: voxel order kept
+
+
+def test_a_volume_shorter_than_the_patch_lands_anywhere_inside_it():
+    """Sliding windows meet a small volume at their start; training crops must not always centre it."""
+    from msunet.config import DataConfig
+    from msunet.data.samples import IGNORE, Sample, sample_patch
+
+    sample = Sample("v", np.zeros((10, 10, 10, 1), np.float32), np.zeros((10, 10, 10), np.int16), np.zeros((0, 3)))
+    cfg = DataConfig(normalization="volume", foreground_oversample=0.0)
+    starts = set()
+    for seed in range(40):
+        _, mask = sample_patch(sample, 16, cfg, np.random.default_rng(seed), augment=False)
+        inside = np.argwhere(mask != IGNORE)
+        assert len(inside) == 1000  # the whole volume is in the patch
+        starts.add(tuple(inside.min(0)))
+    offsets = np.array(sorted(starts))
+    assert offsets.min() == 0 and offsets.max() == 6 and len(starts) > 20  # corner to corner, not one place

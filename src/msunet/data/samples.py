@@ -131,10 +131,15 @@ def sample_patch(
 
 def _patch_centre(sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator) -> list[float]:
     """Where a patch is centred, per spatial axis: near a foreground pixel (`foreground_oversample`),
-    else anywhere the patch stays inside the image (the middle along an axis shorter than the patch)."""
+    else anywhere the patch stays inside the image. Along an axis shorter than the patch, an image sits
+    in the middle of it; a volume anywhere inside it, as the sliding window meets it (at the start
+    of a window, or cut by one), so that a 3-D network, which sees the padding, learns no fixed place
+    for it. (2-D keeps the middle: its trained numbers stand.)"""
     shape = sample.mask.shape
     if cfg.foreground_oversample > 0 and len(sample.foreground) and rng.random() < cfg.foreground_oversample:
         return list(sample.foreground[rng.integers(len(sample.foreground))] + rng.uniform(-size / 4, size / 4, len(shape)))
+    if len(shape) == 3:
+        return [rng.uniform(min(size / 2, n - size / 2), max(size / 2, n - size / 2)) for n in shape]
     return [rng.uniform(min(size / 2, n / 2), max(n - size / 2, n / 2)) for n in shape]
 
 
@@ -205,10 +210,19 @@ def _warp(image, mask, cy, cx, size, angle, zoom):
 
 
 def _intensity(image: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """Gamma, contrast and brightness. Gamma acts on [0, 1]: unit-scaled images directly; z-scored
+    volumes (`data.normalization=volume`, values of both signs) through the patch's own range, then
+    given back the patch's mean and standard deviation, as nnU-Net does (clipping them at 0 erased half
+    of every training patch, which inference never sees)."""
     image = np.asarray(image, np.float32)
     if cfg.gamma > 0:
         gamma = float(np.exp(rng.uniform(math.log(1 - cfg.gamma * 0.9), math.log(1 + cfg.gamma))))
-        image = np.power(np.clip(image, 0.0, None), gamma)
+        if cfg.normalization == "volume":
+            low, high, mean, std = float(image.min()), float(image.max()), float(image.mean()), float(image.std())
+            image = np.power((image - low) / max(high - low, 1e-6), gamma)
+            image = (image - image.mean()) / max(float(image.std()), 1e-6) * std + mean
+        else:
+            image = np.power(np.clip(image, 0.0, None), gamma)
     if cfg.contrast > 0:
         factor = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
         mean = image.mean(axis=tuple(range(image.ndim - 1)), keepdims=True)

@@ -268,15 +268,15 @@ def main() -> None:
         mask_only.predict_on_batch(x[:1])
         onnx_path = os.path.join(tempfile.mkdtemp(prefix="msunet-speed-"), "model.onnx")
         mask_only.export(onnx_path, format="onnx", verbose=False)
-        from msunet.runtime.bundle import _onnx_session  # the runtime's session options
+        from msunet.runtime.sessions import onnx_session  # the runtime's session options
 
-        ort_session = _onnx_session(pathlib.Path(onnx_path), None)
+        ort_session = onnx_session(pathlib.Path(onnx_path), None)
         ort_input = ort_session.get_inputs()[0].name
         ort_infer = lambda b: lambda: ort_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
         if importlib.util.find_spec("openvino") is not None:  # the same ONNX file, OpenVINO's own precision choice
-            from msunet.runtime.bundle import _OpenVINO
+            from msunet.runtime.sessions import OpenVINOSession
 
-            ov_session = _OpenVINO(pathlib.Path(onnx_path), None, None)
+            ov_session = OpenVINOSession(pathlib.Path(onnx_path), None, None)
             ov_precision = ov_session.precision
             ov_infer = lambda b: lambda: ov_session.run(["mask"], {"image": x[:b]})  # noqa: E731
         else:
@@ -288,14 +288,14 @@ def main() -> None:
         int8_path = pathlib.Path(onnx_path).with_name("int8.onnx")
         int8_path.write_bytes(pathlib.Path(onnx_path).read_bytes())
         quantize_int8(int8_path, x[:8])
-        int8_session = _onnx_session(int8_path, None)
+        int8_session = onnx_session(int8_path, None)
         int8_infer = lambda b: lambda: int8_session.run(["mask"], {ort_input: x[:b]})  # noqa: E731
         if importlib.util.find_spec("ai_edge_litert") is not None:  # `msunet export --format litert`
-            from msunet.runtime.bundle import _LiteRT
+            from msunet.runtime.sessions import LiteRTSession
 
             litert_path = pathlib.Path(onnx_path).with_name("model.tflite")
             mask_only.export(str(litert_path), format="litert", verbose=False)
-            litert_session = _LiteRT(litert_path, None, [{"name": "mask", "scale": 1}])
+            litert_session = LiteRTSession(litert_path, None, [{"name": "mask", "scale": 1}])
             litert_infer = lambda b: lambda: litert_session.run(["mask"], {"image": x[:b]})  # noqa: E731
         else:
             skipped["msunet_litert"] = "ai-edge-litert is not installed (pip install 'msunet[litert]')"

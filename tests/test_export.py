@@ -621,7 +621,10 @@ def test_an_onnx_conversion_with_wrong_output_shapes_is_done_again_then_refused(
     shape at an odd size, converts again, and refuses with the reason when it stays wrong."""
     from msunet.exporting import bundle as module
     run, bundle = binary
-    assert module.onnx_shape_errors(bundle / "model.onnx", run.model, 4) == []  # a right graph passes
+    from msunet.heads import head_scale
+    from msunet.models import output_names
+    factors = {h: (head_scale(h),) * 2 for h in output_names(run.model)}
+    assert module.onnx_shape_errors(bundle / "model.onnx", run.model, factors) == []  # a right graph passes
     real, calls = module.onnx_shape_errors, []
 
     def wrong_once(*args):

@@ -155,3 +155,55 @@ def test_a_volume_shorter_than_the_patch_lands_anywhere_inside_it():
         starts.add(tuple(inside.min(0)))
     offsets = np.array(sorted(starts))
     assert offsets.min() == 0 and offsets.max() == 6 and len(starts) > 20  # corner to corner, not one place
+
+
+def test_volumes_of_different_spacings_are_resampled_to_the_median_and_predicted_on_their_own_grid(tmp_path):
+    data = tmp_path / "data"
+    for prefix, spacing, shape in (("a", (2.0, 1.0, 1.0), (10, 20, 18)), ("b", (1.0, 1.0, 1.0), (20, 20, 18)),
+                                   ("c", (1.0, 1.0, 1.0), (20, 20, 18))):
+        part = make_volume_dataset(tmp_path / prefix, count=3, shape=shape, spacing=spacing, seed=len(prefix + str(spacing)))
+        for kind in ("images", "masks"):
+            (data / kind).mkdir(parents=True, exist_ok=True)
+            for path in (part / kind).iterdir():
+                shutil.move(path, data / kind / f"{prefix}{path.name}")
+    plan = check_dataset(data).plan
+    assert plan.config.data.target_spacing == (1.0, 1.0, 1.0)
+    assert "resampled to the median" in plan.sources["data.target_spacing"]["why"]
+    assert plan.config.data.patch_size == 24  # the resampled median 20x20x18: middle side 20 -> 24
+    assert plan.config.model.inplane_levels == 0  # the target grid is isotropic
+    run = tmp_path / "run"
+    msunet.train(None, data, run, overrides=[*TINY, "train.epochs=1"], verbose=0)
+    thick = data / "images" / "avol_000.nii.gz"
+    summary = msunet.predict(run, thick, tmp_path / "out", engine="keras")
+    assert summary.written
+    source, mask = nibabel.load(str(thick)), nibabel.load(str(tmp_path / "out" / "avol_000.nii.gz"))
+    coarse = nibabel.load(str(tmp_path / "out" / "avol_000_s2.nii.gz"))
+    assert mask.shape == source.shape == (18, 20, 10) and coarse.shape == (9, 10, 5)  # the input's own grid
+    np.testing.assert_allclose(mask.affine, source.affine)
+
+
+def test_thick_slices_are_planned_as_a_2d_model_on_slices_trained_predicted_and_scored(tmp_path):
+    data = make_volume_dataset(tmp_path / "data", count=6, shape=(8, 24, 20), spacing=(5.0, 1.0, 1.0))
+    plan = check_dataset(data).plan
+    config, sources = plan.config, plan.sources
+    assert config.model.dims == 2 and config.data.slices and config.data.normalization == "volume"
+    assert "5.0x thicker" in sources["model.dims"]["why"] and "nnU-Net" in sources["model.dims"]["why"]
+    assert config.data.patch_size <= 32 and config.data.resample == 1.0  # planned from the 24x20 slices
+    forced = check_dataset(data, overrides=["model.dims=3"]).plan.config
+    assert forced.model.dims == 3 and not forced.data.slices and forced.model.inplane_levels >= 1
+
+    run = tmp_path / "run"
+    msunet.train(None, data, run, overrides=[*TINY, "train.epochs=1"], verbose=0)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(data / "images" / "vol_005.nii.gz", inputs / "vol_005.nii.gz")
+    from msunet.data.imageio import write_png
+    write_png(inputs / "photo.png", np.zeros((24, 20), np.uint8))
+    summary = msunet.predict(run, inputs, tmp_path / "out", engine="keras")
+    assert [pathlib.Path(p).name for p, _ in summary.failed] == ["photo.png"] and "2-D image" in summary.failed[0][1]
+    source = nibabel.load(str(inputs / "vol_005.nii.gz"))
+    mask, coarse = (nibabel.load(str(tmp_path / "out" / n)) for n in ("vol_005.nii.gz", "vol_005_s2.nii.gz"))
+    assert mask.shape == source.shape == (20, 24, 8) and coarse.shape == (10, 12, 8)  # every slice kept
+    np.testing.assert_allclose(coarse.affine, scaled_affine(source.affine, (1, 2, 2)))
+    result = msunet.evaluate(run, data, tmp_path / "eval", engine="keras")
+    assert result.summary["distance_unit"] == "mm" and {r["scale"] for r in result.rows} == {1, 2}

@@ -124,3 +124,22 @@ def test_msd_hippocampus_reads_with_its_labels():
     assert image.array.shape[:3] == mask.array.shape and image.array.shape[3] == 1
     assert image.spacing == (1.0, 1.0, 1.0) and set(np.unique(mask.array)) <= {0, 1, 2}
     assert 24 <= min(mask.shape) and max(mask.shape) <= 59
+
+
+def test_resampling_keeps_a_linear_ramp_and_the_labels():
+    from msunet.data.volumes import needs_resampling, resample_volume, resampled_shape
+
+    assert resampled_shape((10, 40, 41), (3.0, 0.5, 0.5), (1.5, 1.0, 1.0)) == (20, 20, 20)  # round(41 / 2)
+    assert not needs_resampling((1.0, 1.0, 1.0), (1.0, 1.0, 1.005)) and needs_resampling((3, 1, 1), (1.5, 1, 1))
+    z = np.arange(10, dtype=np.float32)
+    ramp = np.broadcast_to(z[:, None, None, None], (10, 4, 4, 1))
+    fine = resample_volume(ramp, (20, 4, 4), order=1)
+    # Voxel centres aligned: new voxel i lies at old (i + 0.5) / 2 - 0.5, clamped at the two ends.
+    want = np.clip((np.arange(20) + 0.5) / 2 - 0.5, 0, 9)
+    np.testing.assert_allclose(fine[:, 0, 0, 0], want, atol=1e-5)
+    labels = np.zeros((10, 12, 12), np.int16)
+    labels[3:7, 4:8, 4:8] = 2
+    coarse = resample_volume(labels, (5, 6, 6), order=0)
+    assert coarse.dtype == np.int16 and set(np.unique(coarse)) == {0, 2} and coarse.shape == (5, 6, 6)
+    back = resample_volume(coarse, (10, 12, 12), order=0)
+    assert (back == labels).mean() > 0.9  # nearest down and up: the box within a voxel of where it was

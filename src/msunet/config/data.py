@@ -49,6 +49,13 @@ class DataConfig(BaseConfig):
         seed: seed of the split and of the sampling.
         spacing: the voxel size (z, y, x) in mm of volumes whose files do not say it (TIFF stacks,
             .npy); NIfTI headers take precedence. None: 1 mm.
+        target_spacing: the voxel size (z, y, x) in mm that volumes are resampled to for training and
+            prediction (linear for images, nearest for labels; masks and probabilities come back on each
+            input's own grid). None: every volume at its own grid. Planned as the median spacing where
+            the volumes' spacings differ (nnU-Net's target spacing).
+        slices: train a 2-D model (`model.dims=2`) on the in-plane slices of volumes, and predict
+            volumes slice by slice (planned for volumes whose slices are over 3x thicker than their
+            pixels, as nnU-Net plans its 2-D configuration; `model.dims=2` on volumes sets it too).
     """
 
     pairs_csv: str | None = None
@@ -71,6 +78,8 @@ class DataConfig(BaseConfig):
     resample: float = 1.0
     seed: int = 0
     spacing: tuple[float, float, float] | None = None
+    target_spacing: tuple[float, float, float] | None = None
+    slices: bool = False
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -101,12 +110,15 @@ class DataConfig(BaseConfig):
             raise ConfigError(f"{owner}.resample={self.resample!r} is not valid; valid: "
                               f"{', '.join(str(f) for f in RESAMPLE_FACTORS)} (a fraction of the resolution).")
         check_int(owner, "seed", self.seed, 0)
-        if self.spacing is not None:
-            if not isinstance(self.spacing, tuple) or len(self.spacing) != 3:
-                raise ConfigError(f"{owner}.spacing={list(self.spacing) if isinstance(self.spacing, tuple) else self.spacing!r}"
-                                  " must be [z, y, x] voxel sizes in mm (e.g. --set data.spacing=2.5,0.8,0.8).")
-            for i, value in enumerate(self.spacing):
-                check_float(owner, f"spacing[{i}]", value, 1e-6, 1e6)
+        for key in ("spacing", "target_spacing"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if not isinstance(value, tuple) or len(value) != 3:
+                raise ConfigError(f"{owner}.{key}={list(value) if isinstance(value, tuple) else value!r} must be "
+                                  f"[z, y, x] voxel sizes in mm (e.g. --set data.{key}=2.5,0.8,0.8).")
+            for i, size in enumerate(value):
+                check_float(owner, f"{key}[{i}]", size, 1e-6, 1e6)
 
     @property
     def resample_step(self) -> int:

@@ -25,7 +25,14 @@ from msunet.data.preprocessing import (
     to_unit_float,
 )
 from msunet.data.targets import downsample_target, one_hot_target
-from msunet.data.volumes import read_volume, standardize_volume
+from msunet.data.volumes import (
+    in_plane_target,
+    needs_resampling,
+    read_volume,
+    resample_volume,
+    resampled_shape,
+    standardize_volume,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,12 +49,14 @@ class Sample:
 def load_samples(
     pairs: Sequence[Pair], data_cfg: DataConfig, model_cfg: ModelConfig, problems: list | None = None
 ) -> list[Sample]:
-    """Reads and decodes pairs; a pair that cannot be used is reported in `problems` and skipped."""
+    """Reads and decodes pairs; a pair that cannot be used is reported in `problems` and skipped.
+    With `data.slices` (a 2-D model on volumes) each volume gives one sample per slice ("NAME#z")."""
     samples = []
     rng = np.random.default_rng(data_cfg.seed)
+    slices = data_cfg.slices and model_cfg.dims == 2
     for pair in pairs:
         try:
-            if model_cfg.dims == 3:
+            if model_cfg.dims == 3 or slices:
                 image, mask = _read_volume_pair(pair, data_cfg, model_cfg)
             else:
                 image = read_image(pair.image, data_cfg.max_pixels)
@@ -68,6 +77,13 @@ def load_samples(
                 raise
             problems.append((str(pair.mask if "mask" in str(err).split(":")[0] else pair.image), str(err)))
             continue  # the caller reports `problems` (once each)
+        if slices:
+            for z in range(len(mask)):
+                fg = np.argwhere(mask[z] > 0)
+                if len(fg) > 2000:
+                    fg = fg[rng.choice(len(fg), 2000, replace=False)]
+                samples.append(Sample(f"{pair.name}#{z}", image[z], mask[z], fg.astype(np.int32)))
+            continue
         if data_cfg.resample_step > 1 and model_cfg.dims == 2:
             image = downscale_image(image, data_cfg.resample_step)
             mask = downscale_labels(mask, data_cfg.resample_step, model_cfg.num_classes)
@@ -87,7 +103,13 @@ def _read_volume_pair(pair: Pair, data_cfg: DataConfig, model_cfg: ModelConfig) 
         raise DataError(f"{pair.mask}: its affine (voxel-to-world) differs from the image {pair.image.name}'s; the "
                         "mask was made for another grid: resample it onto the image, or fix its header.")
     image = standardize_volume(volume.array) if data_cfg.normalization == "volume" else volume.array
-    return image, decode_mask(labels.array, data_cfg, model_cfg.num_classes, pair.mask, volume=True)
+    mask = decode_mask(labels.array, data_cfg, model_cfg.num_classes, pair.mask, volume=True)
+    spacing = volume.spacing or data_cfg.spacing or (1.0, 1.0, 1.0)
+    target = in_plane_target(spacing, data_cfg.target_spacing) if model_cfg.dims == 2 else data_cfg.target_spacing
+    if needs_resampling(spacing, target):  # to the run's voxel grid (data.target_spacing)
+        shape = resampled_shape(image.shape, spacing, target)
+        image, mask = resample_volume(image, shape, order=1), resample_volume(mask, shape, order=0)
+    return image, mask
 
 
 # --------------------------------------------------------------------------------------------------

@@ -193,6 +193,43 @@ def _as_volume(path: pathlib.Path, array: np.ndarray, mask: bool) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32))
 
 
+def resampled_shape(shape, spacing, target_spacing) -> tuple[int, int, int]:
+    """(D, H, W) of a volume of `shape` at `spacing` once resampled to `target_spacing` (z, y, x mm)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape[:3], spacing, target_spacing))
+
+
+def in_plane_target(spacing, target_spacing):
+    """The target of a 2-D model on slices: the target's in-plane spacing, each volume's own slices."""
+    return None if target_spacing is None else (spacing[0], *target_spacing[1:])
+
+
+def needs_resampling(spacing, target_spacing, tolerance: float = 0.01) -> bool:
+    """Whether a volume at `spacing` differs from `target_spacing` by more than 1% along an axis."""
+    return target_spacing is not None and spacing is not None and any(
+        abs(s / t - 1.0) > tolerance for s, t in zip(spacing, target_spacing))
+
+
+def resample_volume(array: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """`array` ((D, H, W) or (D, H, W, C)) on a grid of `shape` (D', H', W') covering the same extent:
+    voxel centres aligned (new voxel i sits at old coordinate (i + 0.5) * n / n' - 0.5, clamped to the
+    volume), `order` 1 linear (images, probabilities), 0 nearest (labels). NumPy only, one axis at a
+    time: the export runtime resamples with it too."""
+    out = np.asarray(array)
+    for axis, size in enumerate(shape):
+        n = out.shape[axis]
+        if n == size:
+            continue
+        x = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0, n - 1.0)
+        if order == 0:
+            out = np.take(out, np.clip(np.floor(x + 0.5).astype(np.intp), 0, n - 1), axis=axis)
+            continue
+        low = np.floor(x).astype(np.intp)
+        high = np.minimum(low + 1, n - 1)
+        weight = (x - low).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = np.take(out, low, axis=axis).astype(np.float32) * (1 - weight) + np.take(out, high, axis=axis) * weight
+    return np.ascontiguousarray(out)
+
+
 def standardize_volume(array: np.ndarray) -> np.ndarray:
     """Z-scores a (D, H, W, C) volume per channel over all its voxels (`data.normalization=volume`:
     MRI intensities have no fixed scale, so each volume is its own reference, as nnU-Net does)."""

@@ -252,7 +252,7 @@ def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     out = pathlib.Path(out_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    volumes = loaded.config.model.dims == 3
+    volumes = loaded.config.model.dims == 3 or loaded.config.data.slices
     for stem in chosen:
         src = find_volume(data / "images", stem) if volumes else find_by_stem(data / "images", stem)
         link = inputs / src.name

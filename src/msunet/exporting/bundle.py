@@ -44,6 +44,7 @@ FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_sa
 FLOAT32_MODEL = "model.float32.onnx"
 CONVERSION_ATTEMPTS = 3  # ONNX conversions whose output shapes are checked (`onnx_shape_errors`)
 REFERENCE_SIDE = 256  # reference inputs are cropped to at most this side: the self-check stays well under 1 s
+REFERENCE_SIDE_3D = 48  # ... and volumes to this cube
 def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best", overwrite: bool = False,
            tile_size: int | None = None, overlap: float = 0.25, int8: bool = False,
            calibration: str | os.PathLike | None = None, weights: str = "int7") -> pathlib.Path:
@@ -108,9 +109,12 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     # float32 graph, random-free rebuild (no backbone weights fetched), then the run's weights.
     model = build_model(config.model.replace(precision="float32", encoder_weights="none"))
     model.set_weights([np.asarray(w, np.float32) for w in loaded.model.get_weights()])
+    dims = config.model.dims
+    factors = {h: config.model.scale_factor(head_scale(h)) for h in output_names(model)}  # per axis, (z,) y, x
     coarsest = max(head_scale(h) for h in output_names(model))
-    model.predict_on_batch(np.zeros((1, coarsest, coarsest, config.model.in_channels), np.float32))  # builds
-    tile = tile_size or min(512, 2 * config.data.patch_size)
+    model.predict_on_batch(np.zeros((1, *(coarsest,) * dims, config.model.in_channels), np.float32))  # builds
+    # Volumes: the training cube (3-D windows cost the cube of their side); images: twice the patch.
+    tile = tile_size or (config.data.patch_size if dims == 3 else min(512, 2 * config.data.patch_size))
     tile = -(-int(tile) // coarsest) * coarsest
     filename, keras_format = FORMATS[format]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -123,7 +127,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
             with warnings.catch_warnings(), _traced_for_onnx(format == "onnx"):
                 warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)  # Keras' tf2onnx shim
                 model.export(str(target), format=keras_format, verbose=False)
-            wrong = onnx_shape_errors(target, model, coarsest) if format == "onnx" else []
+            wrong = onnx_shape_errors(target, model, factors) if format == "onnx" else []
             if not wrong:
                 break
             if attempt == CONVERSION_ATTEMPTS:
@@ -134,7 +138,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
             shutil.copyfile(target, tmp / FLOAT32_MODEL)
             float32_model = {"file": FLOAT32_MODEL, "sha256": sha256_of(tmp / FLOAT32_MODEL)}
         quantization = quantize_int8(target, patches, weights) if int8 else None
-        reference = _reference(tmp, model, loaded, patches, calibration, coarsest)
+        reference = _reference(tmp, model, loaded, patches, calibration, coarsest, dims)
         litert_outputs = litert_output_names(target, model, coarsest) if format == "litert" else None
         num_classes = config.model.num_classes
         meta = {
@@ -143,7 +147,10 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
             "sha256": sha256_of(tmp / filename), "precision": "int8" if int8 else "float32",
             "quantization": quantization, "float32_model": float32_model, "reference": reference,
             "input": {
-                "name": model.inputs[0].name, "channels": config.model.in_channels, "layout": "NHWC",
+                "name": model.inputs[0].name, "channels": config.model.in_channels,
+                "layout": "NDHWC" if dims == 3 else "NHWC", "dims": dims,
+                **({"target_spacing": config.data.target_spacing, "spacing": config.data.spacing,
+                    "slices": dims == 2} if dims == 3 or config.data.slices else {}),
                 "dtype": "float32",
                 "scaling": "integers / their dtype's maximum (uint8 / 255, uint16 / 65535), floats unchanged; "
                            "then the normalisation; images smaller than a tile padded with normalised black",
@@ -151,6 +158,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
                 "flip": config.data.flip,
             },
             "heads": [{"name": name, "scale": head_scale(name),
+                       **({"factors": list(factors[name])} if dims == 3 else {}),
                        **({"litert_output": litert_outputs[name]} if litert_outputs else {})}
                       for name in output_names(model)],
             "default_heads": trained_heads(loaded),
@@ -251,9 +259,10 @@ def calibration_inputs(loaded, data_dir: str | os.PathLike | None = None, count:
     return np.stack([loaded.normalization.apply(x) for x in unit]).astype(np.float32)
 
 
-def onnx_shape_errors(path: pathlib.Path, model, coarsest: int) -> list[str]:
+def onnx_shape_errors(path: pathlib.Path, model, factors: dict[str, tuple[int, ...]]) -> list[str]:
     """The outputs of an exported ONNX graph whose shapes break the contract on a batch of 3 at an
-    odd, non-square size (`mask_s{s}`: (3, ceil(H/s), ceil(W/s), K)), as "name: got, want".
+    odd, non-square size (`mask_s{s}`: (3, ceil(H/s), ceil(W/s), K); volumes (3, ceil(D/f_z), ...) with
+    the head's `factors` per axis), as "name: got, want".
 
     tf2onnx's graph optimiser now and then drops a Squeeze after a one-channel head's 1x1
     convolution, which leaves a (1, B, h, w, 1) output: it depends on the order in which Python
@@ -263,19 +272,21 @@ def onnx_shape_errors(path: pathlib.Path, model, coarsest: int) -> list[str]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    height, width = 2 * coarsest + 5, 3 * coarsest + 3
-    x = np.zeros((3, height, width, model.inputs[0].shape[-1]), np.float32)
+    coarsest = max(max(f) for f in factors.values())
+    dims = len(next(iter(factors.values())))
+    sizes = (2 * coarsest + 5, 3 * coarsest + 3, coarsest + 1)[:dims]
+    x = np.zeros((3, *sizes, model.inputs[0].shape[-1]), np.float32)
     names = [o.name for o in session.get_outputs()]
     errors = []
     for name, value in zip(names, session.run(None, {session.get_inputs()[0].name: x})):
-        scale = head_scale(name)
-        want = (3, -(-height // scale), -(-width // scale), int(model.outputs[0].shape[-1]))
+        factor = factors.get(name, (head_scale(name),) * dims)
+        want = (3, *(-(-n // f) for n, f in zip(sizes, factor)), int(model.outputs[0].shape[-1]))
         if tuple(value.shape) != want:
             errors.append(f"{name}: {tuple(value.shape)}, want {want}")
     return errors
 
 
-def _reference(folder: pathlib.Path, model, loaded, patches, calibration, coarsest: int) -> dict:
+def _reference(folder: pathlib.Path, model, loaded, patches, calibration, coarsest: int, dims: int = 2) -> dict:
     """The bundle's self-check reference (`msunet.runtime.selfcheck`): a few calibration patches
     (or, where a run has none, seeded noise) and the float32 Keras outputs of every head for them."""
     source = "the run's calibration patches"
@@ -285,12 +296,13 @@ def _reference(folder: pathlib.Path, model, loaded, patches, calibration, coarse
         except (ValueError, OSError):
             patches = None
     if patches is None or not len(patches):
-        side = 4 * coarsest
-        patches = np.random.default_rng(0).normal(0, 1, (selfcheck.REFERENCE_COUNT, side, side,
+        side = (2 if dims == 3 else 4) * coarsest
+        patches = np.random.default_rng(0).normal(0, 1, (selfcheck.REFERENCE_COUNT, *(side,) * dims,
                                                          loaded.config.model.in_channels)).astype(np.float32)
         source = "seeded noise (no calibration patches or data folder for this run)"
-    side = max(coarsest, min(REFERENCE_SIDE, patches.shape[1], patches.shape[2]) // coarsest * coarsest)
-    inputs = np.ascontiguousarray(patches[: selfcheck.REFERENCE_COUNT, :side, :side], np.float32)
+    longest = REFERENCE_SIDE if dims == 2 else REFERENCE_SIDE_3D
+    side = max(coarsest, min(longest, *patches.shape[1:-1]) // coarsest * coarsest)
+    inputs = np.ascontiguousarray(patches[(slice(0, selfcheck.REFERENCE_COUNT),) + (slice(0, side),) * dims], np.float32)
     outputs = model.predict_on_batch(inputs)
     outputs = outputs if isinstance(outputs, dict) else dict(zip(model.output_names, outputs))
     entry = selfcheck.write_reference(folder, inputs, {k: np.asarray(v, np.float32) for k, v in outputs.items()})

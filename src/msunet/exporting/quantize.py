@@ -67,7 +67,8 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray, weights: str = "int7"
         shuffles = pixel_shuffle_upsampling(rewritten)
         if shuffles:
             onnx.save(rewritten, str(rewritten_path))
-            probe = [patches[:2], patches[:1, : max(1, patches.shape[1] - 3), : max(1, patches.shape[2] - 5)]]
+            probe = [patches[:2], patches[(slice(0, 1), *(slice(0, max(1, n - k)) for n, k in
+                                                      zip(patches.shape[1:-1], (3, 5, 1))))]]
             after = ort.InferenceSession(str(rewritten_path), providers=["CPUExecutionProvider"])
             difference = max(float(np.abs(a - b).max()) for x in probe for a, b in
                              zip(float_session.run(None, {input_name: x}), after.run(None, {input_name: x})))
@@ -96,7 +97,7 @@ def quantize_int8(path: pathlib.Path, patches: np.ndarray, weights: str = "int7"
     return {"method": "ONNX Runtime static quantization, QDQ, uint8 activations", "weights": weights,
             "weights_detail": description, "reduce_range": reduce_range,
             "calibration": "MinMax", "calibration_patches": int(len(patches)),
-            "patch": list(map(int, patches.shape[1:3])), "pre_processed": source == prepared,
+            "patch": list(map(int, patches.shape[1:-1])), "pre_processed": source == prepared,
             "graph_rewrites": rewrites, **agreement,
             "checked_on": {**machine.describe(), "onnxruntime": ort.__version__}}
 
@@ -111,7 +112,8 @@ def _int8_agreement(float_session, int8_path: pathlib.Path, input_name: str, pat
     # graph that fails this is never written: seen now and then in tests, a backbone's int8 graph with
     # wrong output shapes; cause not found).
     size = patches.shape[1]
-    probe = np.zeros((3, size + 5, 2 * size + 3, patches.shape[-1]), np.float32)
+    odd = (size + 5, 2 * size + 3) if patches.ndim == 4 else (size + 3, size + 5, size + 1)  # volumes: (D, H, W)
+    probe = np.zeros((3, *odd, patches.shape[-1]), np.float32)
     shapes = [[o.shape for o in s.run(None, {input_name: probe})] for s in sessions]
     if shapes[0] != shapes[1]:
         raise ValueError(f"the int8 graph's outputs have shapes {shapes[1]} where the float32 graph's have {shapes[0]}"

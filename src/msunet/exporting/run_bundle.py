@@ -15,7 +15,6 @@ prediction stays on Keras; `--engine keras` asks for the Keras model itself.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pathlib
 import time
@@ -54,8 +53,6 @@ def run_bundle(run_dir: str | os.PathLike, which: str = "best", log: Callable[[s
     run_dir = pathlib.Path(run_dir)
     if not (run_dir.is_dir() and (run_dir / f"{which}.keras").is_file() and (run_dir / "config.json").is_file()):
         return None, "not a run folder"
-    if json.loads((run_dir / "config.json").read_text()).get("model", {}).get("dims") == 3:
-        return None, "bundles of volume models are not there yet: Keras predicts volumes (docs/volumes.md)"
     if importlib.util.find_spec("onnxruntime") is None:
         return None, "ONNX Runtime is not installed (pip install 'msunet[export]' for the int8 path)"
     bundle = current_bundle(run_dir, which)

@@ -44,6 +44,8 @@ def run_engine(run: LoadedRun, description: str = "") -> Engine:
         description=description or f"Keras ({keras.backend.backend()}), the model as trained",
         dims=run.config.model.dims,
         scale_factors={h.name: run.config.model.scale_factor(h.scale) for h in run.config.model.heads},
+        target_spacing=run.config.data.target_spacing, spacing=run.config.data.spacing,
+        slices=run.config.data.slices and run.config.model.dims == 2,
     )
 
 

@@ -46,7 +46,7 @@ from msunet.config import ENCODERS, SECTIONS, RunConfig, jsonable, non_default_k
 from msunet.plan.device import DEVICE_KEYS, Measure, apply_values, plan_device
 from msunet.plan.survey import Survey, preview
 from msunet.plan.timing import expected_step_seconds
-from msunet.plan.volumes import plan_volumes
+from msunet.plan.volumes import plan_volumes, slice_survey
 
 CPU_BATCH_CAP, CPU_PATCH_CAP, GPU_PATCH_CAP = 8, 256, 512
 STEPS_PER_EPOCH = (10, 250)  # one pass over the training pixels, within these (nnU-Net: 250)
@@ -219,8 +219,10 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
             notes.append(f"images have different channel counts {dict(found.channels)}: those with another count "
                          "are skipped in training; convert them")
     _plan_masks(found, config, user, derive, notes, disagreeing)
-    if found.dims == 3:
-        plan_volumes(found, config, user, values, derive, notes, accelerator, memory or available_memory_bytes())
+    slices = found.dims == 3 and plan_volumes(found, config, user, values, derive, notes, accelerator,
+                                              memory or available_memory_bytes())
+    if slices:  # a 2-D model on the slices: planned as a folder of images from here on
+        found = slice_survey(found, config, values)
     rows, cols = found.skew()
     if rows > UPRIGHT_SKEW and rows > 1.5 * cols:
         reason = (f"the labels sit {rows:.2f} from the middle rows (columns {cols:.2f}): the images have an up and a "
@@ -236,7 +238,7 @@ def plan_run(found: Survey, config: RunConfig | None = None, user_keys: Iterable
         derive("data.normalization", "unit", f"the {model} backbone scales its input as its ImageNet weights expect, "
                "inside the model")
     resample = config.data.resample
-    if found.sizes and found.dims == 2 and "data.resample" not in user:
+    if found.sizes and found.dims == 2 and "data.resample" not in user and not slices:
         resample, reason = _plan_resample(found, accelerator)
         derive("data.resample", resample, reason)
     if found.sizes and found.dims == 2:

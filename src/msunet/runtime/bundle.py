@@ -23,6 +23,8 @@ from msunet.runtime import selfcheck
 from msunet.runtime.engine import Engine, batch_function
 from msunet.runtime.files import PredictSummary, predict_files, predict_image
 from msunet.runtime.options import PredictOptions, tta_mode
+from msunet.runtime.sessions import BundleError, LiteRTSession, OpenVINOSession, onnx_session
+from msunet.runtime.volumes import predict_volume
 from msunet.runtime.writers import probabilities_to_mask
 
 BUNDLE_FILE = "bundle.json"
@@ -30,10 +32,6 @@ FORMAT = "msunet-bundle"
 BUNDLE_VERSION = 1
 RUNNABLE = ("onnx", "openvino", "litert")  # formats this runtime executes; saved_model is for TensorFlow Serving
 ENGINES = ("onnxruntime", "openvino", "litert")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used (missing, altered, unsupported, or its engine not installed)."""
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -89,107 +87,6 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
                 raise BundleError(f"{path}: the {what} does not match the checksum in {BUNDLE_FILE} (altered or "
                                   "truncated); export the bundle again.")
     return meta
-
-
-def _onnx_session(model_file: pathlib.Path, threads: int | None):
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise BundleError("ONNX Runtime is not installed: `pip install 'msunet[runtime]'` (or `pip install "
-                          "onnxruntime`) runs bundles without TensorFlow.") from err
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep instead of spinning between calls: the same speed alone (int8 default U-Net,
-    # 29-30 images/s at batch 1 and 8 either way), and the tile blending between calls, or whatever
-    # else shares the CPU, gets the cores back.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-
-
-class _OpenVINO:
-    """An OpenVINO compiled model behind `run(names, {input: batch})`, as ONNX Runtime's session.
-
-    OpenVINO reads the bundle's IR (`openvino/model.xml`) or its ONNX file. `precision` is its
-    inference precision hint: None keeps OpenVINO's choice (bfloat16 on CPUs that have it), "f32"
-    computes in float32.
-    """
-
-    def __init__(self, model_file: pathlib.Path, threads: int | None, precision: str | None):
-        try:
-            import openvino as ov
-        except ImportError as err:
-            raise BundleError("OpenVINO is not installed: `pip install 'msunet[openvino]'` (or `pip install "
-                              "openvino`).") from err
-        core = ov.Core()
-        config = {}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        if precision:
-            config["INFERENCE_PRECISION_HINT"] = precision
-        path = model_file / "model.xml" if model_file.is_dir() else model_file
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
-        self.request = self.compiled.create_infer_request()
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-
-    def get_inputs(self):
-        return [type("Input", (), {"name": self.compiled.inputs[0].get_any_name()})()]
-
-    def run(self, names, feeds):
-        results = self.request.infer(list(feeds.values()))
-        return [np.array(results[self.ports[name]]) for name in names]
-
-
-class _LiteRT:
-    """A LiteRT (TensorFlow Lite) interpreter behind `run(names, {input: batch})`, as ONNX Runtime's
-    session; the input is resized when a batch of another shape comes (tiles keep one shape)."""
-
-    def __init__(self, model_file: pathlib.Path, threads: int | None, heads: Sequence[dict]):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as err:
-            raise BundleError("LiteRT is not installed: `pip install 'msunet[litert]'` (or `pip install "
-                              "ai-edge-litert`).") from err
-        self.interpreter = Interpreter(model_path=str(model_file), num_threads=int(threads or os.cpu_count() or 1))
-        self.input = self.interpreter.get_input_details()[0]
-        self.shape: tuple[int, ...] | None = None
-        self.heads = list(heads)
-
-    def get_inputs(self):
-        return [type("Input", (), {"name": self.input["name"]})()]
-
-    def _outputs_by_head(self, batch_shape: tuple[int, ...]) -> dict[str, int]:
-        # The converter names outputs after its own graph: `msunet export` records which is which;
-        # without that record the heads are told apart by their size (one output per scale).
-        outputs = self.interpreter.get_output_details()
-        by_name = {d["name"]: d["index"] for d in outputs}
-        if all(h.get("litert_output") in by_name for h in self.heads):  # recorded by `msunet export`
-            return {h["name"]: by_name[h["litert_output"]] for h in self.heads}
-        height = batch_shape[1]
-        mapping, taken = {}, set()
-        for head in self.heads:
-            want = -(-height // int(head["scale"]))
-            for d in outputs:
-                if d["index"] not in taken and int(self.interpreter.get_tensor(d["index"]).shape[1]) == want:
-                    mapping[head["name"]] = d["index"]
-                    taken.add(d["index"])
-                    break
-        return mapping
-
-    def run(self, names, feeds):
-        batch = np.ascontiguousarray(next(iter(feeds.values())), np.float32)
-        if batch.shape != self.shape:
-            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape), strict=False)
-            self.interpreter.allocate_tensors()
-            self.shape = batch.shape
-            self.mapping = None
-        self.interpreter.set_tensor(self.input["index"], batch)
-        self.interpreter.invoke()
-        if self.mapping is None:
-            self.mapping = self._outputs_by_head(batch.shape)
-        return [np.array(self.interpreter.get_tensor(self.mapping[name])) for name in names]
 
 
 def default_engine(meta: dict) -> str:
@@ -267,14 +164,19 @@ class Predictor:
         self.resample_step = int(meta["input"].get("resample_step", 1))
         self.flip = meta["input"].get("flip", True)  # training's flips: the ones test-time augmentation uses
         self.tile, self.overlap = int(meta["tiling"]["tile"]), float(meta["tiling"]["overlap"])
+        self.dims = int(meta["input"].get("dims", 2))  # 3: a volume model, (B, D, H, W, C) batches
+        self.scale_factors = {h["name"]: tuple(int(f) for f in h["factors"]) for h in meta["heads"] if "factors" in h}
+        self.target_spacing, self.spacing = (tuple(meta["input"][k]) if meta["input"].get(k) else None
+                                             for k in ("target_spacing", "spacing"))
+        self.slices = bool(meta["input"].get("slices", False))  # a 2-D model of volume slices
 
     def _open(self, engine: str, model_file: str, precision: str | None = None):
         path = self.root / model_file
         if engine == "openvino":
-            return _OpenVINO(path, self.threads, precision)
+            return OpenVINOSession(path, self.threads, precision)
         if engine == "litert":
-            return _LiteRT(path, self.threads, self.meta["heads"])
-        return _onnx_session(path, self.threads)
+            return LiteRTSession(path, self.threads, self.meta["heads"])
+        return onnx_session(path, self.threads)
 
     def _verdict(self, session, kind: str, checksum: str, engine: str, precision: str | None,
                  reference) -> tuple[dict, bool]:
@@ -336,7 +238,8 @@ class Predictor:
             f"mean change {stats['mean_abs_difference']:.2g}, {100 * stats['mask_agreement']:.2f}% of mask pixels kept)")
 
     def predict_batch(self, batch: np.ndarray, heads: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """The network alone: a preprocessed float32 (B, h, w, C) batch -> {head: (B, h/s, w/s, K)}."""
+        """The network alone: a preprocessed float32 (B, h, w, C) batch -> {head: (B, h/s, w/s, K)}
+        (volumes: (B, d, h, w, C) -> (B, d/f_z, h/f_y, w/f_x, K))."""
         names = list(heads or self.heads)
         outputs = self.session.run(names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
         return dict(zip(names, outputs))
@@ -350,22 +253,29 @@ class Predictor:
                       num_classes=self.num_classes, normalization=self.normalization, make_fn=make_fn,
                       resample_step=self.resample_step, default_tile=self.tile,
                       max_pixels=int(self.meta.get("max_pixels", 250_000_000)), flip=self.flip,
-                      threshold=self.threshold, description=self.choice)
+                      threshold=self.threshold, description=self.choice, dims=self.dims,
+                      scale_factors=self.scale_factors, target_spacing=self.target_spacing, spacing=self.spacing,
+                      slices=self.slices)
 
     def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool = False,
-                tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4
-                ) -> dict[str, np.ndarray]:
-        """Probabilities of every head (default: the trained ones) for one (H, W) or (H, W, C) image.
+                tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4,
+                spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+        """Probabilities of every head (default: the trained ones) for one (H, W) or (H, W, C) image,
+        or for a volume model one (D, H, W) or (D, H, W, C) volume.
 
-        The image is scaled by its dtype (uint8 / 255, uint16 / 65535) and normalised as in training,
-        tiled with Gaussian blending; `mask_s{s}` comes back at ceil(H/s) x ceil(W/s).
+        The image is scaled by its dtype (uint8 / 255, uint16 / 65535) and normalised as in training
+        (a volume z-scored as a whole where it trained so), tiled with Gaussian blending; `mask_s{s}`
+        comes back at ceil(H/s) x ceil(W/s) (volumes: ceil(D/f_z) x ceil(H/f_y) x ceil(W/f_x)).
+        `spacing`: a volume's (z, y, x) voxel size in mm, where the model resamples to its own grid.
         """
         image = np.asarray(image)
-        if image.ndim == 2:
+        dims = 3 if self.slices else self.dims
+        if image.ndim == dims:
             image = image[..., None]
-        if image.ndim != 3 or image.shape[-1] != self.in_channels:
-            raise ValueError(f"image of shape {image.shape}: the bundle {self.root} takes (H, W, {self.in_channels}) "
-                             f"images ({self.in_channels} channel(s)); convert the image first.")
+        if image.ndim != dims + 1 or image.shape[-1] != self.in_channels:
+            kind, shape = ("volume", "D, H, W") if dims == 3 else ("image", "H, W")
+            raise ValueError(f"{kind} of shape {image.shape}: the bundle {self.root} takes ({shape}, {self.in_channels}) "
+                             f"{kind}s ({self.in_channels} channel(s)); convert the {kind} first.")
         names = list(heads or self.default_heads)
         unknown = [h for h in names if h not in self.heads]
         if unknown:
@@ -373,6 +283,9 @@ class Predictor:
         coarsest = max(head_scale(h) for h in names)
         tile = -(-int(tile_size or self.tile) // coarsest) * coarsest
         fn = batch_function(lambda b: self.predict_batch(b, names), batch_size, tta_mode(tta, self.flip))
+        if self.dims == 3 or self.slices:
+            return predict_volume(self.engine(), fn, image, names, tile, self.overlap if overlap is None else overlap,
+                                  batch_size, spacing=spacing)
         return predict_image(self.engine(), fn, image, names, tile, self.overlap if overlap is None else overlap,
                              batch_size)
 

@@ -34,6 +34,11 @@ class Engine:
         dims: 2 for images, 3 for volumes (batches (B, d, h, w, C)).
         scale_factors: head -> its size ratio to the input per spatial axis, where it is not the head's
             scale on every axis (a volume model that pools in-plane first: "mask_s2" is (1, 2, 2)).
+        target_spacing: the voxel grid (z, y, x mm) a volume model trained on (`data.target_spacing`):
+            volumes at another spacing are resampled to it and their outputs back. None: none.
+        spacing: the spacing of volumes whose files do not say it (`data.spacing`); None: the model's grid.
+        slices: a 2-D model trained on the slices of volumes (`data.slices`): it takes volumes, predicted
+            slice by slice, and not 2-D images.
     """
 
     heads: list[str]
@@ -50,10 +55,22 @@ class Engine:
     description: str = ""
     dims: int = 2
     scale_factors: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    target_spacing: tuple[float, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    slices: bool = False
 
     def factor(self, head: str) -> tuple[int, ...]:
         """The head's size ratio to the input, per spatial axis."""
         return tuple(self.scale_factors.get(head, (head_scale(head),) * self.dims))
+
+    @property
+    def takes_volumes(self) -> bool:
+        return self.dims == 3 or self.slices
+
+    def volume_factor(self, head: str) -> tuple[int, int, int]:
+        """The head's size ratio to an input volume, (z, y, x): a slice model keeps every slice."""
+        factor = self.factor(head)
+        return factor if len(factor) == 3 else (1, *factor)
 
 
 TTA_AXES = {True: ((1,), (2,), (1, 2)), "horizontal": ((2,),), "vertical": ((1,),)}

@@ -145,7 +145,7 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
     outcome with the reason (the path is the outcome's). The step `predict_files` and the Ray actors
     (`msunet.distributed.ray_predict`) share.
     """
-    if engine.dims == 3 or is_volume_only(path):
+    if engine.takes_volumes or is_volume_only(path):
         return _predict_volume_file(engine, fn, path, stem, job, progress)
     if not is_image_file(path):
         return FileOutcome(path, "ignored")
@@ -174,7 +174,7 @@ def _failed(path: pathlib.Path, err: Exception) -> FileOutcome:
 
 
 def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob, progress) -> FileOutcome:
-    if engine.dims != 3:
+    if not engine.takes_volumes:
         return FileOutcome(path, "failed", reason="a volume; this model segments 2-D images (train one on volumes: "
                                                   "docs/volumes.md)")
     if not volume_suffix(path):

@@ -18,7 +18,15 @@ import numpy as np
 
 from msunet.data.imageio import write_png
 from msunet.data.preprocessing import to_unit_float
-from msunet.data.volumes import read_volume, standardize_volume, write_volume
+from msunet.data.volumes import (
+    in_plane_target,
+    needs_resampling,
+    read_volume,
+    resample_volume,
+    resampled_shape,
+    standardize_volume,
+    write_volume,
+)
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob
 from msunet.runtime.tiling import predict_tiled
@@ -33,16 +41,46 @@ def fitted_volume_tile(shape: Sequence[int], tile_size: int, quanta: Sequence[in
 
 def predict_volume(engine: Engine, fn, image: np.ndarray, heads: Sequence[str], tile_size: int,
                    overlap: float = 0.5, batch_size: int = 2, blend: str = "gaussian",
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Every head's probabilities for one (D, H, W, C) volume: head -> (ceil(D/f), ceil(H/f), ceil(W/f), K)."""
+                   progress: Callable[[int, int], None] | None = None,
+                   spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """Every head's probabilities for one (D, H, W, C) volume: head -> (ceil(D/f), ceil(H/f), ceil(W/f), K).
+
+    A volume whose `spacing` (z, y, x mm; None: the engine's fallback, else taken as the model's grid)
+    differs from the model's `target_spacing` is resampled to it (linear), predicted there, and every
+    head's probabilities resampled back onto the volume's own grid (linear), as training resampled it.
+    """
     if engine.normalization.mode == "volume":
         x = standardize_volume(image)
     else:
         x = engine.normalization.apply(to_unit_float(image))
-    factors = {h: engine.factor(h) for h in heads}
-    quanta = [max(f[axis] for f in factors.values()) for axis in range(3)]
-    tile = fitted_volume_tile(x.shape[:3], tile_size, quanta)
-    return predict_tiled(fn, x, tile, overlap, batch_size, blend, scales=factors, pad_value=0.0, progress=progress)
+    shape = x.shape[:3]
+    spacing = spacing or engine.spacing
+    target = engine.target_spacing
+    if engine.dims == 2 and spacing is not None:
+        target = in_plane_target(spacing, target)
+    resample = needs_resampling(spacing, target)
+    if resample:
+        x = resample_volume(x, resampled_shape(shape, spacing, target), order=1)
+    factors = {h: engine.volume_factor(h) for h in heads}
+    if engine.dims == 2:  # a slice model: each slice tiled as an image, the slices stacked
+        scales = {h: engine.factor(h) for h in heads}
+        coarsest = max(max(f) for f in scales.values())
+        side = -(-int(tile_size) // coarsest) * coarsest
+        tile = tuple(min(side, -(-n // coarsest) * coarsest) for n in x.shape[1:3])
+        per_slice = [predict_tiled(fn, x[z], tile, overlap, batch_size, blend, scales=scales, pad_value=0.0)
+                     for z in range(len(x))]
+        if progress:
+            progress(len(x), len(x))
+        results = {h: np.stack([r[h] for r in per_slice]) for h in heads}
+    else:
+        quanta = [max(f[axis] for f in factors.values()) for axis in range(3)]
+        tile = fitted_volume_tile(x.shape[:3], tile_size, quanta)
+        results = predict_tiled(fn, x, tile, overlap, batch_size, blend, scales=factors, pad_value=0.0,
+                                progress=progress)
+    if resample:
+        results = {h: resample_volume(p, [-(-n // f) for n, f in zip(shape, factors[h])], order=1)
+                   for h, p in results.items()}
+    return results
 
 
 def predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob,
@@ -63,7 +101,8 @@ def predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: 
                          "convert the volume or use a model trained on such volumes")
     results = predict_volume(engine, fn, volume.array, job.heads, job.tile_size, options.overlap,
                              options.batch_size, options.blend,
-                             (lambda done, total: progress(path.name, done, total)) if progress else None)
+                             (lambda done, total: progress(path.name, done, total)) if progress else None,
+                             spacing=volume.spacing)
     written = _write_volume_outputs(engine, volume, results, job, paths)
     return "written", written, outputs, volume.array[..., 0].size / 1e6
 
@@ -72,7 +111,7 @@ def _write_volume_outputs(engine: Engine, volume, results: dict[str, np.ndarray]
                           paths: dict[str, pathlib.Path]) -> list[pathlib.Path]:
     written = []
     for head in job.heads:
-        factor = engine.factor(head)
+        factor = engine.volume_factor(head)
         probs = np.asarray(results[head])
         if head in paths:
             write_volume(paths[head], probabilities_to_mask(probs, job.threshold), like=volume, factor=factor)
@@ -83,7 +122,7 @@ def _write_volume_outputs(engine: Engine, volume, results: dict[str, np.ndarray]
     if "overlay" in paths:  # the middle slice, with the finest head written
         head = "mask" if "mask" in results else job.heads[0]
         middle = volume.array.shape[0] // 2
-        coarse = np.asarray(results[head])[middle // engine.factor(head)[0]]
+        coarse = np.asarray(results[head])[middle // engine.volume_factor(head)[0]]
         write_png(paths["overlay"], overlay(volume.array[middle], probabilities_to_mask(coarse, job.threshold),
                                             engine.num_classes))
         written.append(paths["overlay"])

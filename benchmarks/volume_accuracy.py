@@ -3,7 +3,8 @@
 `python benchmarks/volume_accuracy.py [--budget 20] [--set KEY=VALUE ...] [--tta]` trains on
 `../shared/data/msd-hippocampus` (its split.csv: 166 train / 42 test; test never enters training) with
 only `train.time_budget_min` (and any `--set`), everything else planned from the data and the device,
-then `msunet.evaluate` on the test split: Dice per structure (1 anterior, 2 posterior) and their mean,
+then `msunet.evaluate` on the test split, with the default engine (the run's int8 bundle where it passes its
+self-check) and with Keras: Dice per structure (1 anterior, 2 posterior) and their mean,
 HD95 in mm, per scale. Writes `benchmarks/results/volumes/msd-hippocampus[-VARIANT].json` with the CPU it
 ran on (model and flags), the plan, the steps and seconds (check and probe included, from the call), and
 keeps the run folder and the HTML report under `benchmarks/accuracy/work/msd-hippocampus/`.
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a lever under test")
     parser.add_argument("--variant", default="", help="name of this variant (results ...-VARIANT.json)")
     parser.add_argument("--tta", action="store_true", help="score with the mirroring test-time augmentation")
+    parser.add_argument("--score-only", action="store_true", help="score the run kept from an earlier call again "
+                        "(its recorded training figures are kept)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: the benchmark needs the shared datasets beside the project.")
@@ -40,37 +43,49 @@ def main(argv=None) -> int:
     from msunet import machine
 
     run_dir = WORK / (f"run-{args.variant}" if args.variant else "run")
-    start = time.perf_counter()
-    result = msunet.train(None, DATA, run_dir, overrides=[f"train.time_budget_min={args.budget}", *args.set],
-                          overwrite=True, verbose=2)
-    train_s = time.perf_counter() - start
+    out = RESULTS / f"msd-hippocampus{'-' + args.variant if args.variant else ''}.json"
+    earlier = json.loads(out.read_text()) if args.score_only and out.is_file() else {}
+    if args.score_only:
+        train_s, result = earlier.get("train_wall_s", 0.0), None
+    else:
+        start = time.perf_counter()
+        result = msunet.train(None, DATA, run_dir, overrides=[f"train.time_budget_min={args.budget}", *args.set],
+                              overwrite=True, verbose=2)
+        train_s = time.perf_counter() - start
     state = json.loads((run_dir / "state" / "state.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
-    started = time.perf_counter()
-    evaluation = msunet.evaluate(run_dir, DATA, WORK / (f"eval-{args.variant}" if args.variant else "eval"),
-                                 split="test", tta=args.tta)
-    eval_s = time.perf_counter() - started
-    per = evaluation.summary["per_class_and_scale"]
-    dice = {cls: per[f"scale1/class{cls}"]["dice_mean"] for cls in (1, 2)}
+    scores = {}
+    for engine in ("auto", "keras"):  # what `msunet evaluate` uses by default (the run's int8 bundle), and Keras
+        started = time.perf_counter()
+        evaluation = msunet.evaluate(run_dir, DATA, WORK / f"eval{'-' + args.variant if args.variant else ''}-{engine}",
+                                     split="test", tta=args.tta, engine=engine)
+        per = evaluation.summary["per_class_and_scale"]
+        scores[engine] = {"dice": {cls: per[f"scale1/class{cls}"]["dice_mean"] for cls in (1, 2)}, "per": per,
+                          "seconds": time.perf_counter() - started, "engine": evaluation.summary.get("engine")}
+    per, eval_s, dice = scores["auto"]["per"], scores["auto"]["seconds"], scores["auto"]["dice"]
     record = {
         "dataset": "msd-hippocampus", "date": datetime.date.today().isoformat(), "machine": machine.describe(),
         "keras_backend": __import__("keras").backend.backend(),
         "budget_min": args.budget, "overrides": args.set, "tta": args.tta,
-        "train_wall_s": train_s, "steps_done": state.get("steps_done"), "epochs_done": result.epochs_done,
+        "train_wall_s": train_s, "steps_done": state.get("steps_done"),
+        "epochs_done": result.epochs_done if result else earlier.get("epochs_done"),
         "s_per_step_from_call": train_s / max(1, state.get("steps_done") or 1),
         "planned_s_per_step": config["sources"].get("train.steps_per_epoch", {}).get("expected_s_per_step"),
         "plan": {k: v.get("value") for k, v in config["sources"].items() if v.get("source") in ("data", "device")},
-        "best_val_dice": result.best_dice,
+        "best_val_dice": result.best_dice if result else earlier.get("best_val_dice"),
         "test_volumes": evaluation.summary["images"],
         "test_dice_anterior": dice[1], "test_dice_posterior": dice[2], "test_dice_mean": (dice[1] + dice[2]) / 2,
         "test_hd95_mm": {cls: per[f"scale1/class{cls}"].get("hd95_mean") for cls in (1, 2)},
-        "per_class_and_scale": per, "evaluate_s": eval_s,
+        "per_class_and_scale": per, "evaluate_s": eval_s, "engine": scores["auto"]["engine"],
+        "keras": {"test_dice_anterior": scores["keras"]["dice"][1], "test_dice_posterior": scores["keras"]["dice"][2],
+                  "test_dice_mean": (scores["keras"]["dice"][1] + scores["keras"]["dice"][2]) / 2,
+                  "evaluate_s": scores["keras"]["seconds"]},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"msd-hippocampus{'-' + args.variant if args.variant else ''}.json"
     out.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    print(f"test Dice anterior {dice[1]:.4f} posterior {dice[2]:.4f} mean {record['test_dice_mean']:.4f} "
-          f"({record['steps_done']} steps in {train_s:.0f} s); wrote {out}")
+    print(f"test Dice anterior {dice[1]:.4f} posterior {dice[2]:.4f} mean {record['test_dice_mean']:.4f} with "
+          f"{record['engine']}; Keras {record['keras']['test_dice_mean']:.4f} ({record['steps_done']} steps in "
+          f"{train_s:.0f} s); wrote {out}")
     return 0
 
 

@@ -207,3 +207,26 @@ def test_thick_slices_are_planned_as_a_2d_model_on_slices_trained_predicted_and_
     np.testing.assert_allclose(coarse.affine, scaled_affine(source.affine, (1, 2, 2)))
     result = msunet.evaluate(run, data, tmp_path / "eval", engine="keras")
     assert result.summary["distance_unit"] == "mm" and {r["scale"] for r in result.rows} == {1, 2}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rotated_zoomed_volume_patches_keep_image_and_labels_aligned(seed):
+    from scipy import ndimage
+
+    from msunet.config import DataConfig
+    from msunet.data.samples import IGNORE, Sample, sample_patch
+
+    zz, yy, xx = np.mgrid[0:24, 0:30, 0:28]
+    labels = ((zz // 6 + yy // 5 + xx // 5) % 2).astype(np.int16)  # a 3-D checkerboard shows misalignment
+    image = (labels * 0.8 + 0.1).astype(np.float32)[..., None]
+    sample = Sample("v", image, labels, np.argwhere(labels > 0).astype(np.int32))
+    cfg = DataConfig(normalization="unit", rotate=30, scale=0.3, brightness=0, contrast=0, gamma=0,
+                     flip=False, rot90=False)
+    patch, mask = sample_patch(sample, 16, cfg, np.random.default_rng(seed))
+    assert patch.shape == (16, 16, 16, 1) and mask.shape == (16, 16, 16)
+    assert set(np.unique(mask).tolist()) <= {IGNORE, 0, 1}
+    interior = ndimage.binary_erosion(mask == 1) | ndimage.binary_erosion(mask == 0)
+    assert interior.sum() > 100
+    assert ((patch[..., 0] > 0.5) == (mask == 1))[interior].mean() > 0.99
+    unwarped, _ = sample_patch(sample, 16, cfg.replace(rotate=0, scale=0), np.random.default_rng(seed))
+    assert not np.allclose(patch, unwarped)  # the warp did something

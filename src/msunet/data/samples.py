@@ -170,10 +170,16 @@ VOLUME_FLIP_AXES = {True: (0, 1, 2), "vertical": (1,), "horizontal": (2,)}  # da
 
 def _sample_volume_patch(sample: Sample, size: int, cfg: DataConfig, rng: np.random.Generator,
                          augment: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A cube of a volume: centred on a foreground voxel (`foreground_oversample`) or anywhere; flips on
-    every axis, in-plane quarter turns and the intensity changes."""
-    corner = [int(round(c - size / 2)) for c in _patch_centre(sample, size, cfg, rng)]
-    image, mask = crop_nd(sample.image, sample.mask, corner, (size,) * 3)
+    """A cube of a volume: centred on a foreground voxel (`foreground_oversample`) or anywhere; rotation
+    about the z axis (in-plane, which suits thick slices too) and zoom (`data.rotate`, `data.scale`), flips
+    on every axis, in-plane quarter turns and the intensity changes."""
+    centre = _patch_centre(sample, size, cfg, rng)
+    angle = math.radians(rng.uniform(-cfg.rotate, cfg.rotate)) if augment and cfg.rotate > 0 else 0.0
+    zoom = float(np.exp(rng.uniform(math.log(1 - cfg.scale), math.log(1 + cfg.scale)))) if augment and cfg.scale > 0 else 1.0
+    if angle == 0.0 and zoom == 1.0:
+        image, mask = crop_nd(sample.image, sample.mask, [int(round(c - size / 2)) for c in centre], (size,) * 3)
+    else:
+        image, mask = _warp_volume(sample.image, sample.mask, centre, size, angle, zoom)
     image *= _unit_scale(sample.image.dtype)
     if augment:
         if cfg.flip:
@@ -228,6 +234,22 @@ def _warp(image, mask, cy, cx, size, angle, zoom):
         [ndimage.map_coordinates(sub_image[..., c], coords, order=1, mode="constant", cval=0.0) for c in range(image.shape[-1])],
         axis=-1,
     )
+    return out_image, out_mask
+
+
+def _warp_volume(image, mask, centre, size, angle, zoom):
+    """A (size,)*3 cube around `centre`, rotated by `angle` about the z axis and zoomed by `zoom`: one
+    mapping from cube to volume coordinates, the image linear, the mask nearest (IGNORE outside)."""
+    reach = int(math.ceil(size * zoom * 0.75)) + 2
+    corner = [int(c) - reach for c in centre]
+    sub_image, sub_mask = crop_nd(image, mask, corner, (2 * reach,) * 3)
+    zz, yy, xx = np.mgrid[0:size, 0:size, 0:size].astype(np.float32) - (size - 1) / 2
+    cos, sin = math.cos(angle) * zoom, math.sin(angle) * zoom
+    coords = np.stack([zz * zoom + (centre[0] - corner[0]), cos * yy - sin * xx + (centre[1] - corner[1]),
+                       sin * yy + cos * xx + (centre[2] - corner[2])])
+    out_mask = ndimage.map_coordinates(sub_mask, coords, order=0, mode="constant", cval=IGNORE).astype(np.int16)
+    out_image = np.stack([ndimage.map_coordinates(sub_image[..., c], coords, order=1, mode="constant", cval=0.0)
+                          for c in range(image.shape[-1])], axis=-1)
     return out_image, out_mask
 
 

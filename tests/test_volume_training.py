@@ -230,3 +230,40 @@ def test_rotated_zoomed_volume_patches_keep_image_and_labels_aligned(seed):
     assert ((patch[..., 0] > 0.5) == (mask == 1))[interior].mean() > 0.99
     unwarped, _ = sample_patch(sample, 16, cfg.replace(rotate=0, scale=0), np.random.default_rng(seed))
     assert not np.allclose(patch, unwarped)  # the warp did something
+
+
+def test_a_large_volume_is_streamed_from_its_file_with_the_same_outputs(volumes, tmp_path, monkeypatch):
+    """Volumes over STREAM_VOXELS are read slab by slab (NIfTI, .npy) and normalised window by window
+    with the whole volume's statistics: the masks equal those of the in-memory path (probabilities
+    within 1e-4: the same float32 network on the same windows, statistics summed in another order)."""
+    from msunet.data.volumes import read_volume
+    from msunet.runtime import volumes as runtime_volumes
+
+    run = tmp_path / "run"
+    msunet.train(None, volumes, run, overrides=[*TINY, "train.epochs=1"], verbose=0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(volumes / "images" / "vol_003.nii.gz", inputs / "vol_003.nii.gz")
+    np.save(inputs / "vol_004.npy", read_volume(volumes / "images" / "vol_004.nii.gz").array[..., 0])
+    whole = msunet.predict(run, inputs, tmp_path / "whole", engine="keras", probabilities=True)
+    calls = []
+    real = runtime_volumes.LazyVolume.slab
+    monkeypatch.setattr(runtime_volumes, "STREAM_VOXELS", 1000)
+    monkeypatch.setattr(runtime_volumes.LazyVolume, "slab", lambda self, a, b: calls.append((a, b)) or real(self, a, b))
+    streamed = msunet.predict(run, inputs, tmp_path / "streamed", engine="keras", probabilities=True)
+    assert len(whole.written) == len(streamed.written) and not streamed.failed and calls
+    assert max(b - a for a, b in calls) <= 16  # never more than a window's slices (or a statistics slab) at once
+    for name in ("vol_003.nii.gz", "vol_003_s2.nii.gz", "vol_004.nii.gz", "vol_004_s2.nii.gz"):
+        a, b = (np.asarray(nibabel.load(str(tmp_path / d / name)).dataobj) for d in ("whole", "streamed"))
+        assert a.shape == b.shape and (a == b).mean() > 0.999, name
+    for name in ("vol_003_prob.nii.gz",):
+        a, b = (np.asarray(nibabel.load(str(tmp_path / d / name)).dataobj) for d in ("whole", "streamed"))
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    # A .nii.gz cut short is found when its slabs are read: reported with the file, nothing half-written.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    raw = (volumes / "images" / "vol_005.nii.gz").read_bytes()
+    (broken / "cut.nii.gz").write_bytes(raw[: len(raw) * 2 // 3])
+    summary = msunet.predict(run, broken, tmp_path / "out-broken", engine="keras")
+    assert len(summary.failed) == 1 and "truncated" in summary.failed[0][1]
+    assert not any((tmp_path / "out-broken").glob("cut*"))

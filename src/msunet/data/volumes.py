@@ -111,6 +111,95 @@ def read_volume(path: str | os.PathLike, *, mask: bool = False, max_voxels: int 
     return Volume(array, spacing, affine, header)
 
 
+class LazyVolume:
+    """A volume file read slab by slab, for volumes too large to hold (`msunet predict` streams them):
+    `shape` (D, H, W, C) and NumPy slicing in msunet's (z, y, x) order, float32 out. The slab last read
+    (whole slices) is kept, so the windows at one depth read the file once (a `.nii.gz` reads forward
+    only). Read errors are `VolumeReadError`s naming the file."""
+
+    ndim = 4
+
+    def __init__(self, path: pathlib.Path, shape: tuple[int, ...], read_slab):
+        self.path, self.shape, self._read = path, tuple(int(n) for n in shape), read_slab
+        self._slab: tuple[int, int, np.ndarray | None] = (0, 0, None)
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        low, high, data = self._slab
+        if data is None or start < low or stop > high:
+            try:
+                data = np.asarray(self._read(start, stop), np.float32)
+            except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as err:
+                raise VolumeReadError(f"{self.path}: the file is truncated or damaged at slices {start}..{stop} "
+                                      f"({decoder_reason(err, self.path)}); copy it again.") from err
+            low, high = start, stop
+            self._slab = (low, high, data)
+        return data[start - low : stop - low]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        first = key[0]
+        if isinstance(first, (int, np.integer)):
+            return self.slab(int(first), int(first) + 1)[(0, *key[1:])]
+        start, stop, step = first.indices(self.shape[0])
+        return self.slab(start, stop)[(slice(None, None, step), *key[1:])]
+
+
+def open_volume_lazy(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS
+                     ) -> tuple[LazyVolume, Volume] | None:
+    """(a `LazyVolume` over the file, its `Volume` without voxels: spacing, affine, header) for NIfTI and
+    `.npy`, reading only the header now; None for TIFF stacks (read whole) and what cannot be opened so
+    (`read_volume` then reports it)."""
+    path = pathlib.Path(path)
+    suffix = volume_suffix(path)
+    try:
+        if suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.ndim not in (3, 4):
+                return None
+            _check_size(path, array.shape, max_voxels)
+            shape = (*array.shape, 1) if array.ndim == 3 else array.shape
+            read = (lambda a, b: array[a:b, ..., None]) if array.ndim == 3 else (lambda a, b: array[a:b])
+            return LazyVolume(path, shape, read), Volume(np.zeros((0,), np.float32))
+        if suffix not in (".nii", ".nii.gz"):
+            return None
+        import nibabel
+
+        image = nibabel.load(str(path))
+        if len(image.shape) not in (3, 4):
+            return None
+        _check_size(path, image.shape, max_voxels)
+        proxy = image.dataobj
+        x, y, z = image.shape[:3]
+        channels = image.shape[3] if len(image.shape) == 4 else 1
+        order = (2, 1, 0, 3) if len(image.shape) == 4 else (2, 1, 0)
+
+        def read(start, stop):
+            data = np.transpose(np.asanyarray(proxy[:, :, start:stop]), order)
+            return data if data.ndim == 4 else data[..., None]
+
+        zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
+        spacing = tuple(reversed(zooms)) if all(v > 0 for v in zooms) else None
+        meta = Volume(np.zeros((0,), np.float32), spacing, np.asarray(image.affine, np.float64), image.header.copy())
+        return LazyVolume(path, (z, y, x, channels), read), meta
+    except VolumeReadError:
+        raise
+    except Exception:  # noqa: BLE001 - read_volume gives the reason
+        return None
+
+
+def volume_moments(volume, slab: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over every voxel of a (D, H, W, C) array or `LazyVolume`,
+    read `slab` slices at a time (float64 sums): `standardize_volume`'s statistics out of core."""
+    total = squares = 0.0
+    for start in range(0, volume.shape[0], slab):
+        x = np.asarray(volume[start : start + slab], np.float64).reshape(-1, volume.shape[-1])
+        total = total + x.sum(0)
+        squares = squares + np.einsum("ij,ij->j", x, x)
+    count = int(np.prod(volume.shape[:-1]))
+    mean = total / count
+    return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 0.0)).astype(np.float32)
+
+
 def _check_size(path: pathlib.Path, shape, max_voxels: int) -> None:
     voxels = int(np.prod(shape[:3])) if len(shape) >= 3 else 0
     if voxels > max_voxels:
@@ -195,7 +284,7 @@ def _as_volume(path: pathlib.Path, array: np.ndarray, mask: bool) -> np.ndarray:
 
 def resampled_shape(shape, spacing, target_spacing) -> tuple[int, int, int]:
     """(D, H, W) of a volume of `shape` at `spacing` once resampled to `target_spacing` (z, y, x mm)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape[:3], spacing, target_spacing))
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape[:3], spacing, target_spacing))
 
 
 def in_plane_target(spacing, target_spacing):

@@ -1,3 +1,5 @@
+import pathlib
+
 import numpy as np
 
 from helpers import tiny_config
@@ -161,3 +163,25 @@ def test_tta_uses_only_the_flips_the_model_was_trained_with(loaded_run):
 
     assert tta_mode(True, "horizontal") == "horizontal" and tta_mode(True, True) is True
     assert tta_mode(True, False) is True and tta_mode(False, "horizontal") is False
+
+
+def test_every_input_of_a_folder_with_rot_is_accounted_for(loaded_run, tmp_path):
+    """The new user's folder of 7 (issue 29): 2 good images, a grayscale and a 16-bit image for an RGB
+    model, a truncated JPEG, a zero-byte PNG and a dangling link: 2 written, 5 failed with reasons."""
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    write_png(folder / "a.png", (rng.random((40, 50, 3)) * 255).astype(np.uint8))
+    write_png(folder / "b.png", (rng.random((30, 40, 3)) * 255).astype(np.uint8))
+    write_png(folder / "gray.png", (rng.random((30, 40)) * 255).astype(np.uint8))
+    write_png(folder / "deep.png", (rng.random((30, 40)) * 65535).astype(np.uint16))
+    from PIL import Image
+    Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "full.jpg")
+    (folder / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    summary = predict(loaded_run, folder, tmp_path / "out")
+    written = {p.name.split(".")[0].split("_")[0] for p in summary.written}
+    failed = {pathlib.Path(p).name: reason for p, reason in summary.failed}
+    assert written == {"a", "b"} and set(failed) == {"gray.png", "deep.png", "cut.jpg", "empty.png", "gone.png"}
+    assert "broken link" in failed["gone.png"] and "nowhere.png" in failed["gone.png"]
+    assert len(written) + len(failed) + len(summary.existing) + len(summary.ignored) == 7

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from msunet.data.geo import GeoReference, read_georeference
 from msunet.data.imageio import ImageReadError, is_image_file, open_image_lazy, write_png
 from msunet.data.preprocessing import (
     Normalization,
@@ -76,21 +77,27 @@ class PredictSummary:
 
 
 def list_inputs(inputs: str | os.PathLike) -> list[pathlib.Path]:
-    """The files to predict: a file, every file of a folder, or the files a glob pattern matches ("scans/*.tif")."""
+    """The files to predict: a file, every file of a folder, or the files a glob pattern matches ("scans/*.tif").
+    Broken links are kept: they are reported as failed files, so that the summary accounts for every input."""
     path = pathlib.Path(inputs)
     if not path.exists() and glob.has_magic(str(inputs)):
-        files = sorted(pathlib.Path(p) for p in glob.glob(str(inputs), recursive=True) if os.path.isfile(p))
+        files = sorted(pathlib.Path(p) for p in glob.glob(str(inputs), recursive=True)
+                       if os.path.isfile(p) or _broken_link(p))
         if not files:
             raise FileNotFoundError(f"{inputs}: the pattern matches no file; check the folder and the extension.")
         return files
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if (p.is_file() or _broken_link(p)) and not p.name.startswith("."))
         if not files:
             raise FileNotFoundError(f"{path}: the folder is empty; pass an image file or a folder of images.")
         return files
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder.")
     return [path]
+
+
+def _broken_link(path) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def output_stems(files: Sequence[pathlib.Path]) -> dict[pathlib.Path, str]:
@@ -104,8 +111,9 @@ def output_stems(files: Sequence[pathlib.Path]) -> dict[pathlib.Path, str]:
 
 
 def output_paths(out_dir: pathlib.Path, stem: str, heads: Sequence[str], streamed: bool,
-                 probabilities: bool) -> dict[str, pathlib.Path]:
-    return head_paths(out_dir, stem, heads, ".tif" if streamed else ".png", ".tif" if probabilities else None)
+                 probabilities: bool, geo: bool = False) -> dict[str, pathlib.Path]:
+    """PNG masks; tiled TIFF for streamed images, GeoTIFF for georeferenced ones; TIFF probabilities."""
+    return head_paths(out_dir, stem, heads, ".tif" if streamed or geo else ".png", ".tif" if probabilities else None)
 
 
 @dataclasses.dataclass
@@ -145,6 +153,9 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
     outcome with the reason (the path is the outcome's). The step `predict_files` and the Ray actors
     (`msunet.distributed.ray_predict`) share.
     """
+    if _broken_link(path):
+        return FileOutcome(path, "failed", reason=f"a broken link (its target {os.readlink(path)} does not exist); "
+                                                  "fix or remove the link")
     if engine.takes_volumes or is_volume_only(path):
         return _predict_volume_file(engine, fn, path, stem, job, progress)
     if not is_image_file(path):
@@ -154,14 +165,16 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
         source = open_image_lazy(path, max(engine.max_pixels, 2**34))
         height, width, channels = source.shape
         streamed = height * width > STREAM_PIXELS
-        paths, outputs = pending_outputs(output_paths(job.out, stem, job.heads, streamed, options.probabilities),
+        geo = read_georeference(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        paths, outputs = pending_outputs(output_paths(job.out, stem, job.heads, streamed, options.probabilities,
+                                                      geo is not None),
                                          options)
         if not paths:
             return FileOutcome(path, "existing", outputs=outputs)
         if channels != engine.in_channels:
             raise ValueError(f"{channels} channel(s), but the model takes {engine.in_channels}; "
                              "convert the image or use a model trained on such images")
-        written = _predict_one(path, source, engine, fn, job, paths, streamed, progress)
+        written = _predict_one(path, source, engine, fn, job, paths, streamed, progress, geo)
         return FileOutcome(path, "written", written, megapixels=height * width / 1e6, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
         return _failed(path, err)
@@ -238,7 +251,8 @@ def predict_image(engine: Engine, fn, source, heads: Sequence[str], tile_size: i
     return results
 
 
-def _predict_one(path, source, engine: Engine, fn, job: FileJob, paths, streamed, progress) -> list[pathlib.Path]:
+def _predict_one(path, source, engine: Engine, fn, job: FileJob, paths, streamed, progress,
+                 geo: GeoReference | None = None) -> list[pathlib.Path]:
     workdir = tempfile.mkdtemp(prefix="msunet-predict-") if streamed else None
     heads, threshold, options = job.heads, job.threshold, job.options
     try:
@@ -250,14 +264,15 @@ def _predict_one(path, source, engine: Engine, fn, job: FileJob, paths, streamed
         written = []
         for head in heads:  # `paths` holds only the outputs still to write
             probs = results[head]
+            tags = geo.scaled(head_scale(head)).extratags() if geo else None  # the head's own pixel size
             if head in paths:
-                if streamed:
-                    stream_mask_tiff(paths[head], probs, threshold)
+                if streamed or geo:
+                    stream_mask_tiff(paths[head], probs, threshold, tags)
                 else:
                     write_png(paths[head], probabilities_to_mask(np.asarray(probs), threshold), palette=palette)
                 written.append(paths[head])
             if f"{head}:prob" in paths:
-                write_probabilities(paths[f"{head}:prob"], probs)
+                write_probabilities(paths[f"{head}:prob"], probs, tags)
                 written.append(paths[f"{head}:prob"])
         if "overlay" in paths:
             side = STREAMED_OVERLAY_MAX_SIDE if streamed else OVERLAY_MAX_SIDE

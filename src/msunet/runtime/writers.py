@@ -104,23 +104,26 @@ def _tiles(reader, transform, dtype, tile: int = 256):
             yield block
 
 
-def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: int | None) -> None:
-    """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF, atomically."""
+def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: int | None,
+                      extratags: list | None = None) -> None:
+    """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF, atomically
+    (`extratags`: e.g. a GeoTIFF's georeference, `msunet.data.geo`)."""
     height, width = reader.shape[:2]
     shape = (height, width) if channels is None else (height, width, channels)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, _tiles(_band_view(reader), transform, dtype), shape=shape, dtype=dtype,
-                         tile=(256, 256), compression="zlib")
+                         tile=(256, 256), compression="zlib", extratags=extratags or ())
 
 
-def stream_mask_tiff(path: pathlib.Path, probs, threshold: float) -> None:
+def stream_mask_tiff(path: pathlib.Path, probs, threshold: float, extratags: list | None = None) -> None:
     """Writes the mask of a (memory-mapped) probability map as a tiled TIFF, band by band."""
-    _write_tiled_tiff(path, probs, lambda band: probabilities_to_mask(band, threshold), np.uint8, None)
+    _write_tiled_tiff(path, probs, lambda band: probabilities_to_mask(band, threshold), np.uint8, None, extratags)
 
 
-def write_probabilities(path: pathlib.Path, probs) -> None:
-    if isinstance(probs, np.memmap):
-        _write_tiled_tiff(path, probs, lambda band: band, np.float32, probs.shape[-1])
+def write_probabilities(path: pathlib.Path, probs, extratags: list | None = None) -> None:
+    if isinstance(probs, np.memmap) or extratags:
+        _write_tiled_tiff(path, probs, lambda band: np.asarray(band, np.float32), np.float32, probs.shape[-1],
+                          extratags)
     else:
         write_tiff(path, np.asarray(probs, np.float32))
 

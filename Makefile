@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.msunet-installed
-EXTRAS ?= train,export,geo,test
+EXTRAS ?= train,export,geo,omezarr,test
 # Tests run in this many processes (pytest-xdist): on 2 cores the suite takes ~9.5 min instead of ~17.
 TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2

@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     from msunet import machine
 
     run_dir = WORK / (f"run-{args.variant}" if args.variant else "run")
-    out = RESULTS / f"msd-hippocampus{'-' + args.variant if args.variant else ''}.json"
-    earlier = json.loads(out.read_text()) if args.score_only and out.is_file() else {}
+    trained = RESULTS / f"msd-hippocampus{'-' + args.variant if args.variant else ''}.json"
+    out = trained.with_name(trained.stem + "-tta.json") if args.tta else trained
+    earlier = json.loads(trained.read_text()) if args.score_only and trained.is_file() else {}
     if args.score_only:
         train_s, result = earlier.get("train_wall_s", 0.0), None
     else:
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     scores = {}
     for engine in ("auto", "keras"):  # what `msunet evaluate` uses by default (the run's int8 bundle), and Keras
         started = time.perf_counter()
-        evaluation = msunet.evaluate(run_dir, DATA, WORK / f"eval{'-' + args.variant if args.variant else ''}-{engine}",
+        evaluation = msunet.evaluate(run_dir, DATA, WORK / (f"eval{'-' + args.variant if args.variant else ''}-{engine}"
+                                                            f"{'-tta' if args.tta else ''}"),
                                      split="test", tta=args.tta, engine=engine)
         per = evaluation.summary["per_class_and_scale"]
         scores[engine] = {"dice": {cls: per[f"scale1/class{cls}"]["dice_mean"] for cls in (1, 2)}, "per": per,
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     per, eval_s, dice = scores["auto"]["per"], scores["auto"]["seconds"], scores["auto"]["dice"]
     record = {
         "dataset": "msd-hippocampus", "date": datetime.date.today().isoformat(), "machine": machine.describe(),
-        "keras_backend": __import__("keras").backend.backend(),
+        "keras_backend": earlier.get("keras_backend") or __import__("keras").backend.backend(),  # trained with
+        "scored_with_backend": __import__("keras").backend.backend(),
         "budget_min": args.budget, "overrides": args.set, "tta": args.tta,
         "train_wall_s": train_s, "steps_done": state.get("steps_done"),
         "epochs_done": result.epochs_done if result else earlier.get("epochs_done"),

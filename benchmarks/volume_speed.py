@@ -12,7 +12,9 @@ head trained. Contenders, alternated round by round (the machine is shared and n
   classic U-Net, whose depth is fixed at 4 (one level more than the plan). MONAI's `UNet` is left out: its
   blocks are one strided conv a level, a much smaller network than a U-Net of these widths;
 - inference: a 35x50x36 volume (the median) in 40^3 windows with 50% overlap and Gaussian blending:
-  `msunet.runtime.tiling.predict_tiled` over the Keras model vs `monai.inferers.sliding_window_inference`.
+  `msunet.runtime.tiling.predict_tiled` over the Keras model, and over the same model's ONNX bundles
+  (`msunet_bundle_float32`, `msunet_bundle_int8` on ONNX Runtime: what `msunet predict` runs; inference
+  only), vs `monai.inferers.sliding_window_inference`.
 
 Writes `benchmarks/results/volumes/speed.json` (voxels/s medians, ratios, the CPU model and flags).
 Run it alone on the machine.
@@ -72,7 +74,33 @@ def msunet_contender():
     def infer():
         predict_tiled(fn, volume, PATCH, 0.5, BATCH, scales={"mask": 1})
 
-    return train, infer, model.count_params(), heads, keras
+    return train, infer, model.count_params(), heads, keras, (model, run, fn)
+
+
+def bundle_contenders(model, run) -> dict:
+    """Inference over the Keras model's float32 and int8 ONNX bundles (ONNX Runtime), the same windows."""
+    import tempfile
+
+    from msunet.data.preprocessing import Normalization
+    from msunet.exporting.bundle import export
+    from msunet.runtime import Predictor
+    from msunet.runtime.engine import batch_function
+    from msunet.runtime.tiling import predict_tiled
+    from msunet.training.run_folder import LoadedRun
+
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="msunet-volume-speed-"))
+    rng = np.random.default_rng(1)
+    (folder / "run").mkdir()
+    np.savez(folder / "run" / "calibration.npz",
+             patches=rng.standard_normal((16, PATCH, PATCH, PATCH, 1)).astype(np.float16))
+    loaded = LoadedRun(model, run, Normalization("volume"), folder / "run")
+    volume = rng.standard_normal((*VOLUME, 1)).astype(np.float32)
+    out = {}
+    for name, int8 in (("msunet_bundle_float32", False), ("msunet_bundle_int8", True)):
+        predictor = Predictor(export(loaded, folder / name, int8=int8), engine="onnxruntime", check=False)
+        fn = batch_function(lambda b, p=predictor: p.predict_batch(b, ["mask"]), BATCH)
+        out[name] = (None, lambda fn=fn: predict_tiled(fn, volume, PATCH, 0.5, BATCH, scales={"mask": 1}))
+    return out
 
 
 def torch_unet3d():
@@ -155,23 +183,28 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rounds, steps = (1, 1) if args.smoke else (args.rounds, args.steps)
     contenders = {}
-    train, infer, params, heads, keras = msunet_contender()
+    train, infer, params, heads, keras, (model, run, _) = msunet_contender()
     contenders["msunet"] = (train, infer)
     skipped = {}
+    if importlib.util.find_spec("tf2onnx") is not None and importlib.util.find_spec("onnxruntime") is not None:
+        contenders.update(bundle_contenders(model, run))
+    else:
+        skipped["msunet_bundle_float32"] = skipped["msunet_bundle_int8"] = "tf2onnx / onnxruntime are not installed"
     if importlib.util.find_spec("monai") is not None and importlib.util.find_spec("torch") is not None:
         contenders["torch_unet3d"] = torch_contender(torch_unet3d())
         contenders["monai_basicunet"] = torch_contender(monai_basicunet())
     else:
         skipped["torch_unet3d"] = skipped["monai_basicunet"] = "torch / monai are not installed (make bench-env)"
     for train_fn, infer_fn in contenders.values():  # warm-up: tracing, allocator
-        train_fn()
+        if train_fn:
+            train_fn()
         infer_fn()
     times = {name: {"train": [], "infer": []} for name in contenders}
     for round_ in range(rounds):
         order = list(contenders)[round_ % len(contenders):] + list(contenders)[: round_ % len(contenders)]
         for name in order:
             train_fn, infer_fn = contenders[name]
-            for _ in range(steps):
+            for _ in range(steps if train_fn else 0):
                 start = time.perf_counter()
                 train_fn()
                 times[name]["train"].append(time.perf_counter() - start)
@@ -179,15 +212,21 @@ def main(argv=None) -> int:
             infer_fn()
             times[name]["infer"].append(time.perf_counter() - start)
     voxels_step, voxels_volume = BATCH * PATCH**3, int(np.prod(VOLUME))
-    result = {name: {"train_s_per_step": statistics.median(t["train"]), "infer_s_per_volume": statistics.median(t["infer"]),
-                     "train_voxels_per_s": voxels_step / statistics.median(t["train"]),
-                     "infer_voxels_per_s": voxels_volume / statistics.median(t["infer"])} for name, t in times.items()}
+    result = {name: {"infer_s_per_volume": statistics.median(t["infer"]),
+                     "infer_voxels_per_s": voxels_volume / statistics.median(t["infer"]),
+                     **({"train_s_per_step": statistics.median(t["train"]),
+                         "train_voxels_per_s": voxels_step / statistics.median(t["train"])} if t["train"] else {})}
+              for name, t in times.items()}
     ratios = {}
     for peer in ("torch_unet3d", "monai_basicunet"):
         if peer in result:
             for kind in ("train", "infer"):
                 ratios[f"{kind}: msunet / {peer} (voxels/s)"] = (result["msunet"][f"{kind}_voxels_per_s"]
                                                                  / result[peer][f"{kind}_voxels_per_s"])
+            for bundle in ("msunet_bundle_float32", "msunet_bundle_int8"):
+                if bundle in result:
+                    ratios[f"infer: {bundle} / {peer} (voxels/s)"] = (result[bundle]["infer_voxels_per_s"]
+                                                                      / result[peer]["infer_voxels_per_s"])
     record = {"date": datetime.date.today().isoformat(), "cpu": cpu_model_and_flags(), "cores": os.cpu_count(),
               "keras": keras.__version__, "backend": keras.backend.backend(), "rounds": rounds, "steps": steps,
               "shape": {"patch": PATCH, "batch": BATCH, "classes": CLASSES, "filters": FILTERS, "depth": DEPTH,

@@ -33,6 +33,8 @@ def test_volume_speed_harness_smoke(tmp_path):
     assert data["results"]["msunet"]["train_voxels_per_s"] > 0 and data["results"]["msunet"]["infer_voxels_per_s"] > 0
     assert data["shape"]["msunet_heads"] == ["mask", "mask_s2", "mask_s4"]
     assert "monai_basicunet" in data["results"] or "monai_basicunet" in data["skipped"]
+    for bundle in ("msunet_bundle_float32", "msunet_bundle_int8"):  # make venv installs the exporter
+        assert data["results"][bundle]["infer_voxels_per_s"] > 0 and "train_voxels_per_s" not in data["results"][bundle]
 
 
 def test_train_profile_harness_puts_the_op_time_in_families(tmp_path):

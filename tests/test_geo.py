@@ -58,7 +58,7 @@ def test_pixel_is_point_and_transformation_matrices_map_each_coarse_pixel_onto_i
     geo = GeoReference({PIXEL_SCALE: (2.0, 2.0, 0.0), TIEPOINT: (0, 0, 0, 100.0, 200.0, 0), KEY_DIRECTORY: point_keys})
     assert geo.pixel_is_point
     coarse = geo.scaled(4)
-    i, j, _, x, y, _ = coarse.tags[TIEPOINT]
+    i, _, _, x, _, _ = coarse.tags[TIEPOINT]
     # the centre of coarse pixel 0 is the centre of fine pixels 0..3 (fine raster 1.5); coarse 3: fine 13.5
     fine_x = lambda u: 100.0 + 2.0 * u  # noqa: E731 - fine raster -> model
     coarse_x = lambda u: x + coarse.tags[PIXEL_SCALE][0] * (u - i)  # noqa: E731

@@ -7,9 +7,9 @@ import shutil
 import nibabel
 import numpy as np
 import pytest
+from helpers import shared_dataset
 
 import msunet
-from helpers import shared_dataset
 from msunet.data.synthetic import make_volume_dataset
 from msunet.data.volumes import Volume, scaled_affine, write_volume
 from msunet.models import load_model
@@ -33,7 +33,7 @@ def test_a_folder_of_volumes_is_planned_as_3d(volumes):
     assert config.data.patch_size == 24  # the median's middle side (18) rounded up to a multiple of 8
     assert config.model.depth == 2  # 24 / 2**2 = 6 voxels at the bottleneck (>= 4)
     assert config.model.inplane_levels == 1 and "3.0x thicker" in sources["model.inplane_levels"]["why"]
-    assert config.data.rotate == 0 and "2-D only" in sources["data.rotate"]["why"]
+    assert config.data.rotate == 0 and "20 CPU minutes" in sources["data.rotate"]["why"]
     assert (config.model.filters, config.train.batch_size) == (16, 2)  # a CPU: where the probe starts
     assert config.model.norm == "group" and "moving statistics" in sources["model.norm"]["why"]
     from msunet.plan.volumes import keras_backend
@@ -135,7 +135,7 @@ def test_augmented_patches_of_a_z_scored_volume_keep_their_negative_values():
     image = standardize_volume(rng.normal(100.0, 20.0, (16, 16, 16, 1)).astype(np.float32))
     sample = Sample("v", image, np.zeros((16, 16, 16), np.int16), np.zeros((0, 3)))
     cfg = DataConfig(normalization="volume", gamma=0.5, brightness=0.0, contrast=0.0, flip=False, rot90=False,
-                     foreground_oversample=0.0)
+                     rotate=0, scale=0, foreground_oversample=0.0)
     for seed in range(5):
         patch, _ = sample_patch(sample, 16, cfg, np.random.default_rng(seed))
         assert 0.35 < (patch < 0).mean() < 0.65  # z-scored: about half below the mean, as at inference

@@ -140,7 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scales = tuple(s.strip() for s in args.scales.split(",")) if args.scales else None
     options = PredictOptions(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, tta=args.tta,
                              threshold=args.threshold, scales=scales, probabilities=args.probabilities,
-                             overlay_images=not args.no_overlay, overwrite=args.overwrite)
+                             overlay_images=not args.no_overlay, overwrite=args.overwrite, output_format=args.format)
     files = list_inputs(args.input)
     if ray:  # an actor pool on Ray Data; the engine is chosen once here and opened in each actor
         from msunet.distributed.ray_predict import predict_ray
@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", help="heads to write, e.g. mask,mask_s2 (default: all)")
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
     p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
+    p.add_argument("--format", choices=("auto", "ome-zarr"), default="auto",
+                   help="auto (default): PNG masks (tiled TIFF for huge images, GeoTIFF for georeferenced ones, NIfTI "
+                        "for volumes); ome-zarr: one OME-Zarr store per image with every scale as a label level "
+                        "(msunet[omezarr])")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--engine", choices=("auto", "keras", "int8", "onnxruntime", "openvino", "litert", "ray"), default="auto",
                    help="auto (default): a run folder predicts with its int8 bundle on ONNX Runtime (RUN/bundle-int8, "

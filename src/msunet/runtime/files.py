@@ -38,6 +38,7 @@ from msunet.data.volumes import is_volume_only, volume_stem, volume_suffix
 from msunet.heads import head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob, PredictOptions
+from msunet.runtime.omezarr import write_ome_zarr, zarr_module
 from msunet.runtime.tiling import predict_tiled
 from msunet.runtime.volumes import predict_volume_file
 from msunet.runtime.writers import (
@@ -166,8 +167,10 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
         height, width, channels = source.shape
         streamed = height * width > STREAM_PIXELS
         geo = read_georeference(path) if path.suffix.lower() in (".tif", ".tiff") else None
-        paths, outputs = pending_outputs(output_paths(job.out, stem, job.heads, streamed, options.probabilities,
-                                                      geo is not None),
+        paths = output_paths(job.out, stem, job.heads, streamed, options.probabilities, geo is not None)
+        if options.output_format == "ome-zarr":  # one store for every scale (and the probabilities)
+            paths = {"ome-zarr": job.out / f"{stem}.ome.zarr", "overlay": paths["overlay"]}
+        paths, outputs = pending_outputs(paths,
                                          options)
         if not paths:
             return FileOutcome(path, "existing", outputs=outputs)
@@ -190,6 +193,9 @@ def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job:
     if not engine.takes_volumes:
         return FileOutcome(path, "failed", reason="a volume; this model segments 2-D images (train one on volumes: "
                                                   "docs/volumes.md)")
+    if job.options.output_format == "ome-zarr":
+        return FileOutcome(path, "failed", reason="OME-Zarr output is written for 2-D images; volumes are written as "
+                                                  "NIfTI (leave --format at auto)")
     if not volume_suffix(path):
         if is_image_file(path):
             return FileOutcome(path, "failed", reason="a 2-D image; this model segments volumes (NIfTI, TIFF stacks, "
@@ -213,6 +219,8 @@ def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.P
     """
     job = file_job(engine, options or PredictOptions(), out_dir)
     fn = engine.make_fn(job.heads, job.options.batch_size, job.tta)
+    if job.options.output_format == "ome-zarr":
+        zarr_module()  # missing: one clear error before any image
     job.out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     start = time.perf_counter()
@@ -262,6 +270,9 @@ def _predict_one(path, source, engine: Engine, fn, job: FileJob, paths, streamed
         num_classes = engine.num_classes
         palette = class_palette(num_classes) if num_classes > 1 else None
         written = []
+        if "ome-zarr" in paths:
+            written.append(write_ome_zarr(paths["ome-zarr"], source, results, heads, threshold, num_classes,
+                                          options.probabilities))
         for head in heads:  # `paths` holds only the outputs still to write
             probs = results[head]
             tags = geo.scaled(head_scale(head)).extratags() if geo else None  # the head's own pixel size

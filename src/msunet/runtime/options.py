@@ -19,6 +19,7 @@ import numpy as np
 from msunet.heads import head_scale
 
 BLENDS = ("gaussian", "constant")
+OUTPUT_FORMATS = ("auto", "ome-zarr")
 TTA_MODES = (False, True, "horizontal", "vertical")
 
 
@@ -46,6 +47,9 @@ class PredictOptions:
         overlay_images: write NAME_overlay.png.
         overwrite: replace existing outputs (otherwise only missing ones are written).
         blend: how overlapping tiles are blended: "gaussian" (nnU-Net's importance map) or "constant".
+        output_format: "auto" (PNG masks; tiled TIFF for huge images, GeoTIFF for georeferenced
+            ones; NIfTI for volumes) or "ome-zarr" (one OME-NGFF store per image: the image and a
+            label pyramid of every scale, `msunet.runtime.omezarr`).
     """
 
     tile_size: int | None = None
@@ -58,6 +62,7 @@ class PredictOptions:
     overlay_images: bool = True
     overwrite: bool = False
     blend: str = "gaussian"
+    output_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.scales is not None:
@@ -75,6 +80,9 @@ class PredictOptions:
             raise ValueError(f"threshold (--threshold) must be in [0, 1], e.g. 0.5; received {threshold!r}.")
         if self.tta not in TTA_MODES or not isinstance(self.tta, (bool, str)):
             raise ValueError(f"tta must be true, false, 'horizontal' or 'vertical'; received {self.tta!r}.")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output format (--format) must be one of {', '.join(OUTPUT_FORMATS)}; received "
+                             f"{self.output_format!r}.")
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {', '.join(BLENDS)}; received {self.blend!r}.")
         for flag in ("probabilities", "overlay_images", "overwrite"):

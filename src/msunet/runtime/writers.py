@@ -75,7 +75,7 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
     return (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
 
 
-def _band_view(array):
+def band_view(array):
     """Memory-mapped results are read through a band reader: touched pages of a map count as resident."""
     if isinstance(array, np.memmap):
         return RowBandReader(array.filename, array.offset, array.shape, array.dtype)
@@ -84,7 +84,7 @@ def _band_view(array):
 
 def subsample(array, step: int) -> np.ndarray:
     """Every `step`-th pixel of a (lazily read) array, read in row bands aligned to `step`."""
-    array = _band_view(array)
+    array = band_view(array)
     rows = step * max(1, 1024 // step)
     # .copy(): a strided view would keep its whole band alive until the end (the whole image, in all).
     parts = [np.asarray(array[r : min(r + rows, array.shape[0])])[::step, ::step].copy()
@@ -111,7 +111,7 @@ def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: in
     height, width = reader.shape[:2]
     shape = (height, width) if channels is None else (height, width, channels)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, _tiles(_band_view(reader), transform, dtype), shape=shape, dtype=dtype,
+        tifffile.imwrite(tmp, _tiles(band_view(reader), transform, dtype), shape=shape, dtype=dtype,
                          tile=(256, 256), compression="zlib", extratags=extratags or ())
 
 

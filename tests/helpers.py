@@ -85,3 +85,16 @@ def make_int8_graph_stray(bundle, factor: float = 3.0) -> int:
     meta["sha256"] = sha256_of(path)
     (bundle / "bundle.json").write_text(json.dumps(meta, indent=2))
     return scaled
+
+
+# The start of a script run in a subprocess to show that the runtime needs none of these: any import of
+# them fails; the script ends by asserting `not [m for m in sys.modules if m.split(".")[0] in BLOCKED]`.
+BLOCK_HEAVY_IMPORTS = r"""
+import importlib.abc, sys
+BLOCKED = ("tensorflow", "keras", "scipy", "jax", "torch")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"the runtime imported {name}")
+sys.meta_path.insert(0, Block())
+"""

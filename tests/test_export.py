@@ -20,7 +20,7 @@ from msunet.training.run_folder import LoadedRun
 from msunet.inference.keras_engine import make_predict_fn, run_engine
 from msunet.runtime import BundleError, Predictor, read_bundle  # noqa: E402
 from msunet.runtime.files import predict_image
-from helpers import make_int8_graph_stray  # noqa: E402
+from helpers import BLOCK_HEAVY_IMPORTS, make_int8_graph_stray  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -138,14 +138,7 @@ def test_cli_export_then_predict_with_the_bundle_writes_what_keras_writes(tmp_pa
         assert (keras_mask != default).mean() < 0.01  # this barely trained model's probabilities sit near 0.5
 
 
-NO_TENSORFLOW = r"""
-import importlib.abc, sys
-BLOCKED = ("tensorflow", "keras", "scipy", "jax", "torch")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"the runtime imported {name}")
-sys.meta_path.insert(0, Block())
+NO_TENSORFLOW = BLOCK_HEAVY_IMPORTS + r"""
 import numpy as np
 from msunet.runtime import Predictor
 from msunet.cli import main

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (pip install 'msunet[export]'; `make venv` has it)")
 pytest.importorskip("onnxruntime", reason="the runtime needs onnxruntime (pip install 'msunet[runtime]')")
 
+from helpers import BLOCK_HEAVY_IMPORTS  # noqa: E402
 from msunet.data.volumes import Volume, scaled_affine, write_volume  # noqa: E402
 from msunet.exporting.bundle import export  # noqa: E402
 from msunet.inference.keras_engine import make_predict_fn, run_engine  # noqa: E402
@@ -81,14 +82,7 @@ def test_an_int8_volume_bundle_stays_within_its_guard(exported):
     assert checked.check["mean_abs_difference"] <= selfcheck.MAX_MEAN_CHANGE
 
 
-NO_TENSORFLOW = r"""
-import importlib.abc, sys
-BLOCKED = ("tensorflow", "keras", "scipy", "jax", "torch")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"the runtime imported {name}")
-sys.meta_path.insert(0, Block())
+NO_TENSORFLOW = BLOCK_HEAVY_IMPORTS + r"""
 import numpy as np
 from msunet.runtime import Predictor
 from msunet.cli import main

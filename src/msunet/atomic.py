@@ -39,3 +39,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Moves the complete folder `tmp` to `target` (a bundle, an OME-Zarr store); an existing `target`
+    is removed only once the new one is in place, so a reader never finds neither or half of one."""
+    import shutil
+
+    tmp, target = pathlib.Path(tmp), pathlib.Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

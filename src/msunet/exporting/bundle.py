@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 
 from msunet import __version__
+from msunet.atomic import replace_folder
 from msunet.exporting.quantize import WEIGHTS, quantize_int8
 from msunet.heads import head_scale
 from msunet.runtime import selfcheck
@@ -175,13 +176,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
                        "backend": keras.backend.backend()},
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():  # overwrite: the old bundle goes only once the new one is complete
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)  # overwrite: the old bundle goes only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from msunet.atomic import replace_folder
 from msunet.heads import head_scale
 from msunet.runtime.writers import band_view, class_palette, probabilities_to_mask
 
@@ -102,13 +103,7 @@ def write_ome_zarr(path: pathlib.Path, image, results: dict, heads: Sequence[str
                                lambda band: np.rint(np.clip(band, 0, 1) * 255).astype(np.uint8))
             prob_group.attrs["multiscales"] = _multiscales("probabilities", ("c", "y", "x"), scales, True)
             prob_group.attrs["msunet"] = {"encoding": "probability x 255, uint8", "heads": levels}
-        if path.exists():  # overwrite: the old store goes only once the new one is complete
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)  # overwrite: the old store goes only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -147,6 +147,21 @@ def predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: 
     return "written", written, outputs, int(np.prod(array.shape[:3])) / 1e6
 
 
+def _slabs(probs, rows: int = 8):
+    """(first slice, slab) over a (D, h, w, K) result; a memory-mapped one is read from its file, so the
+    resident memory is a slab (touched pages of a map count as resident), not the whole result."""
+    if not isinstance(probs, np.memmap):
+        for start in range(0, len(probs), rows):
+            yield start, np.asarray(probs[start : start + rows])
+        return
+    slab_bytes = int(np.prod(probs.shape[1:])) * probs.dtype.itemsize
+    with open(probs.filename, "rb") as fh:
+        for start in range(0, probs.shape[0], rows):
+            count = min(rows, probs.shape[0] - start)
+            data = os.pread(fh.fileno(), count * slab_bytes, probs.offset + start * slab_bytes)
+            yield start, np.frombuffer(data, probs.dtype).reshape(count, *probs.shape[1:])
+
+
 def _remove_tile_files(results: dict[str, np.ndarray]) -> None:
     """Removes the folder of out-of-core results (memory maps), once written."""
     for value in results.values():
@@ -161,12 +176,15 @@ def _write_volume_outputs(engine: Engine, volume, array, results: dict[str, np.n
     written = []
     for head in job.heads:
         factor = engine.volume_factor(head)
-        probs = np.asarray(results[head])
+        probs = results[head]
         if head in paths:
-            write_volume(paths[head], probabilities_to_mask(probs, job.threshold), like=volume, factor=factor)
+            mask = np.empty(probs.shape[:3], np.uint8)  # one byte a voxel; the probabilities read slab by slab
+            for start, slab in _slabs(probs):
+                mask[start : start + len(slab)] = probabilities_to_mask(slab, job.threshold)
+            write_volume(paths[head], mask, like=volume, factor=factor)
             written.append(paths[head])
         if f"{head}:prob" in paths:
-            write_volume(paths[f"{head}:prob"], probs.astype(np.float32), like=volume, factor=factor)
+            write_volume(paths[f"{head}:prob"], np.asarray(probs, np.float32), like=volume, factor=factor)
             written.append(paths[f"{head}:prob"])
     if "overlay" in paths:  # the middle slice, with the finest head written
         head = "mask" if "mask" in results else job.heads[0]

@@ -25,6 +25,7 @@ import tifffile
 
 from msunet.atomic import write_bytes_atomic
 from msunet.data.imageio import ImageReadError, decoder_reason
+from msunet.data.preprocessing import channel_moments
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".tif", ".tiff")
 DEFAULT_MAX_VOXELS = 2_000_000_000  # 1260^3; a guard against corrupt headers, raise it for genuine volumes
@@ -188,14 +189,10 @@ def open_volume_lazy(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXE
 
 
 def volume_moments(volume, slab: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over every voxel of a (D, H, W, C) array or `LazyVolume`,
-    read `slab` slices at a time (float64 sums): `standardize_volume`'s statistics out of core."""
-    total = squares = 0.0
-    for start in range(0, volume.shape[0], slab):
-        x = np.asarray(volume[start : start + slab], np.float64).reshape(-1, volume.shape[-1])
-        total = total + x.sum(0)
-        squares = squares + np.einsum("ij,ij->j", x, x)
-    count = int(np.prod(volume.shape[:-1]))
+    """Per-channel mean and standard deviation over every voxel of a (D, H, W, C) float array or
+    `LazyVolume`, read `slab` slices at a time (float64 sums, `channel_moments`): `standardize_volume`'s
+    statistics out of core."""
+    total, squares, count = channel_moments(volume, rows=slab)
     mean = total / count
     return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean * mean, 0.0)).astype(np.float32)
 

@@ -55,7 +55,7 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
             derive("data.target_spacing", target, f"the spacings differ (up to {spread.max():.2f}x along an axis): "
                    f"every volume resampled to the median, {'x'.join(f'{v:g}' for v in target)} mm (z, y, x), "
                    "as nnU-Net does (a slice model: in-plane only); outputs come back on each volume's own grid")
-    ratio = _anisotropy(found, config, values)
+    ratio = _anisotropy(_training_spacing(found, config, values))
     if "model.dims" in user:
         slices = config.model.dims == 2
         why = f"model.dims={config.model.dims} set"
@@ -92,10 +92,9 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
     depth = max(1, min(MAX_VOLUME_DEPTH, math.floor(math.log2(patch / VOLUME_BOTTLENECK))))
     derive("model.depth", depth, f"a bottleneck of ~{patch // 2 ** depth} voxels on a {patch}^3 patch")
     depth = values.get("model.depth", config.model.depth)
-    if found.spacings:
-        spacing = np.array(values.get("data.target_spacing", config.data.target_spacing)
-                           or np.median(np.array(found.spacings, np.float64), axis=0))
-        ratio = float(spacing[0] / max(min(spacing[1], spacing[2]), 1e-9))
+    spacing = _training_spacing(found, config, values)
+    if spacing is not None:
+        ratio = _anisotropy(spacing)
         levels = min(depth - 1, math.floor(math.log2(ratio))) if ratio >= ANISOTROPY else 0
         derive("model.inplane_levels", levels,
                f"median spacing {'x'.join(f'{s:g}' for s in spacing)} mm (z, y, x): "
@@ -137,13 +136,17 @@ def keras_backend() -> str:
         return "tensorflow"
 
 
-def _anisotropy(found: Survey, config: RunConfig, values: dict) -> float:
-    """z spacing / finest in-plane spacing of the grid training uses (the target, else the median)."""
+def _training_spacing(found: Survey, config: RunConfig, values: dict) -> np.ndarray | None:
+    """The (z, y, x) spacing of the grid training uses: the target, else the volumes' median; None without any."""
     if not found.spacings:
-        return 1.0
-    spacing = np.array(values.get("data.target_spacing", config.data.target_spacing)
-                       or np.median(np.array(found.spacings, np.float64), axis=0))
-    return float(spacing[0] / max(min(spacing[1], spacing[2]), 1e-9))
+        return None
+    return np.array(values.get("data.target_spacing", config.data.target_spacing)
+                    or np.median(np.array(found.spacings, np.float64), axis=0))
+
+
+def _anisotropy(spacing: np.ndarray | None) -> float:
+    """z spacing / finest in-plane spacing (1 without a spacing)."""
+    return 1.0 if spacing is None else float(spacing[0] / max(min(spacing[1], spacing[2]), 1e-9))
 
 
 def _resampled_sizes(found: Survey, config: RunConfig, values: dict, in_plane: bool = False) -> np.ndarray:

@@ -35,12 +35,12 @@ from msunet.data.volumes import (
     volume_moments,
     write_volume,
 )
-
-STREAM_VOXELS = 2**27  # volumes above this (512 MB as float32) are predicted from their file, slab by slab
 from msunet.runtime.engine import Engine
 from msunet.runtime.options import FileJob
 from msunet.runtime.tiling import predict_tiled
 from msunet.runtime.writers import head_paths, overlay, pending_outputs, probabilities_to_mask
+
+STREAM_VOXELS = 2**27  # volumes above this (512 MB as float32) are predicted from their file, slab by slab
 
 
 def fitted_volume_tile(shape: Sequence[int], tile_size: int, quanta: Sequence[int]) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,13 @@ def test_bad_bundles_and_inputs_are_refused_with_the_fix(binary, tmp_path, monke
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="does not match the checksum"):
         Predictor(copy)
+    whole = shutil.copytree(bundle, tmp_path / "whole")
+    meta = json.loads((whole / "bundle.json").read_text())
+    assert meta["bundle_sha256"] and Predictor(whole)
+    meta["threshold"] = 0.01  # an edit of bundle.json itself (what a model file's checksum cannot see)
+    (whole / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="edited after export"):
+        Predictor(whole)
     with pytest.raises(ValueError, match=r"takes \(H, W, 3\) images"):
         Predictor(bundle).predict(np.zeros((8, 8), np.uint8))
     # An export that fails half-way leaves nothing behind: no bundle, no temporary folder.
@@ -553,7 +561,7 @@ def test_float32_bundles_check_themselves_on_openvino_and_litert(binary, tmp_pat
     """Where a float32 graph strays from its reference (made to: the reference altered), OpenVINO
     drops to float32 precision, and every engine says so on its choice line."""
     from msunet.runtime import selfcheck
-    from msunet.runtime.bundle import sha256_of
+    from msunet.runtime.bundle import sha256_of, write_meta
 
     run, onnx_bundle = binary
     checked = Predictor(onnx_bundle)
@@ -567,7 +575,7 @@ def test_float32_bundles_check_themselves_on_openvino_and_litert(binary, tmp_pat
         with open(path, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         meta["reference"]["sha256"] = sha256_of(path)
-        (bundle / "bundle.json").write_text(json.dumps(meta))
+        write_meta(bundle, meta)
         return bundle
 
     engines = [("onnxruntime", "onnx")]

@@ -33,11 +33,11 @@ import warnings
 import numpy as np
 
 from msunet import __version__
-from msunet.atomic import replace_folder
+from msunet.atomic import replace_folder, sweep_leftovers
 from msunet.exporting.quantize import WEIGHTS, quantize_int8
 from msunet.heads import head_scale
 from msunet.runtime import selfcheck
-from msunet.runtime.bundle import BUNDLE_FILE, BUNDLE_VERSION, FORMAT, sha256_of
+from msunet.runtime.bundle import BUNDLE_VERSION, FORMAT, sha256_of, write_meta
 from msunet.runtime.writers import class_palette
 
 FORMATS = {"onnx": ("model.onnx", "onnx"), "saved_model": ("saved_model", "tf_saved_model"),
@@ -119,6 +119,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
     tile = -(-int(tile) // coarsest) * coarsest
     filename, keras_format = FORMATS[format]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    sweep_leftovers(out.parent)  # a bundle half-written by a killed export: removed, never taken for one
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -175,7 +176,7 @@ def export(run, out: str | os.PathLike, format: str = "onnx", which: str = "best
                        "trained_precision": config.model.precision, "keras": keras.__version__,
                        "backend": keras.backend.backend()},
         }
-        (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_meta(tmp, meta)
         replace_folder(tmp, out)  # overwrite: the old bundle goes only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

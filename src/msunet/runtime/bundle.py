@@ -39,6 +39,21 @@ def is_bundle(path: str | os.PathLike) -> bool:
     return (pathlib.Path(path) / BUNDLE_FILE).is_file()
 
 
+def meta_checksum(meta: dict) -> str:
+    """SHA-256 of a bundle.json's content without its own `bundle_sha256` (canonical JSON): an edit of
+    the file (normalisation, threshold, heads, checksums) is found as an edit of a model file is."""
+    body = {k: v for k, v in meta.items() if k != "bundle_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def write_meta(folder: str | os.PathLike, meta: dict) -> None:
+    """Writes `folder`/bundle.json with its `bundle_sha256` (atomically)."""
+    from msunet.atomic import write_text_atomic
+
+    signed = {**{k: v for k, v in meta.items() if k != "bundle_sha256"}, "bundle_sha256": meta_checksum(meta)}
+    write_text_atomic(pathlib.Path(folder) / BUNDLE_FILE, json.dumps(signed, indent=2) + "\n")
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
     path = pathlib.Path(path)
@@ -73,6 +88,9 @@ def read_bundle(path: str | os.PathLike, verify: bool = True) -> dict:
         raise BundleError(f"{meta_path}: bundle version {meta.get('bundle_version')} is newer than this msunet reads "
                           f"({BUNDLE_VERSION}); upgrade msunet.")
     if verify:
+        if "bundle_sha256" in meta and meta["bundle_sha256"] != meta_checksum(meta):
+            raise BundleError(f"{meta_path}: edited after export (its content does not match its bundle_sha256); "
+                              "export the bundle again.")
         files = [("model file", meta["model_file"], meta["sha256"])]
         if meta.get("float32_model"):
             files.append(("float32 model file", meta["float32_model"]["file"], meta["float32_model"]["sha256"]))

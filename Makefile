@@ -13,7 +13,7 @@ MSUNET_INSTALL_CHROMIUM ?= 1
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-slow test-backends test-scale browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
+.PHONY: venv demo test test-chaos test-slow test-backends test-scale browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	    || echo "chromium could not be installed: the browser test will be skipped"; \
 	fi
+
+# The reliability harness at full counts (benchmarks/reliability.py; `make test` runs its quick part):
+# 20 kills of train and of predict, graceful stops, a 1000-image rotten folder, a full disk and a
+# read-only folder (tmpfs mounts: root on Linux, else those two are skipped with the reason), two runs
+# into one folder. Writes benchmarks/results/reliability/reliability-DATE.json and prints the table.
+test-chaos: venv
+	$(PY) benchmarks/reliability.py --table
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow --runslow

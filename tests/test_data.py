@@ -171,12 +171,20 @@ def test_patch_dataset_batches_are_reproducible_and_sized():
     sample = checker_sample(size=50)
     norm = compute_normalization([sample.image], "dataset")
     ds = PatchDataset([sample], cfg, data_cfg, norm, batch_size=3, steps=4, seed=5, workers=1)
-    x, y = ds[1]
+    x, y = ds.batch(0, 1)
     assert x.shape == (3, 32, 32, 3)
     assert {k: v.shape for k, v in y.items()} == {"mask": (3, 32, 32, 2), "mask_s2": (3, 16, 16, 2), "mask_s4": (3, 8, 8, 2)}
-    np.testing.assert_array_equal(ds[1][0], x)
+    np.testing.assert_array_equal(ds.batch(0, 1)[0], x)
+    assert not np.array_equal(ds.batch(1, 1)[0], x)
+    # The k-th time an index is fetched it is epoch k's batch, whatever the order (Keras fetches ahead and
+    # shuffles) and whenever on_epoch_end comes; a resumed dataset (epoch set) goes on where it stopped.
+    fetched = [ds[i][0] for i in (3, 1, 0, 2)] + [ds[1][0]]
     ds.on_epoch_end()
-    assert not np.array_equal(ds[1][0], x)
+    np.testing.assert_array_equal(fetched[1], x)
+    np.testing.assert_array_equal(fetched[4], ds.batch(1, 1)[0])
+    resumed = PatchDataset([sample], cfg, data_cfg, norm, batch_size=3, steps=4, seed=5, workers=1)
+    resumed.epoch = 1
+    np.testing.assert_array_equal(resumed[1][0], fetched[4])
 
 
 def test_drive_thin_vessels_survive_average_downsampling():

@@ -7,9 +7,12 @@ non-zero exit code, never a traceback from deep inside Keras.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from msunet import __version__
+from msunet.stopping import interrupted_note, stop_on_signal, train_stopped
 
 EXIT_USAGE = 2
 
@@ -54,22 +57,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.distributed and args.resume:
         raise ValueError("--resume continues a run with its own config (train.distribution included); drop --distributed.")
     overrides = [*(args.set or []), *(["train.distribution=data_parallel"] if args.distributed else [])]
-    try:
-        result = train(config, args.data, out, overrides=overrides, resume=bool(args.resume),
-                       overwrite=args.overwrite, verbose=_fit_verbosity(args.verbose))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: msunet train --resume {out}", file=sys.stderr)
-        return 130
-    best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
-    print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
-    print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
+    from msunet.training.run_folder import run_completed
+
+    if args.resume and run_completed(out):  # e.g. killed while its bundle was exported: only the bundle is left to do
+        print(f"{out}: the training completed earlier; nothing to resume")
+        run_dir = out
+    else:
+        try:
+            result = train(config, args.data, out, overrides=overrides, resume=bool(args.resume),
+                           overwrite=args.overwrite, verbose=_fit_verbosity(args.verbose))
+        except (KeyboardInterrupt, OSError, RuntimeError) as err:  # Ctrl-C, SIGTERM, a full disk: say how to go on
+            stopped = train_stopped(err, out)
+            if stopped is None:
+                raise
+            print(stopped[1], file=sys.stderr)
+            return stopped[0]
+        best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
+        print(f"trained {result.epochs_done} epochs; best {result.metrics['monitor']} = {best}")
+        print(f"run folder: {result.run_dir} (best.keras, last.keras, history.csv, metrics.json, curves.png)")
+        run_dir = result.run_dir
     if not (args.no_bundle or args.distributed):  # what `msunet predict --model RUN` uses, made now, not on first use
         from msunet.exporting.run_bundle import run_bundle
 
-        bundle, how = run_bundle(result.run_dir, log=lambda message: None)
+        bundle, how = run_bundle(run_dir, log=lambda message: None)
         print(f"int8 bundle for msunet predict: {bundle} ({how})" if bundle else
-              f"no int8 bundle ({how}): msunet predict --model {result.run_dir} will use Keras")
+              f"no int8 bundle ({how}): msunet predict --model {run_dir} will use Keras")
     return 0
+
 
 
 def _fit_verbosity(verbose):
@@ -131,6 +145,7 @@ class _Progress:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from msunet.atomic import check_writable
     from msunet.runtime.files import list_inputs
     from msunet.runtime.options import PredictOptions
 
@@ -142,6 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              threshold=args.threshold, scales=scales, probabilities=args.probabilities,
                              overlay_images=not args.no_overlay, overwrite=args.overwrite, output_format=args.format)
     files = list_inputs(args.input)
+    check_writable(args.out)  # a read-only or full output folder: refused before the model loads
     if ray:  # an actor pool on Ray Data; the engine is chosen once here and opened in each actor
         from msunet.distributed.ray_predict import predict_ray
 
@@ -352,8 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="msunet: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "tensorflow", "tf2onnx", "matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    previous = signal.signal(signal.SIGTERM, stop_on_signal) if main_thread else None  # `kill PID`: as Ctrl-C
     try:
         return args.func(args)
+    except KeyboardInterrupt as err:  # train says how to resume (cmd_train); the others:
+        print(f"\nmsunet {args.command}: interrupted; {interrupted_note(args.command)}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in TRAINING_MODULES:
             raise
@@ -364,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"msunet {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ class TrainConfig(BaseConfig):
             written by predict), "equal", or an explicit list.
         optimizer, learning_rate, weight_decay, schedule: optimiser and learning-rate schedule
             ("cosine" decay, "poly" (nnU-Net's 0.9 power) or "constant").
+        ema: momentum of an exponential moving average of the weights (Polyak averaging), e.g. 0.99
+            (0: off, the default). Validation, best.keras, last.keras and exports then hold the
+            averaged weights; training steps on the raw ones.
         early_stopping: stop after this many epochs without a better validation Dice (0: never).
         threshold: probability threshold of binary metrics.
         seed: seed of weights initialisation and sampling.
@@ -69,6 +72,7 @@ class TrainConfig(BaseConfig):
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
+    ema: float = 0.0
     early_stopping: int = 0
     threshold: float = 0.5
     seed: int = 0
@@ -108,6 +112,7 @@ class TrainConfig(BaseConfig):
             raise ConfigError(f"{owner}.learning_rate={self.learning_rate!r} must be > 0.")
         check_float(owner, "weight_decay", self.weight_decay, 0.0, 1.0)
         check_choice(owner, "schedule", self.schedule, SCHEDULES)
+        check_float(owner, "ema", self.ema, 0.0, 1.0, hi_open=True)
         check_int(owner, "early_stopping", self.early_stopping, 0)
         check_float(owner, "threshold", self.threshold, 0.0, 1.0)
         check_int(owner, "seed", self.seed, 0)

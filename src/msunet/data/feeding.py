@@ -6,6 +6,7 @@ for Keras, with worker threads.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import keras
@@ -23,6 +24,13 @@ class PatchDataset(keras.utils.PyDataset):
     Batch `i` of epoch `e` is drawn from a generator seeded by (seed, e, i), so runs are
     reproducible and a resumed run sees the batches it would have seen. Threads (`workers`) prepare
     batches while the model trains.
+
+    The epoch of a batch is counted per index (the k-th time index i is made it belongs to epoch
+    `epoch` + k), not by `on_epoch_end`: Keras' workers fetch ahead across the epoch boundary and
+    shuffle the order of indices, so an epoch counter bumped at the end of an epoch tagged a few
+    batches with the next epoch's number depending on where training started; a resumed run then
+    trained on other batches than the uninterrupted one (measured by benchmarks/reliability.py).
+    `batch(epoch, index)` makes a batch without counting it.
     """
 
     def __init__(
@@ -44,7 +52,9 @@ class PatchDataset(keras.utils.PyDataset):
         self.model_cfg, self.data_cfg = model_cfg, data_cfg
         self.normalization = normalization
         self.batch_size, self.steps, self.seed, self.augment = batch_size, steps, seed, augment
-        self.epoch = 0
+        self.epoch = 0  # the epoch of each index's next batch, before counting (a resumed run sets it)
+        self._made = [0] * steps  # batches made per index
+        self._lock = threading.Lock()
         # Larger images hold more patches: sample images in proportion to their area.
         areas = np.array([s.mask.size for s in self.samples], np.float64)
         self.weights = areas / areas.sum()
@@ -53,7 +63,14 @@ class PatchDataset(keras.utils.PyDataset):
         return self.steps
 
     def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        with self._lock:
+            epoch = self.epoch + self._made[index]
+            self._made[index] += 1
+        return self.batch(epoch, index)
+
+    def batch(self, epoch: int, index: int):
+        """Batch `index` of `epoch` (images, {head: target})."""
+        rng = np.random.default_rng([self.seed, epoch, index])
         images, masks = [], []
         for _ in range(self.batch_size):
             sample = self.samples[rng.choice(len(self.samples), p=self.weights)]
@@ -63,7 +80,7 @@ class PatchDataset(keras.utils.PyDataset):
         return np.stack(images), batch_targets(masks, self.model_cfg, self.data_cfg.target_downsampling)
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
+        pass  # see the class documentation: epochs are counted per index in __getitem__
 
 
 class FixedPatchDataset(keras.utils.PyDataset):

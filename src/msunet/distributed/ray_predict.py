@@ -25,6 +25,7 @@ import pathlib
 import socket
 import time
 
+from msunet.atomic import FolderLock, check_writable, sweep_leftovers
 from msunet.inference.engines import choose_engine
 from msunet.runtime.files import FileOutcome, PredictSummary, file_job, list_inputs, output_stems, predict_file
 from msunet.runtime.options import PredictOptions
@@ -137,39 +138,41 @@ def predict_ray(
     files = list_inputs(inputs)
     stems = output_stems(files)
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in out.iterdir()}
+    with FolderLock(out, "predict"):  # as predict_files: one prediction per output folder
+        check_writable(out)
+        sweep_leftovers(out)
+        before = {p.name for p in out.iterdir()}
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
-    resources = ray.cluster_resources()
-    if concurrency is None:
-        by_cpu = int(resources.get("CPU", 1) // num_cpus) if num_cpus else 1 << 30
-        by_gpu = int(resources.get("GPU", 0) // num_gpus) if num_gpus else 1 << 30
-        concurrency = max(1, min(by_cpu, by_gpu, len(files)))
-    if num_gpus and resources.get("GPU", 0) < num_gpus:
-        raise RayPredictError(f"num_gpus={num_gpus} per actor, but the cluster has {resources.get('GPU', 0):g} GPU(s).")
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+        resources = ray.cluster_resources()
+        if concurrency is None:
+            by_cpu = int(resources.get("CPU", 1) // num_cpus) if num_cpus else 1 << 30
+            by_gpu = int(resources.get("GPU", 0) // num_gpus) if num_gpus else 1 << 30
+            concurrency = max(1, min(by_cpu, by_gpu, len(files)))
+        if num_gpus and resources.get("GPU", 0) < num_gpus:
+            raise RayPredictError(f"num_gpus={num_gpus} per actor, but the cluster has {resources.get('GPU', 0):g} GPU(s).")
 
-    rows = [{"index": i, "path": str(p), "stem": stems[p]} for i, p in enumerate(files)]
-    start = time.perf_counter()
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // images_per_task)))
-    results = dataset.map_batches(
-        _PredictWorker, batch_size=images_per_task, compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=num_cpus, num_gpus=num_gpus,
-        fn_constructor_kwargs=dict(choice=choice, options=options, out_dir=str(out), threads=threads),
-    ).take_all()
-    summary = PredictSummary()
-    for row in sorted(results, key=lambda r: int(r["index"])):
-        path = files[int(row["index"])]
-        written, outputs = ([pathlib.Path(p) for p in str(row[key]).split("\n") if p] for key in ("written", "outputs"))
-        outcome = FileOutcome(path, str(row["status"]), written, str(row["reason"]), float(row["megapixels"]), outputs)
-        if outcome.status in ("written", "existing") and not options.overwrite:
-            # An attempt lost with its actor may have renamed some outputs into place before the retry
-            # found them: they are written by this run all the same (outputs there before it are not).
-            outcome.written = [p for p in outputs if p.name not in before]
-            outcome.status = "written" if outcome.written else "existing"
-        outcome.add_to(summary)
-    summary.seconds = time.perf_counter() - start
+        rows = [{"index": i, "path": str(p), "stem": stems[p]} for i, p in enumerate(files)]
+        start = time.perf_counter()
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // images_per_task)))
+        results = dataset.map_batches(
+            _PredictWorker, batch_size=images_per_task, compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=num_cpus, num_gpus=num_gpus,
+            fn_constructor_kwargs=dict(choice=choice, options=options, out_dir=str(out), threads=threads),
+        ).take_all()
+        summary = PredictSummary()
+        for row in sorted(results, key=lambda r: int(r["index"])):
+            path = files[int(row["index"])]
+            written, outputs = ([pathlib.Path(p) for p in str(row[key]).split("\n") if p] for key in ("written", "outputs"))
+            outcome = FileOutcome(path, str(row["status"]), written, str(row["reason"]), float(row["megapixels"]), outputs)
+            if outcome.status in ("written", "existing") and not options.overwrite:
+                # An attempt lost with its actor may have renamed some outputs into place before the retry
+                # found them: they are written by this run all the same (outputs there before it are not).
+                outcome.written = [p for p in outputs if p.name not in before]
+                outcome.status = "written" if outcome.written else "existing"
+            outcome.add_to(summary)
+        summary.seconds = time.perf_counter() - start
     return summary

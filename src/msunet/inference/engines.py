@@ -23,6 +23,7 @@ import os
 import pathlib
 from collections.abc import Callable
 
+from msunet.atomic import check_writable
 from msunet.runtime.bundle import Predictor, is_bundle, read_bundle
 from msunet.runtime.engine import Engine
 from msunet.runtime.files import PredictSummary, predict_files
@@ -157,4 +158,5 @@ def predict(model, inputs: str | os.PathLike, out_dir: str | os.PathLike, option
         A `PredictSummary` (written files, images kept because outputs existed, failures with reasons).
     """
     options = PredictOptions.of(options, **values)  # validated before any model is loaded
+    check_writable(out_dir)  # and the output folder: a read-only or full one is refused before the model loads
     return predict_files(open_engine(model, engine, threads), inputs, out_dir, options, progress)

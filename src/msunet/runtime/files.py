@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from msunet.atomic import FolderLock, check_writable, not_writable, sweep_leftovers
 from msunet.data.geo import GeoReference, read_georeference
 from msunet.data.imageio import ImageReadError, is_image_file, open_image_lazy, write_png
 from msunet.data.preprocessing import (
@@ -37,8 +38,8 @@ from msunet.data.preprocessing import (
 from msunet.data.volumes import is_volume_only, volume_stem, volume_suffix
 from msunet.heads import head_scale
 from msunet.runtime.engine import Engine
-from msunet.runtime.options import FileJob, PredictOptions
 from msunet.runtime.omezarr import write_ome_zarr, zarr_module
+from msunet.runtime.options import FileJob, PredictOptions
 from msunet.runtime.tiling import predict_tiled
 from msunet.runtime.volumes import predict_volume_file
 from msunet.runtime.writers import (
@@ -53,6 +54,7 @@ from msunet.runtime.writers import (
     subsample,
     write_probabilities,
 )
+from msunet.stopping import DISK_ERRNOS
 
 STREAM_PIXELS = 64_000_000  # above this, results stay on disk and masks are streamed to tiled TIFF
 def tile_preprocess(image, normalization: Normalization) -> Callable[[np.ndarray], np.ndarray]:
@@ -180,11 +182,15 @@ def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob
         written = _predict_one(path, source, engine, fn, job, paths, streamed, progress, geo)
         return FileOutcome(path, "written", written, megapixels=height * width / 1e6, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
-        return _failed(path, err)
+        return _failed(path, err, job.out)
 
 
-def _failed(path: pathlib.Path, err: Exception) -> FileOutcome:
-    """A "failed" outcome whose reason is the error's message without the path it starts with."""
+def _failed(path: pathlib.Path, err: Exception, out: pathlib.Path) -> FileOutcome:
+    """A "failed" outcome whose reason is the error's message without the path it starts with. A full
+    or read-only output folder is not the image's fault and would fail every image after it: it stops
+    the run (`not_writable`'s message; finished images stay, a re-run does the rest)."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS and not str(err.filename or "").startswith(str(path)):
+        raise not_writable(out, err) from err
     text = str(err)
     return FileOutcome(path, "failed", reason=text.split(": ", 1)[1] if text.startswith(str(path)) else text)
 
@@ -205,7 +211,7 @@ def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job:
         status, written, outputs, megavoxels = predict_volume_file(engine, fn, path, stem, job, progress)
         return FileOutcome(path, status, written, megapixels=megavoxels, outputs=outputs)
     except (ImageReadError, ValueError, OSError) as err:
-        return _failed(path, err)
+        return _failed(path, err, job.out)
 
 
 def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.PathLike,
@@ -221,13 +227,15 @@ def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.P
     fn = engine.make_fn(job.heads, job.options.batch_size, job.tta)
     if job.options.output_format == "ome-zarr":
         zarr_module()  # missing: one clear error before any image
-    job.out.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary()
-    start = time.perf_counter()
     files = list_inputs(inputs)
-    for path, stem in output_stems(files).items():
-        predict_file(engine, fn, path, stem, job, progress).add_to(summary)
-    summary.seconds = time.perf_counter() - start
+    with FolderLock(job.out, "predict"):  # a second predict into this folder is refused, never interleaved
+        check_writable(job.out)  # read-only or full: refused before the first image
+        sweep_leftovers(job.out)  # a killed run's temporary files; its finished outputs are kept
+        summary = PredictSummary()
+        start = time.perf_counter()
+        for path, stem in output_stems(files).items():
+            predict_file(engine, fn, path, stem, job, progress).add_to(summary)
+        summary.seconds = time.perf_counter() - start
     return summary
 
 

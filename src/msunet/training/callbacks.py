@@ -3,13 +3,17 @@ and resume state)."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 import pathlib
 import time
 
 import keras
 import numpy as np
 
+from msunet.atomic import atomic_path, not_writable
+from msunet.stopping import disk_errno
 from msunet.training.run_folder import save_keras_atomic, write_json_atomic
 from msunet.training.trainer import ScaledSchedule, schedule_factor
 
@@ -101,7 +105,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state_dir.mkdir(exist_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        try:
+            self._save(epoch, logs or {})
+        except (OSError, RuntimeError) as err:  # h5py says "disk full" with a RuntimeError
+            if disk_errno(err) is None:
+                raise
+            raise not_writable(self.run_dir, OSError(disk_errno(err), os.strerror(disk_errno(err)))) from err
+
+    def _save(self, epoch, logs):
         value = logs.get(self.monitor)
         improved = value is not None and not np.isnan(value) and (self.best is None or value > self.best)
         save_keras_atomic(self.net, self.run_dir / "last.keras")
@@ -111,7 +122,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         else:
             self.wait += 1
         weights = self.state_dir / f"epoch-{epoch + 1}.weights.h5"
-        self.model.save_weights(weights)
+        # Keras wants the ".weights.h5" ending, so not atomic_path's name; a kill or a full disk leaves a
+        # hidden ".tmp-PID" file that `sweep_leftovers` removes, never a partial epoch-N file.
+        partial = self.state_dir / f".epoch-{epoch + 1}.tmp-{os.getpid()}.weights.h5"
+        try:
+            self.model.save_weights(partial)
+            os.replace(partial, weights)
+        finally:
+            partial.unlink(missing_ok=True)
         write_json_atomic(
             self.state_dir / "state.json",
             {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait,
@@ -124,3 +142,40 @@ class RunCheckpoint(keras.callbacks.Callback):
         if self.patience and self.wait >= self.patience:
             log.info("early stopping: no better %s for %d epochs", self.monitor, self.wait)
             self.model.stop_training = True
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """history.csv: a row per epoch ("epoch" and the logs' keys, sorted, as Keras' CSVLogger writes them),
+    the whole file replaced atomically at each epoch end, so that a kill or a full disk never leaves a
+    half-written row (CSVLogger appends in place). Rows already there (a resumed run, trimmed to its
+    state) are kept."""
+
+    def __init__(self, path: pathlib.Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        rows, header = [], ["epoch", *sorted(logs)]
+        if self.path.is_file():
+            with open(self.path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                rows = [r for r in reader if r.get("epoch") not in (None, "")]
+                header = reader.fieldnames or header
+        rows.append({"epoch": epoch, **{k: v for k, v in logs.items() if k in header}})
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' `SwapEMAWeights` with `swap_on_epoch`: the averaged weights (`train.ema`) are in the model
+    for validation and at every epoch end, so the checkpoint that follows it saves them, and the raw
+    ones are swapped back when the next epoch begins. A resumed run starts from such a checkpoint
+    (averaged weights in the model, raw ones in the optimizer's average slots): `resumed` says so,
+    and the first epoch swaps them back as it would have without the interruption."""
+
+    def __init__(self, resumed: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed  # Keras' own flag of which weights the model holds

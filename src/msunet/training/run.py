@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from msunet import __version__
+from msunet.atomic import sweep_leftovers, write_text_atomic
 from msunet.config import RunConfig, resolve_run_config
 from msunet.data.feeding import FixedPatchDataset, PatchDataset
 from msunet.data.pairs import find_pairs, split_pairs
@@ -25,9 +26,17 @@ from msunet.data.preprocessing import DataError, Normalization, compute_normaliz
 from msunet.data.samples import CALIBRATION_FILE, calibration_patches, fixed_patches, load_samples
 from msunet.distributed import training as distributed
 from msunet.models import build_model
-from msunet.training.callbacks import FINE_TUNE_LR_FACTOR, BackboneFreeze, RunCheckpoint, TimeBudget
+from msunet.training.callbacks import (
+    FINE_TUNE_LR_FACTOR,
+    AveragedWeights,
+    BackboneFreeze,
+    HistoryLog,
+    RunCheckpoint,
+    TimeBudget,
+)
 from msunet.training.run_folder import (
     RunError,
+    lock_run_dir,
     plot_curves,
     prepare_run_dir,
     read_state,
@@ -127,7 +136,17 @@ def train(
 
 def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, overwrite: bool, state_from, user_keys,
            plan: bool, verbose, callbacks, called: float, topology) -> TrainResult:
-    prepare_run_dir(run_dir, resume, overwrite)
+    with lock_run_dir(run_dir, resume):  # one process per run folder; released however this process ends
+        prepare_run_dir(run_dir, resume, overwrite)
+        for folder in (run_dir, run_dir / "state"):  # what a killed writer left: never read as a checkpoint
+            for leftover in sweep_leftovers(folder):
+                log.info("removed %s, left by an interrupted write", leftover)
+        return _start_locked(config, data_dir, run_dir, resume, state_from, user_keys, plan, verbose, callbacks,
+                             called, topology)
+
+
+def _start_locked(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state_from, user_keys,
+                  plan: bool, verbose, callbacks, called: float, topology) -> TrainResult:
     state = None
     if resume:
         info = json.loads((run_dir / "run.json").read_text())
@@ -164,7 +183,10 @@ def _start(config: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, ove
             info = json.loads((run_dir / "run.json").read_text())
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             info.update(status=status, error=f"{type(err).__name__}: {err}"[:2000])
-            write_json_atomic(run_dir / "run.json", info)
+            try:
+                write_json_atomic(run_dir / "run.json", info)
+            except OSError:  # a full disk: the error being raised says more than this one
+                pass
         raise
 
 
@@ -179,7 +201,7 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
     train_samples = load_samples(splits["train"], run.data, run.model, problems)
     val_samples = load_samples(splits["val"], run.data, run.model, problems)
     if problems:
-        (run_dir / "problems.txt").write_text("".join(f"{path}\t{msg}\n" for path, msg in problems))
+        write_text_atomic(run_dir / "problems.txt", "".join(f"{path}\t{msg}\n" for path, msg in problems))
         for path, msg in problems:  # messages usually start with the path already
             log.warning("skipped %s", msg if msg.startswith(path) else f"{path}: {msg}")
     if not train_samples:
@@ -209,7 +231,7 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
     model = build_model(run.model)
     trainer = MultiScaleTrainer(model, run)
     trainer.compile(optimizer=make_optimizer(run, cfg.epochs * cfg.steps_per_epoch), jit_compile=jit_compile(run))
-    x0, y0 = train_data[0]
+    x0, _ = train_data.batch(0, 0)  # not counted: epoch 0's batch 0 is still to come
     trainer(x0[:1], training=False)
     trainer.optimizer.build(trainer.trainable_variables)
     epochs_done, best, wait = 0, None, 0
@@ -217,8 +239,9 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
         trainer.load_weights(run_dir / "state" / state["weights"])
         epochs_done, best, wait = state["epochs_done"], state["best"], state["wait"]
         train_data.epoch = epochs_done
-        trim_history(run_dir / "history.csv", epochs_done)
         log.info("resuming %s at epoch %d of %d", run_dir, epochs_done + 1, cfg.epochs)
+    if resume:  # rows written after the last saved state (a kill between the two) would be repeated
+        trim_history(run_dir / "history.csv", epochs_done)
     clock = None
     if cfg.time_budget_min > 0:
         # A CamVid newcomer's 15 minutes ran 17: the device probe, reading 163 images and tracing came first.
@@ -229,19 +252,22 @@ def _train(run: RunConfig, data_dir, run_dir: pathlib.Path, resume: bool, state:
                            sync=(lambda v: float(distributed.broadcast(np.float64(v), topology)))
                            if topology is not None and topology.processes > 1 else None)
     checkpoint = RunCheckpoint(run_dir, model, monitor, best, wait, cfg.early_stopping, clock)
-    history_cb = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
+    history_cb = HistoryLog(run_dir / "history.csv")
     freeze = []
     if run.model.encoder_freeze_epochs:
         freeze = [BackboneFreeze(model.get_layer(f"{run.model.encoder}_backbone"), run.model.encoder_freeze_epochs,
                                  FINE_TUNE_LR_FACTOR, clock)]
-    fit_callbacks = [keras.callbacks.TerminateOnNaN(), *freeze, *([clock] if clock else []), history_cb, checkpoint,
-                     *(callbacks or [])]
+    average = [AveragedWeights(resumed=state is not None)] if cfg.ema > 0 else []  # before what saves the weights
+    fit_callbacks = [keras.callbacks.TerminateOnNaN(), *freeze, *([clock] if clock else []), *average, history_cb,
+                     checkpoint, *(callbacks or [])]
     if clock is not None and clock.spent_before >= clock.budget_s:
         log.info("%s: the time budget of %.1f min is already spent", run_dir, cfg.time_budget_min)
         clock.exhausted = True
     elif epochs_done < cfg.epochs:
+        # shuffle=False: every batch is already random (PatchDataset); Keras' shuffling of their order drew on
+        # Python's `random`, whose state a resumed run cannot restore, so it trained on another order.
         trainer.fit(train_data, validation_data=val_data, epochs=cfg.epochs, initial_epoch=epochs_done,
-                    callbacks=fit_callbacks, verbose=verbose)
+                    callbacks=fit_callbacks, verbose=verbose, shuffle=False)
     epochs_done = (read_state(run_dir) or {}).get("epochs_done", epochs_done)
     if not (run_dir / "best.keras").is_file() and (run_dir / "last.keras").is_file():
         shutil.copyfile(run_dir / "last.keras", run_dir / "best.keras")

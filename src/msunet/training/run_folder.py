@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from msunet.atomic import atomic_path, write_text_atomic
+from msunet.atomic import LOCK_FILE, FolderLock, atomic_path, write_text_atomic
 from msunet.config import ModelConfig, RunConfig
 from msunet.data.preprocessing import Normalization
 from msunet.heads import deep_supervision_weights, head_name, parse_head
@@ -77,20 +77,53 @@ def failed_before_training(out: pathlib.Path) -> str | None:
     return None
 
 
+def run_completed(run_dir: str | os.PathLike) -> bool:
+    """The run in `run_dir` finished its training (run.json says "completed")."""
+    try:
+        return json.loads((pathlib.Path(run_dir) / "run.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _transient(error: str) -> bool:
+    """An error that says nothing about the run (a full disk, an interruption): resuming may succeed."""
+    return any(word in error for word in ("No space left", "Disk quota", "cannot write there", "KeyboardInterrupt",
+                                          "Stopped"))
+
+
+def unfinished_before_training(out: pathlib.Path) -> str | None:
+    """How a run folder ended that holds no finished epoch (failed, or killed while planning or in its
+    first epoch), else None: such a folder has nothing to lose and a new `msunet train` replaces it."""
+    if (not ((out / "run.json").is_file() or (out / "config.json").is_file()) or read_state(out) is not None
+            or any((out / name).exists() for name in ("last.keras", "best.keras"))):
+        return None
+    failed = failed_before_training(out)
+    if failed is not None:
+        return f"failed before its first epoch ({failed})"
+    if not (out / "run.json").is_file():
+        return "stopped while planning"  # config.json is written first, run.json next
+    try:
+        status = json.loads((out / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "stopped before its first epoch" if status in ("running", "interrupted") else None
+
+
 def prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
     marker = out / "run.json"
     if resume:
         if not marker.is_file():
             raise RunError(f"{out}: not a msunet run folder (no run.json); nothing to resume. Start a run with --out.")
         failed = failed_before_training(out)
-        if failed is not None:
+        if failed is not None and not _transient(failed):
             raise RunError(f"{out} failed before its first epoch ({failed}); there is nothing to resume. Fix the "
                            f"cause and run `msunet train --data DATA --out {out} ...` again: it replaces this run.")
-        return
-    if out.exists() and failed_before_training(out) is not None:
-        log.info("%s: replacing a run that failed before its first epoch", out)
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()):
+        return  # a run stopped (or out of disk space) before its first epoch starts again from its config
+    unfinished = unfinished_before_training(out) if out.exists() else None
+    if unfinished is not None:  # nothing to lose, and nobody runs it (this process holds its lock)
+        log.info("%s: replacing a run that %s", out, unfinished)
+        _clear(out)
+    if out.exists() and _contents(out):
         if not overwrite:
             what = "an existing run" if marker.is_file() else "a folder that is not empty"
             raise RunError(
@@ -98,10 +131,33 @@ def prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
                 "or choose another --out."
             )
         if marker.is_file():
-            shutil.rmtree(out)
+            _clear(out)
         else:
             raise RunError(f"{out} is not empty and not a msunet run; --overwrite only replaces run folders.")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def lock_run_dir(out: pathlib.Path, resume: bool) -> FolderLock:
+    """The run folder's lock (`msunet.atomic.FolderLock`), held while this process trains into it: a second
+    `msunet train` into the same folder is refused (`FolderBusy`), never interleaved. A folder that is not
+    a run and not empty is refused first, without a lock file left in it."""
+    if (not resume and out.exists() and not (out / "run.json").is_file() and not (out / "config.json").is_file()
+            and _contents(out)):
+        prepare_run_dir(out, resume, False)  # raises: not empty and not a run
+    return FolderLock(out, "train").acquire()
+
+
+def _contents(out: pathlib.Path) -> list[pathlib.Path]:
+    return [p for p in out.iterdir() if p.name != LOCK_FILE]
+
+
+def _clear(out: pathlib.Path) -> None:
+    """Empties a run folder being replaced, keeping the lock this process holds on it."""
+    for entry in _contents(out):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def trim_history(path: pathlib.Path, epochs_done: int) -> None:

@@ -73,12 +73,13 @@ def make_optimizer(run: RunConfig, total_steps: int) -> keras.optimizers.Optimiz
         lr = keras.optimizers.schedules.PolynomialDecay(cfg.learning_rate, total_steps, end_learning_rate=0.0, power=0.9)
     else:
         lr = cfg.learning_rate
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema > 0 else {}  # swapped in by AveragedWeights
     if cfg.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **ema)
     elif cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(lr)
+        optimizer = keras.optimizers.Adam(lr, **ema)
     else:
-        optimizer = keras.optimizers.SGD(lr, momentum=0.99, nesterov=True)
+        optimizer = keras.optimizers.SGD(lr, momentum=0.99, nesterov=True, **ema)
     if resolve_precision(run.model.precision) == "mixed_float16":  # float16 gradients underflow without it
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -288,7 +288,7 @@ def train_kills(ws: Workspace) -> dict:
     kills = 3 if ws.quick else 20
     landed, where, commands, failures, chains = 0, {"random": 0, "checkpoint write": 0, "bundle export": 0}, 0, [], 0
     diffs, reads, scans = [], 0, 0
-    while landed < kills and chains < 10:
+    while landed < kills and chains < kills:  # a chain ends when a resume completes before its kill
         chains += 1
         out = ws.fresh(f"kill-run-{chains}")
         scanner = Scanner(out)
@@ -355,42 +355,48 @@ def _same_bundle(ref: pathlib.Path, run: pathlib.Path) -> bool:
 
 
 def predict_kills(ws: Workspace) -> dict:
+    """Kill chains: one output folder killed and re-run until a run completes, compared byte for byte with the
+    uninterrupted run's; a new folder while kills remain (a complete folder leaves nothing to kill)."""
     ref, ref_s = ws.ref_pred()
     kills = 3 if ws.quick else 20
-    out = ws.fresh("kill-pred")
-    scanner = Scanner(out, pause=0.005)
-    scanner.start()
-    landed, failures = 0, []
-    for _ in range(kills + 40):
-        proc = msunet(*ws.predict_cmd(out))
-        if landed < kills:
-            wait_for(lambda: False, ws.rng.uniform(0.3, ref_s), proc)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-                landed += 1
-                continue
-        code, text = finish(proc)
-        if code != 0:
-            failures.append(f"exit {code}: {text.strip().splitlines()[-1]}")
+    landed, failures, chains, compared, reads, scans, lost = 0, [], 0, 0, 0, 0, 0
+    a = tree_bytes(ref)
+    while landed < kills and chains < kills:
+        chains += 1
+        out = ws.fresh(f"kill-pred-{chains}")
+        scanner = Scanner(out, pause=0.005)
+        scanner.start()
+        for _ in range(4 * kills + 10):
+            proc = msunet(*ws.predict_cmd(out))
+            if landed < kills:
+                wait_for(lambda: False, ws.rng.uniform(0.3, ref_s), proc)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                    landed += 1
+                    continue
+            code, text = finish(proc)
+            if code != 0:
+                failures.append(f"chain {chains}: exit {code}: {text.strip().splitlines()[-1:]}")
             break
-        if landed >= kills:
-            break
-    findings = scanner.stop()
-    a, b = tree_bytes(ref), tree_bytes(out)
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    lost = sum(len(a[k]) for k in differ if k in a)
-    left = leftovers(out)
-    failures += findings + [f"left over: {p}" for p in left] + [f"differs: {k}" for k in differ]
+        findings = scanner.stop()
+        reads, scans = reads + scanner.files_checked, scans + scanner.scans
+        b = tree_bytes(out)
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        lost += sum(len(a[k]) for k in differ if k in a)
+        compared += len(a)
+        failures += [f"chain {chains}: {f}" for f in findings] + [f"chain {chains} left over: {p}" for p in leftovers(out)]
+        failures += [f"chain {chains} differs: {k}" for k in differ]
     held = landed if not failures else 0
-    return row("predict-kills", landed, held, lost, note=f"{len(a)} output files compared byte for byte; "
-               f"{scanner.files_checked} file reads in {scanner.scans} scans", failures=failures)
+    return row("predict-kills", landed, held, lost, note=f"{chains} output folder(s), {compared} output files compared "
+               f"byte for byte; {reads} file reads in {scans} scans", failures=failures)
 
 
 def graceful_stop(ws: Workspace) -> dict:
     ref, ref_s = ws.ref_run()
     tried, held, failures = 0, 0, []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Quick: SIGTERM for training and SIGINT for prediction (cli.py handles both the same way, as Ctrl-C).
+    for sig in (signal.SIGTERM,) if ws.quick else (signal.SIGTERM, signal.SIGINT):
         out = ws.fresh(f"stop-run-{sig.name}")
         proc = msunet(*ws.train_cmd(out, bundle=False))
         # Once the first epoch's state is on disk: the stop lands inside a later epoch.
@@ -403,7 +409,7 @@ def graceful_stop(ws: Workspace) -> dict:
         code, text = finish(proc)
         tried += 1
         ok = code == 128 + sig and f"msunet train --resume {out}" in text and "Traceback" not in text
-        rcode, rtext = finish(msunet("train", "--resume", str(out), "--verbose", "0", "--no-bundle"))
+        rcode, _ = finish(msunet("train", "--resume", str(out), "--verbose", "0", "--no-bundle"))
         diff, history = compare_runs(ref, out)
         ok = ok and rcode == 0 and history is None and diff <= WEIGHT_TOL and not leftovers(out)
         held += ok
@@ -411,7 +417,7 @@ def graceful_stop(ws: Workspace) -> dict:
             failures.append(f"train {sig.name}: exit {code}, resume exit {rcode}, weights {diff:.3g}, history {history}: "
                             f"{text.strip().splitlines()[-1:]}")
     ref_pred, ref_pred_s = ws.ref_pred()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT,) if ws.quick else (signal.SIGTERM, signal.SIGINT):
         out = ws.fresh(f"stop-pred-{sig.name}")
         proc = msunet(*ws.predict_cmd(out))
         wait_for(lambda: any(out.glob("*.png")), ref_pred_s * 3, proc, poll=0.005)
@@ -431,11 +437,13 @@ def graceful_stop(ws: Workspace) -> dict:
             failures.append(f"predict {sig.name}: exit {code}, {len(kept)} kept (whole: {whole}), re-run {rcode}: "
                             f"{text.strip().splitlines()[-1:]}")
     return row("graceful-stop", tried, held, failures=failures,
-               note="SIGTERM and SIGINT once each in train (mid-epoch) and in predict (after the first output)")
+               note=("SIGTERM in train (mid-epoch), SIGINT in predict (after the first output)" if ws.quick else
+                     "SIGTERM and SIGINT once each in train (mid-epoch) and in predict (after the first output)"))
 
 
 BAD_KINDS = ("zero-byte image", "truncated PNG", "truncated JPEG", "truncated TIFF", "text named .png",
-             "decompression bomb header", "unreadable file", "mask of the wrong size", "empty mask file")
+             "decompression bomb header", "unreadable file", "dangling symlink", "mask of the wrong size",
+             "empty mask file")
 
 
 def make_rot_folder(root: pathlib.Path, count: int, seed: int = 11) -> tuple[pathlib.Path, dict[str, str]]:
@@ -487,6 +495,9 @@ def make_rot_folder(root: pathlib.Path, count: int, seed: int = 11) -> tuple[pat
                               + chunk(b"IEND", b""))
         elif kind == "unreadable file":
             ipath.chmod(0)
+        elif kind == "dangling symlink":
+            ipath.unlink()
+            ipath.symlink_to(root / "gone" / ipath.name)
         elif kind == "mask of the wrong size":
             write_png(mpath, np.zeros((20, 30), np.uint8))
         elif kind == "empty mask file":
@@ -497,7 +508,7 @@ def make_rot_folder(root: pathlib.Path, count: int, seed: int = 11) -> tuple[pat
 
 
 def rot_folder(ws: Workspace) -> dict:
-    count = 200 if ws.quick else 1000
+    count = 100 if ws.quick else 1000
     data, bad = make_rot_folder(ws.fresh("rot"), count)
     bad_images = {n for n, k in bad.items() if "mask" not in k}
     failures, tried = [], 0
@@ -530,14 +541,15 @@ def rot_folder(ws: Workspace) -> dict:
     code, text = finish(proc)
     tried += 1
     written = int(re.search(r"written: (\d+) image", text).group(1)) if "written:" in text else -1
-    failed = re.findall(r"^  (.+?): (.+)$", text, flags=re.M)
+    failed = re.findall(r"^  (.+?): (.+)$", text, flags=re.MULTILINE)
     failed_names = [pathlib.Path(p).name for p, _ in failed]
     if (code != 1 or written + len(failed) != count or sorted(failed_names) != sorted(bad_images)
             or any(not reason.strip() for _, reason in failed)):
         failures.append(f"predict: exit {code}; {written} written + {len(failed)} failed of {count}; "
                         f"failed {sorted(failed_names)[:8]} vs bad {sorted(bad_images)[:8]}")
     return row("rot-folder", tried, tried - len(failures), failures=failures,
-               note=f"{count} pairs, {len(bad)} bad ({', '.join(sorted(set(bad.values())))}); check, train, predict",
+               note=f"{count} pairs, {len(bad)} bad ({', '.join(sorted(set(bad.values())))}); check, train, predict"
+               + (f"; predict's peak RSS {rss:.0f} MiB" if rss else ""),
                predict_peak_rss_mib=rss)
 
 
@@ -556,13 +568,13 @@ def _peak_rss(proc: subprocess.Popen) -> float | None:
 def tmpfs(path: pathlib.Path, size_kib: int, read_only: bool = False):
     path.mkdir(parents=True, exist_ok=True)
     opts = f"size={size_kib}k" + (",ro" if read_only else "")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PermissionError(proc.stderr.strip() or "mount failed")
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def can_mount() -> str | None:
@@ -649,7 +661,7 @@ def read_only(ws: Workspace) -> dict:
 
 
 def concurrency(ws: Workspace) -> dict:
-    ref_pred, ref_s = ws.ref_pred()
+    ref_pred, _ = ws.ref_pred()
     failures, tried = [], 0
     out = ws.fresh("two-preds")
     procs = [msunet(*ws.predict_cmd(out)) for _ in range(2)]

@@ -161,3 +161,57 @@ def test_schedule_factor_matches_keras_cosine_decay():
     for step in (0, 10, 50, 99, 100):
         assert schedule_factor("cosine", step / 100) == pytest.approx(float(decay(step)), abs=1e-6)
     assert schedule_factor("poly", 1.0) == 0.0 and schedule_factor("constant", 0.7) == 1.0
+
+
+def _ema_model(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5), "mse")
+    return model
+
+
+def test_averaged_weights_are_saved_and_a_resume_continues_as_if_never_stopped():
+    """train.ema: the averaged weights are in the model at each epoch end (what the checkpoint saves), the
+    raw ones in the optimizer; a run resumed from that checkpoint (model weights + optimizer variables,
+    as run.py's state) ends where the uninterrupted run ends, and a run stopped early (time budget) ends
+    with the averages in the model. Tolerance 1e-6: the same float32 ops in the same order in one
+    process; a wrong swap differs by whole steps (checked: the resume without the flag)."""
+    from msunet.training.callbacks import AveragedWeights
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True) ** 2
+    fit = dict(batch_size=8, shuffle=False, verbose=0)
+    saved = {}  # what RunCheckpoint writes after epoch 1: the model's weights and the optimizer's variables
+
+    def save(epoch, logs):
+        if epoch == 0:
+            saved.update(model=whole.get_weights(), optimizer=[v.numpy() for v in whole.optimizer.variables],
+                         raw=[v.numpy() for v in whole.optimizer._model_variables_moving_average])
+    whole = _ema_model()
+    whole.fit(x, y, epochs=3, callbacks=[AveragedWeights(resumed=False), keras.callbacks.LambdaCallback(
+        on_epoch_end=save)], **fit)
+    # After epoch 1 the model held the averages and the optimizer the raw weights: they differ.
+    assert any(not np.allclose(r, w) for r, w in zip(saved["raw"], saved["model"], strict=True))
+
+    def resume(resumed: bool):
+        model = _ema_model(seed=1)  # other initial weights: all of them must come from the saved state
+        model.optimizer.build(model.trainable_variables)
+        model.set_weights(saved["model"])
+        for target, value in zip(model.optimizer.variables, saved["optimizer"], strict=True):
+            target.assign(value)
+        model.fit(x, y, initial_epoch=1, epochs=3, callbacks=[AveragedWeights(resumed=resumed)], **fit)
+        return model.get_weights()
+
+    for a, b in zip(whole.get_weights(), resume(True), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(whole.get_weights(), resume(False), strict=True))
+
+    stopped, at_end = _ema_model(), {}
+
+    def stop(epoch, logs):
+        at_end.update(weights=stopped.get_weights())
+        stopped.stop_training = True
+    stopped.fit(x, y, epochs=3, callbacks=[AveragedWeights(resumed=False), keras.callbacks.LambdaCallback(
+        on_epoch_end=stop)], **fit)
+    for a, b in zip(at_end["weights"], stopped.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the averages, not the raw weights

@@ -179,3 +179,20 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
     def __init__(self, resumed: bool):
         super().__init__(swap_on_epoch=True)
         self._ema_weights_in_model = resumed  # Keras' own flag of which weights the model holds
+
+    def on_train_begin(self, logs=None):
+        # At its end `fit` overwrites the model with the optimizer's average slots. Keras prepares for that only
+        # when the planned last epoch ends the run; after an earlier stop (the time budget, early stopping)
+        # the slots hold the raw weights and the model would end with them. The averages are in the model
+        # at every epoch end here, so that overwrite is skipped whenever they are.
+        optimizer = self.model.optimizer
+        finalize = optimizer.finalize_variable_values
+
+        def keep_averages(var_list):
+            if not self._ema_weights_in_model:
+                finalize(var_list)
+        optimizer.finalize_variable_values = keep_averages
+        self._restore = lambda: optimizer.__dict__.pop("finalize_variable_values", None)
+
+    def on_train_end(self, logs=None):
+        self._restore()

@@ -14,7 +14,7 @@ from helpers import ROOT
 # README first, then the docs whose blocks continue its namespace (export.md uses the README's run).
 DOCS_IN_ORDER = ["README.md", "docs/concepts.md", "docs/models.md", "docs/export.md", "docs/training.md",
                  "docs/prediction.md", "docs/evaluation.md", "docs/scale-out.md", "docs/performance.md",
-                 "docs/accuracy.md", "docs/architecture.md", "docs/volumes.md"]
+                 "docs/accuracy.md", "docs/architecture.md", "docs/volumes.md", "docs/reliability.md"]
 
 
 def _python_blocks(markdown: str) -> list[str]:

@@ -6,6 +6,7 @@ for Keras, with worker threads.
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Sequence
 
@@ -53,7 +54,7 @@ class PatchDataset(keras.utils.PyDataset):
         self.normalization = normalization
         self.batch_size, self.steps, self.seed, self.augment = batch_size, steps, seed, augment
         self.epoch = 0  # the epoch of each index's next batch, before counting (a resumed run sets it)
-        self._made = [0] * steps  # batches made per index
+        self._made = collections.Counter()  # batches made per index
         self._lock = threading.Lock()
         # Larger images hold more patches: sample images in proportion to their area.
         areas = np.array([s.mask.size for s in self.samples], np.float64)

@@ -22,6 +22,8 @@ import time
 import numpy as np
 import tifffile
 
+from msunet import machine
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -58,6 +60,7 @@ def main() -> None:
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child: predict
         result = {
             "date": datetime.date.today().isoformat(),
+            "machine": machine.describe(),
             "image": f"{size}x{size}x3 uint8 uncompressed TIFF ({image.stat().st_size / 1e9:.2f} GB)",
             "returncode": proc.returncode,
             "peak_rss_gib": peak_kib / 1024**2,

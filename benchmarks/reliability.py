@@ -286,7 +286,8 @@ def train_kills(ws: Workspace) -> dict:
     run.json exists, else the same `msunet train` again) until it completes; a new chain while kills remain."""
     ref, ref_s = ws.ref_run()
     kills = 3 if ws.quick else 20
-    landed, where, commands, failures, chains = 0, {"random": 0, "checkpoint write": 0, "bundle export": 0}, 0, [], 0
+    where = {"random": 0, "during a checkpoint write": 0, "during the bundle export": 0}
+    landed, commands, failures, chains = 0, 0, [], 0
     diffs, reads, scans = [], 0, 0
     while landed < kills and chains < kills:  # a chain ends when a resume completes before its kill
         chains += 1
@@ -298,10 +299,10 @@ def train_kills(ws: Workspace) -> dict:
             proc = msunet(*(["train", "--resume", str(out), "--verbose", "0"] if resume else ws.train_cmd(out)))
             commands += 1
             if landed < kills:
-                kind = ["checkpoint write", "bundle export", "random", "random"][landed % 4]
-                if kind == "checkpoint write":
+                kind = ["during a checkpoint write", "during the bundle export", "random", "random"][landed % 4]
+                if kind == "during a checkpoint write":
                     wait_for(lambda: writing(out, r"\.(keras|h5)$"), ref_s * 2, proc)
-                elif kind == "bundle export":
+                elif kind == "during the bundle export":
                     wait_for(lambda: writing(out, r"^\.bundle"), ref_s * 2, proc)
                 else:
                     wait_for(lambda: False, ws.rng.uniform(1.0, ref_s), proc)
@@ -327,7 +328,7 @@ def train_kills(ws: Workspace) -> dict:
         if not _same_bundle(ref, out):
             failures.append(f"chain {chains}: the run's bundle differs from the uninterrupted run's")
     held = landed if not failures else 0
-    return row("train-kills", landed, held, note=f"kills by moment {where}; {chains} run(s), {commands} commands; "
+    return row("train-kills", landed, held, note=f"{', '.join(f'{n} {k}' for k, n in where.items())}; {chains} run(s), {commands} commands; "
                f"largest weight difference {max(diffs):.3g}; {reads} file reads in {scans} scans",
                failures=failures, max_weight_diff=max(diffs), kills_by_moment=where, file_reads=reads)
 

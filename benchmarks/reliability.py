@@ -237,8 +237,7 @@ class Workspace:
         self.images = root / "predict-in"
         make_dataset(root / "predict-src", count=8 if quick else 60, size=(64, 56), seed=5)
         shutil.copytree(root / "predict-src" / "images", self.images, dirs_exist_ok=True)
-        self._ref_run = None
-        self._ref_pred = None
+        self._refs = {}
 
     def fresh(self, name: str) -> pathlib.Path:
         path = self.root / name
@@ -249,30 +248,28 @@ class Workspace:
         return ["train", "--data", str(self.data), "--out", str(out), *self.train_args, "--verbose", "0",
                 *([] if bundle else ["--no-bundle"])]
 
+    def _reference(self, name: str, command) -> tuple[pathlib.Path, float]:
+        """Runs `command(out)` once, uninterrupted, into a fresh folder `name`: (that folder, its wall time)."""
+        if name not in self._refs:
+            out = self.fresh(name)
+            start = time.monotonic()
+            code, text = finish(msunet(*command(out)))
+            if code != 0:
+                raise RuntimeError(f"the uninterrupted {name} failed ({code}):\n{text[-3000:]}")
+            self._refs[name] = (out, time.monotonic() - start)
+        return self._refs[name]
+
     def ref_run(self) -> tuple[pathlib.Path, float]:
         """The uninterrupted run (with its int8 bundle) and its wall time."""
-        if self._ref_run is None:
-            out = self.fresh("ref-run")
-            start = time.monotonic()
-            code, text = finish(msunet(*self.train_cmd(out)))
-            if code != 0:
-                raise RuntimeError(f"the reference run failed ({code}):\n{text[-3000:]}")
-            self._ref_run = (out, time.monotonic() - start)
-        return self._ref_run
+        return self._reference("ref-run", self.train_cmd)
 
     def predict_cmd(self, out: pathlib.Path, images: pathlib.Path | None = None) -> list[str]:
         run, _ = self.ref_run()
         return ["predict", "--model", str(run), "--input", str(images or self.images), "--out", str(out), "--quiet"]
 
     def ref_pred(self) -> tuple[pathlib.Path, float]:
-        if self._ref_pred is None:
-            out = self.fresh("ref-pred")
-            start = time.monotonic()
-            code, text = finish(msunet(*self.predict_cmd(out)))
-            if code != 0:
-                raise RuntimeError(f"the reference prediction failed ({code}):\n{text[-3000:]}")
-            self._ref_pred = (out, time.monotonic() - start)
-        return self._ref_pred
+        """The uninterrupted prediction of the run's bundle on the predict folder, and its wall time."""
+        return self._reference("ref-pred", self.predict_cmd)
 
 
 def tree_bytes(folder: pathlib.Path) -> dict[str, bytes]:
@@ -393,6 +390,16 @@ def predict_kills(ws: Workspace) -> dict:
                f"byte for byte; {reads} file reads in {scans} scans", failures=failures)
 
 
+def _signal_once(proc, sig, ready, timeout: float, poll: float, settle: float = 0.0) -> tuple[int, str] | None:
+    """Sends `sig` once `ready()` (and `settle` seconds more): (exit code, output), or None if `proc` ended first."""
+    wait_for(ready, timeout, proc, poll=poll)
+    time.sleep(settle)
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(sig)
+    return finish(proc)
+
+
 def graceful_stop(ws: Workspace) -> dict:
     ref, ref_s = ws.ref_run()
     tried, held, failures = 0, 0, []
@@ -401,13 +408,11 @@ def graceful_stop(ws: Workspace) -> dict:
         out = ws.fresh(f"stop-run-{sig.name}")
         proc = msunet(*ws.train_cmd(out, bundle=False))
         # Once the first epoch's state is on disk: the stop lands inside a later epoch.
-        wait_for(lambda: (out / "state" / "state.json").is_file(), ref_s * 3, proc, poll=0.01)
-        time.sleep(0.3)
-        if proc.poll() is not None:
+        stopped = _signal_once(proc, sig, lambda: (out / "state" / "state.json").is_file(), ref_s * 3, 0.01, 0.3)
+        if stopped is None:
             failures.append(f"train finished before {sig.name}")
             continue
-        proc.send_signal(sig)
-        code, text = finish(proc)
+        code, text = stopped
         tried += 1
         ok = code == 128 + sig and f"msunet train --resume {out}" in text and "Traceback" not in text
         rcode, _ = finish(msunet("train", "--resume", str(out), "--verbose", "0", "--no-bundle"))
@@ -421,12 +426,11 @@ def graceful_stop(ws: Workspace) -> dict:
     for sig in (signal.SIGINT,) if ws.quick else (signal.SIGTERM, signal.SIGINT):
         out = ws.fresh(f"stop-pred-{sig.name}")
         proc = msunet(*ws.predict_cmd(out))
-        wait_for(lambda: any(out.glob("*.png")), ref_pred_s * 3, proc, poll=0.005)
-        if proc.poll() is not None:
+        stopped = _signal_once(proc, sig, lambda: any(out.glob("*.png")), ref_pred_s * 3, 0.005)
+        if stopped is None:
             failures.append(f"predict finished before {sig.name}")
             continue
-        proc.send_signal(sig)
-        code, text = finish(proc)
+        code, text = stopped
         tried += 1
         kept = [p for p in visible_files(out) if p.suffix == ".png"]
         whole = all(check_file(p) is None for p in kept)

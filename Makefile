@@ -41,7 +41,8 @@ browser:
 
 # The reliability harness at full counts (benchmarks/reliability.py; `make test` runs its quick part):
 # 20 kills of train and of predict, graceful stops, a 1000-image rotten folder, a full disk and a
-# read-only folder (tmpfs mounts: root on Linux, else those two are skipped with the reason), two runs
+# read-only folder (tmpfs mounts as root on Linux; otherwise the full disk is skipped with the reason and
+# the read-only folder is a chmod 555 one), two runs
 # into one folder. Writes benchmarks/results/reliability/reliability-DATE.json and prints the table.
 test-chaos: venv
 	$(PY) benchmarks/reliability.py --table

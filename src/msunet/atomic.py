@@ -19,10 +19,12 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-    """A temporary sibling of `path` to write; moved onto `path` when the block succeeds."""
+    """A temporary sibling of `path` to write; moved onto `path` when the block succeeds. It keeps all of
+    the name's suffixes (`.epoch-3.tmp-PID-TID.weights.h5`): some writers check them (Keras' `.weights.h5`)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    stem, dot, suffixes = path.name.partition(".") if not path.name.startswith(".") else (path.name, "", "")
+    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}{dot}{suffixes}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -79,8 +81,6 @@ def sweep_leftovers(folder: str | os.PathLike) -> list[pathlib.Path]:
     """Removes from `folder` the temporary files and folders of writers that are no longer running
     (a kill, a full disk, a power cut) and returns them: what a re-run or `--resume` finds is then
     only complete files. Live writers' temporaries (another process at work) are left alone."""
-    import shutil
-
     folder = pathlib.Path(folder)
     removed = []
     if not folder.is_dir():
@@ -89,12 +89,19 @@ def sweep_leftovers(folder: str | os.PathLike) -> list[pathlib.Path]:
         match = _LEFTOVER.match(entry.name)
         if match is None or _alive(int(match.group(1))):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        remove(entry)
         removed.append(entry)
     return removed
+
+
+def remove(entry: pathlib.Path) -> None:
+    """Removes a file, a link or a folder with its contents (a link's target is left alone)."""
+    import shutil
+
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 LOCK_FILE = ".msunet-lock"

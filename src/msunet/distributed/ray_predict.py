@@ -25,9 +25,16 @@ import pathlib
 import socket
 import time
 
-from msunet.atomic import FolderLock, check_writable, sweep_leftovers
 from msunet.inference.engines import choose_engine
-from msunet.runtime.files import FileOutcome, PredictSummary, file_job, list_inputs, output_stems, predict_file
+from msunet.runtime.files import (
+    FileOutcome,
+    PredictSummary,
+    file_job,
+    list_inputs,
+    output_folder,
+    output_stems,
+    predict_file,
+)
 from msunet.runtime.options import PredictOptions
 
 
@@ -138,9 +145,7 @@ def predict_ray(
     files = list_inputs(inputs)
     stems = output_stems(files)
     out = pathlib.Path(out_dir)
-    with FolderLock(out, "predict"):  # as predict_files: one prediction per output folder
-        check_writable(out)
-        sweep_leftovers(out)
+    with output_folder(out):  # as predict_files: one prediction per output folder
         before = {p.name for p in out.iterdir()}
 
         if not ray.is_initialized():

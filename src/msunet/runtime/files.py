@@ -14,6 +14,7 @@ batch -> {head: probabilities} function. NumPy only: no Keras, TensorFlow or Sci
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -21,7 +22,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -214,6 +215,17 @@ def _predict_volume_file(engine: Engine, fn, path: pathlib.Path, stem: str, job:
         return _failed(path, err, job.out)
 
 
+@contextlib.contextmanager
+def output_folder(out: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A prediction's output folder, held for the block: locked (a second predict into it is refused,
+    never interleaved), checked writable (read-only or full: refused before the first image) and swept
+    of a killed run's temporary files (its finished outputs are kept)."""
+    with FolderLock(out, "predict"):
+        check_writable(out)
+        sweep_leftovers(out)
+        yield out
+
+
 def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.PathLike,
                   options: PredictOptions | None = None,
                   progress: Callable[[str, int, int], None] | None = None) -> PredictSummary:
@@ -228,9 +240,7 @@ def predict_files(engine: Engine, inputs: str | os.PathLike, out_dir: str | os.P
     if job.options.output_format == "ome-zarr":
         zarr_module()  # missing: one clear error before any image
     files = list_inputs(inputs)
-    with FolderLock(job.out, "predict"):  # a second predict into this folder is refused, never interleaved
-        check_writable(job.out)  # read-only or full: refused before the first image
-        sweep_leftovers(job.out)  # a killed run's temporary files; its finished outputs are kept
+    with output_folder(job.out):
         summary = PredictSummary()
         start = time.perf_counter()
         for path, stem in output_stems(files).items():

@@ -122,14 +122,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         else:
             self.wait += 1
         weights = self.state_dir / f"epoch-{epoch + 1}.weights.h5"
-        # Keras wants the ".weights.h5" ending, so not atomic_path's name; a kill or a full disk leaves a
-        # hidden ".tmp-PID" file that `sweep_leftovers` removes, never a partial epoch-N file.
-        partial = self.state_dir / f".epoch-{epoch + 1}.tmp-{os.getpid()}.weights.h5"
-        try:
+        with atomic_path(weights) as partial:  # a kill leaves a hidden temporary (swept), never a partial epoch-N
             self.model.save_weights(partial)
-            os.replace(partial, weights)
-        finally:
-            partial.unlink(missing_ok=True)
         write_json_atomic(
             self.state_dir / "state.json",
             {"epochs_done": epoch + 1, "weights": weights.name, "best": self.best, "wait": self.wait,

@@ -20,13 +20,12 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 from typing import Any
 
 import keras
 import numpy as np
 
-from msunet.atomic import LOCK_FILE, FolderLock, atomic_path, write_text_atomic
+from msunet.atomic import LOCK_FILE, FolderLock, atomic_path, remove, write_text_atomic
 from msunet.config import ModelConfig, RunConfig
 from msunet.data.preprocessing import Normalization
 from msunet.heads import deep_supervision_weights, head_name, parse_head
@@ -66,12 +65,18 @@ def read_state(run_dir: pathlib.Path) -> dict | None:
         raise RunError(f"{path}: unreadable resume state ({err}); start again with --overwrite.") from err
 
 
-def failed_before_training(out: pathlib.Path) -> str | None:
-    """The error of a run that failed before completing an epoch (nothing to lose), else None."""
+def _run_info(out: pathlib.Path) -> dict | None:
+    """run.json's content, or None where it is missing or unreadable."""
     try:
-        info = json.loads((out / "run.json").read_text())
+        info = json.loads((pathlib.Path(out) / "run.json").read_text())
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
+
+
+def failed_before_training(out: pathlib.Path) -> str | None:
+    """The error of a run that failed before completing an epoch (nothing to lose), else None."""
+    info = _run_info(out) or {}
     if info.get("status") == "failed" and read_state(out) is None:
         return str(info.get("error", "unknown error"))
     return None
@@ -79,10 +84,7 @@ def failed_before_training(out: pathlib.Path) -> str | None:
 
 def run_completed(run_dir: str | os.PathLike) -> bool:
     """The run in `run_dir` finished its training (run.json says "completed")."""
-    try:
-        return json.loads((pathlib.Path(run_dir) / "run.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (_run_info(run_dir) or {}).get("status") == "completed"
 
 
 def _transient(error: str) -> bool:
@@ -102,10 +104,7 @@ def unfinished_before_training(out: pathlib.Path) -> str | None:
         return f"failed before its first epoch ({failed})"
     if not (out / "run.json").is_file():
         return "stopped while planning"  # config.json is written first, run.json next
-    try:
-        status = json.loads((out / "run.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    status = (_run_info(out) or {}).get("status")
     return "stopped before its first epoch" if status in ("running", "interrupted") else None
 
 
@@ -154,10 +153,7 @@ def _contents(out: pathlib.Path) -> list[pathlib.Path]:
 def _clear(out: pathlib.Path) -> None:
     """Empties a run folder being replaced, keeping the lock this process holds on it."""
     for entry in _contents(out):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        remove(entry)
 
 
 def trim_history(path: pathlib.Path, epochs_done: int) -> None:

@@ -77,3 +77,59 @@ def test_a_plain_tiff_still_gives_png_masks(loaded_run, tmp_path):
     tifffile.imwrite(tmp_path / "in" / "plain.tif", np.zeros((40, 50, 3), np.uint8), photometric="rgb")
     predict(loaded_run, tmp_path / "in", tmp_path / "out")
     assert (tmp_path / "out" / "plain.png").is_file() and read_georeference(tmp_path / "in" / "plain.tif") is None
+
+
+def test_large_outputs_are_cloud_optimized_tiles_with_overviews_that_gdal_reads(loaded_run, tmp_path):
+    """Outputs over one 256 px tile carry overviews (reduced-resolution images at 1/2, 1/4, ... down to one
+    tile, OGC's COG layout); GDAL lists and reads them, georeferenced like the full resolution."""
+    rasterio = pytest.importorskip("rasterio", reason="the check with GDAL's reader needs rasterio (pip install rasterio)")
+    image = (np.random.default_rng(2).random((600, 300, 3)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "big.tif", image, photometric="rgb", extratags=TAGS)
+    assert not predict(loaded_run, tmp_path / "in", tmp_path / "out", probabilities=True).failed
+    for name, overviews in (("big.tif", [2, 4]), ("big_prob.tif", [2, 4]), ("big_s2.tif", [2]), ("big_s4.tif", [])):
+        with rasterio.open(tmp_path / "out" / name) as out:
+            assert out.overviews(1) == overviews and out.profile["tiled"] and out.profile["blockxsize"] == 256
+            assert out.crs.to_epsg() == 32633
+            full = out.read(1)
+            for factor in overviews:  # GDAL reads the level itself: the nearest pixels of the full resolution
+                shape = (-(-full.shape[0] // factor), -(-full.shape[1] // factor))
+                level = out.read(1, out_shape=(1, *shape))
+                rows = np.minimum(np.arange(shape[0]) * factor + factor // 2, full.shape[0] - 1)
+                cols = np.minimum(np.arange(shape[1]) * factor + factor // 2, full.shape[1] - 1)
+                np.testing.assert_array_equal(level, full[np.ix_(rows, cols)])
+    with tifffile.TiffFile(tmp_path / "out" / "big.tif") as tif:  # one IFD chain, finest first
+        assert [p.shape for p in tif.pages] == [(600, 300), (300, 150), (150, 75)]
+        assert [int(p.subfiletype) for p in tif.pages] == [0, 1, 1]
+
+
+def test_a_cloud_optimized_geotiff_is_predicted_window_by_window(loaded_run, tmp_path, monkeypatch):
+    """A COG written by GDAL (LZW, 256 px tiles, overviews) is read tile row by tile row, never whole,
+    and predicts what the same pixels predict from a PNG."""
+    rasterio = pytest.importorskip("rasterio", reason="writing a COG with GDAL needs rasterio (pip install rasterio)")
+    from msunet.data.imageio import TiledTiffReader, open_image_lazy, write_png
+    from msunet.runtime import files
+
+    image = (np.random.default_rng(3).random((700, 520, 3)) * 255).astype(np.uint8)
+    (tmp_path / "cog").mkdir()
+    pytest.importorskip("imagecodecs", reason="GDAL's COGs are LZW-compressed: decoding needs imagecodecs (msunet[geo])")
+    profile = dict(driver="COG", width=520, height=700, count=3, dtype="uint8", blocksize=256,  # LZW, GDAL's default
+                   crs="EPSG:32633", transform=rasterio.Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0))
+    with rasterio.open(tmp_path / "cog" / "scene.tif", "w", **profile) as dst:
+        dst.write(np.moveaxis(image, -1, 0))
+    with rasterio.open(tmp_path / "cog" / "scene.tif") as src:
+        assert src.overviews(1) and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    reader = open_image_lazy(tmp_path / "cog" / "scene.tif")
+    assert isinstance(reader, TiledTiffReader) and reader.shape == (700, 520, 3)
+    np.testing.assert_array_equal(reader[300:420, 100:300], image[300:420, 100:300])
+    monkeypatch.setattr(files, "STREAM_PIXELS", 10_000)  # as a huge scene is: tiles read, results in maps
+    assert not predict(loaded_run, tmp_path / "cog", tmp_path / "out", probabilities=True).failed
+    monkeypatch.undo()  # the PNG whole, in memory
+    write_png(tmp_path / "png" / "scene.png", image)
+    predict(loaded_run, tmp_path / "png", tmp_path / "out-png", probabilities=True)
+    # the same pixels through the same model and tiles: equal within float32 accumulation (1e-5; the streamed
+    # path sums tiles in a memory map, the other in memory)
+    ours, png = (tifffile.imread(tmp_path / name / "scene_prob.tif") for name in ("out", "out-png"))
+    np.testing.assert_allclose(ours.reshape(png.shape), png, atol=1e-5)
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out, rasterio.open(tmp_path / "cog" / "scene.tif") as src:
+        assert out.crs == src.crs and out.transform == src.transform and out.overviews(1) == [2, 4]

@@ -73,3 +73,92 @@ def test_every_scale_is_a_level_of_one_label_pyramid_with_the_png_masks(loaded_r
 def test_the_format_is_checked_before_any_image(loaded_run, tmp_path):
     with pytest.raises(ValueError, match="output format .* auto, ome-zarr"):
         predict(loaded_run, tmp_path, tmp_path / "out", output_format="zarr")
+
+
+def _ome_zarr_image(path, image):
+    """An OME-Zarr store as ome-zarr-py writes one (NGFF 0.5, t c z y x, a pyramid of its own)."""
+    import zarr
+    from ome_zarr.writer import write_image
+
+    write_image(np.moveaxis(image, -1, 0)[None, :, None], zarr.open_group(str(path), mode="w"), axes="tczyx")
+
+
+def test_zarr_and_ome_zarr_images_are_predicted_window_by_window(loaded_run, tmp_path, monkeypatch):
+    import zarr
+
+    from msunet.data import zarrio
+    from msunet.data.imageio import image_stem, open_image_lazy
+
+    image = (np.random.default_rng(4).random((300, 260, 3)) * 255).astype(np.uint8)
+    write_png(tmp_path / "png" / "scene.png", image)
+    predict(loaded_run, tmp_path / "png", tmp_path / "out-png", probabilities=True)
+    (tmp_path / "in").mkdir()
+    _ome_zarr_image(tmp_path / "in" / "scene.ome.zarr", image)
+    plain = zarr.create_array(str(tmp_path / "in" / "plain.zarr"), shape=(3, 300, 260), dtype=np.uint8, chunks=(3, 64, 64))
+    plain[:] = np.moveaxis(image, -1, 0)  # (c, y, x) without NGFF metadata
+    assert image_stem(tmp_path / "in" / "scene.ome.zarr") == "scene"
+    assert isinstance(open_image_lazy(tmp_path / "in" / "plain.zarr"), zarrio.ZarrImage)
+
+    rows_read = []
+    read_rows = zarrio.ZarrImage._read_rows
+    monkeypatch.setattr(zarrio.ZarrImage, "_read_rows", lambda self, a, b: rows_read.append(b - a) or read_rows(self, a, b))
+    monkeypatch.setattr(zarrio.ZarrImage, "__array__", lambda *a, **k: pytest.fail("a Zarr input was read whole"))
+    monkeypatch.setattr(files, "STREAM_PIXELS", 10_000)  # results in memory maps, as for a huge slide
+    monkeypatch.setattr(zarrio, "BAND_ROWS", 64)
+    summary = predict(loaded_run, tmp_path / "in", tmp_path / "out", probabilities=True, overlay_images=False)
+    assert not summary.failed and len(summary.written) == 2 * 2 * 3  # masks and probabilities at 3 scales
+    # read in bands of rows, each row a few times (the normalisation pass, the tiles), never whole
+    assert max(rows_read) < 300 and sum(rows_read) <= 2 * 4 * 300, (max(rows_read), sum(rows_read), len(rows_read))
+    expected = tifffile_read(tmp_path / "out-png" / "scene_prob.tif")
+    for stem in ("scene", "plain"):  # the same pixels, the same tiles: equal within float32 accumulation (1e-5)
+        np.testing.assert_allclose(tifffile_read(tmp_path / "out" / f"{stem}_prob.tif").reshape(expected.shape),
+                                   expected, atol=1e-5)
+
+
+def tifffile_read(path):
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def test_a_bad_zarr_store_is_a_failed_file_with_the_reason(loaded_run, tmp_path):
+    import zarr
+
+    (tmp_path / "in" / "empty.zarr").mkdir(parents=True)  # no metadata
+    stack = (np.random.default_rng(5).random((2, 40, 50, 3)) * 255).astype(np.uint8)  # two time points
+    import ome_zarr.writer
+
+    ome_zarr.writer.write_image(np.moveaxis(stack, -1, 1)[:, :, None], zarr.open_group(str(tmp_path / "in" / "movie.ome.zarr"),
+                                                                                       mode="w"), axes="tczyx")
+    summary = predict(loaded_run, tmp_path / "in", tmp_path / "out")
+    reasons = dict(summary.failed)
+    assert set(reasons) == {str(tmp_path / "in" / "empty.zarr"), str(tmp_path / "in" / "movie.ome.zarr")}
+    assert "zarr.json or .zgroup" in reasons[str(tmp_path / "in" / "empty.zarr")]
+    assert "'t' axis holds 2 planes" in reasons[str(tmp_path / "in" / "movie.ome.zarr")]
+
+
+def test_evaluate_scores_ome_zarr_predictions_and_ground_truth_as_it_scores_pngs(loaded_run, tmp_path):
+    import zarr
+
+    from msunet.evaluation.evaluate import evaluate_folders
+
+    rng = np.random.default_rng(6)
+    for name in ("a", "b"):
+        write_png(tmp_path / "in" / f"{name}.png", (rng.random((70, 90, 3)) * 255).astype(np.uint8))
+        truth = np.zeros((70, 90), np.uint8)
+        truth[10:50, 20:70] = 1
+        truth[30:60, 5:40] = 2
+        write_png(tmp_path / "gt" / f"{name}.png", truth)
+        gt_store = zarr.create_array(str(tmp_path / "gt-zarr" / f"{name}.zarr"), shape=truth.shape, dtype=np.uint8,
+                                     chunks=(32, 32))
+        gt_store[:] = truth
+    predict(loaded_run, tmp_path / "in", tmp_path / "png")
+    predict(loaded_run, tmp_path / "in", tmp_path / "zarr", output_format="ome-zarr")
+    reference = evaluate_folders(tmp_path / "png", tmp_path / "gt", tmp_path / "eval-png", num_classes=3)
+    assert {r["scale"] for r in reference.rows} == {1, 2, 4}
+    for pred, gt in (("zarr", "gt"), ("zarr", "gt-zarr"), ("png", "gt-zarr")):
+        result = evaluate_folders(tmp_path / pred, tmp_path / gt, tmp_path / f"eval-{pred}-{gt}", num_classes=3,
+                                  images_dir=tmp_path / "in")
+        assert not result.problems, result.problems
+        assert result.rows == reference.rows  # the same masks, read from the other format: the same scores
+        assert "prediction 1/4" in (tmp_path / f"eval-{pred}-{gt}" / "report.html").read_text()

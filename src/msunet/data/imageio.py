@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from msunet.atomic import write_bytes_atomic
+from msunet.data import zarrio
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_MAX_PIXELS = 250_000_000  # about 15800 x 15800; raise it for larger images (predict streams)
@@ -26,12 +27,47 @@ class ImageReadError(ValueError):
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    return pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """An image by its name: a known suffix, or a Zarr store (a folder named `*.zarr`, `msunet.data.zarrio`)."""
+    return pathlib.Path(path).suffix.lower() in IMAGE_SUFFIXES or zarrio.is_zarr_store(path)
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The name an image's outputs and ground truth go by: "a.png" -> "a", "slide.ome.zarr" -> "slide"."""
+    return zarrio.zarr_stem(path)
+
+
+def _zarr_array(path: pathlib.Path, max_pixels: int, mask: bool) -> np.ndarray:
+    """A store read whole: its image, or as a mask its label image's finest level (2-D)."""
+    try:
+        source = zarrio.label_levels(path)[0][1] if mask else zarrio.open_zarr_image(path)
+        _check_pixels(path, *source.shape[:2], max_pixels)
+        array = np.asarray(source[:, :])
+    except zarrio.ZarrReadError as err:
+        raise ImageReadError(str(err)) from err
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a chunk that does not decode is the store's problem
+        raise ImageReadError(f"{path}: cannot read the Zarr store ({decoder_reason(err, path)}); a chunk may be "
+                             "missing or corrupt. Replace or remove it.") from err
+    return array[..., 0] if mask else array
+
+
+def _check_pixels(path, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise ImageReadError(
+            f"{path}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,} "
+            "(a guard against decompression bombs); raise max_pixels (data.max_pixels) if the image is genuine."
+        )
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image file, read from its header only."""
     path = pathlib.Path(path)
+    if zarrio.is_zarr_store(path):
+        try:
+            return zarrio.open_zarr_image(path).shape[:2]
+        except zarrio.ZarrReadError as err:
+            raise ImageReadError(str(err)) from err
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
@@ -72,6 +108,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     Raises:
         ImageReadError: unreadable, truncated, not an image, or too large; the message names the file.
     """
+    if zarrio.is_zarr_store(path):  # channels named by the store: none of them is alpha
+        return np.ascontiguousarray(_zarr_array(pathlib.Path(path), max_pixels, mask=False))
     array = _read_array(path, max_pixels, keep_palette=False)
     if array.ndim == 2:
         array = array[..., None]
@@ -100,19 +138,17 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 def _read_array(path: str | os.PathLike, max_pixels: int, keep_palette: bool) -> np.ndarray:
     path = pathlib.Path(path)
+    if zarrio.is_zarr_store(path):
+        return _zarr_array(path, max_pixels, mask=keep_palette)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file.")
     if not is_image_file(path):
         raise ImageReadError(
             f"{path}: not an image file (suffix {path.suffix or 'none'!r}); "
-            f"use one of {', '.join(IMAGE_SUFFIXES)} or remove it from the folder."
+            f"use one of {', '.join(IMAGE_SUFFIXES)}, a .zarr store, or remove it from the folder."
         )
     height, width = image_size(path)
-    if height * width > max_pixels:
-        raise ImageReadError(
-            f"{path}: {width}x{height} = {height * width:,} pixels exceeds the limit of {max_pixels:,} "
-            "(a guard against decompression bombs); raise max_pixels (data.max_pixels) if the image is genuine."
-        )
+    _check_pixels(path, height, width, max_pixels)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             try:
@@ -289,14 +325,20 @@ class TiledTiffReader(RowBandReader):
 def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Opens an image for tiled reading without loading it, where the format allows.
 
-    Uncompressed, contiguous TIFF -> `RowBandReader`; tiled TIFF -> `TiledTiffReader`; `.npy` ->
-    read-only memory map (H, W[, C]); anything else (PNG, JPEG, compressed strip TIFF) is read whole
+    Uncompressed, contiguous TIFF -> `RowBandReader`; tiled TIFF (a COG too) -> `TiledTiffReader`; a Zarr
+    or OME-Zarr store -> `zarrio.ZarrImage` (chunks read where sliced); `.npy` -> read-only memory map
+    (H, W[, C]); anything else (PNG, JPEG, compressed strip TIFF) is read whole
     with `read_image` (pixel limit applies).
 
     Returns:
         An (H, W, C) array-like with `.shape`, `.dtype` and NumPy slicing.
     """
     path = pathlib.Path(path)
+    if zarrio.is_zarr_store(path):
+        try:
+            return zarrio.open_zarr_image(path)
+        except zarrio.ZarrReadError as err:
+            raise ImageReadError(str(err)) from err
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file.")
     suffix = path.suffix.lower()

@@ -24,7 +24,7 @@ import numpy as np
 import tifffile
 
 from msunet.atomic import write_bytes_atomic
-from msunet.data.imageio import ImageReadError, decoder_reason
+from msunet.data.imageio import ImageReadError, decoder_reason, image_stem
 from msunet.data.preprocessing import channel_moments
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".tif", ".tiff")
@@ -66,7 +66,7 @@ def volume_stem(path: str | os.PathLike) -> str:
     """The file name without its volume suffix ("case_001.nii.gz" -> "case_001")."""
     name = pathlib.Path(path).name
     suffix = volume_suffix(name)
-    return name[: len(name) - len(suffix)] if suffix else pathlib.Path(name).stem
+    return name[: len(name) - len(suffix)] if suffix else image_stem(name)
 
 
 def is_volume_only(path: str | os.PathLike) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 
 from msunet.atomic import write_text_atomic
 from msunet.config import DataConfig
-from msunet.data.imageio import is_image_file, read_mask
+from msunet.data.imageio import image_stem, is_image_file, read_mask
 from msunet.data.pairs import IGNORE, decode_mask, find_pairs, split_pairs
 from msunet.data.targets import downsample_target, one_hot_target
 from msunet.evaluation.report import build_report
@@ -37,6 +37,7 @@ from msunet.evaluation.scores import (
     CONVENTIONS,
     EvaluationResult,
     class_metrics,
+    coarse_masks,
     find_by_stem,
     finite,
     log,
@@ -47,7 +48,6 @@ from msunet.evaluation.scores import (
 )
 from msunet.data.volumes import is_volume_only
 from msunet.evaluation.volumes import evaluate_volume_folders, find_volume
-from msunet.heads import head_from_suffix
 
 # --------------------------------------------------------------------------------------------------
 # Folders
@@ -57,9 +57,9 @@ def _predictions_without_truth(pred_dir: pathlib.Path, truth_stems: set[str]) ->
     """Stems of predicted masks that neither are a ground-truth stem nor extend one (`NAME_s2`, ...)."""
     lonely = []
     for path in sorted(pred_dir.iterdir()):
-        if not is_image_file(path) or path.stem in truth_stems:
+        if not is_image_file(path) or image_stem(path) in truth_stems:
             continue
-        stem = path.stem
+        stem = image_stem(path)
         prefixes = (stem[:i] for i, char in enumerate(stem) if char == "_")
         if not any(prefix in truth_stems for prefix in prefixes):
             lonely.append(stem)
@@ -103,7 +103,7 @@ def evaluate_folders(
             raise FileNotFoundError(f"{folder}: no such {what} folder.")
     data_cfg = data_cfg or DataConfig()
     out.mkdir(parents=True, exist_ok=True)
-    stems = list(names) if names is not None else sorted(p.stem for p in gt_dir.iterdir() if is_image_file(p))
+    stems = list(names) if names is not None else sorted(image_stem(p) for p in gt_dir.iterdir() if is_image_file(p))
     classes = [1] if num_classes == 1 else list(range(0 if include_background else 1, num_classes))
     rows, problems, pictures = [], [], {}
     for stem in stems:
@@ -133,15 +133,16 @@ def evaluate_folders(
             rows.append(row)
         # Coarse heads against the ground truth downsampled by the training rule.
         full = one_hot_target(np.where(valid, truth, IGNORE).astype(np.int16), num_classes)
-        for coarse in sorted(pred_dir.glob(f"{stem}_s*.*")):
-            head = head_from_suffix(coarse.stem[len(stem):])
-            if head is None or head.kind != "scale" or head.scale == 1 or not is_image_file(coarse):
-                continue
-            scale = head.scale
+        try:
+            coarse_found = coarse_masks(pred_dir, stem, pred_path)
+        except ValueError as err:
+            problems.append((stem, f"coarse predictions: {err}"))
+            coarse_found = []
+        for scale, name, read in coarse_found:
             target = downsample_target(full, scale, data_cfg.target_downsampling)
-            cpred = mask_to_classes(read_mask(coarse), num_classes)
+            cpred = mask_to_classes(read(), num_classes)
             if cpred.shape != target.shape[:2]:
-                problems.append((coarse.name, f"size {cpred.shape} does not match ceil(H/{scale}) x ceil(W/{scale})"))
+                problems.append((name, f"size {cpred.shape} does not match ceil(H/{scale}) x ceil(W/{scale})"))
                 continue
             onehot = (cpred == 1)[..., None] if num_classes == 1 else (cpred[..., None] == np.arange(num_classes))
             for cls in classes:

@@ -14,7 +14,7 @@ import numpy as np
 from msunet.config import DataConfig
 from msunet.data.imageio import read_image, read_mask
 from msunet.data.pairs import IGNORE, decode_mask
-from msunet.evaluation.scores import CONVENTIONS, METRICS, find_by_stem, mask_to_classes
+from msunet.evaluation.scores import CONVENTIONS, METRICS, coarse_masks, find_by_stem, mask_to_classes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,10 +117,8 @@ def build_report(summary, rows, pictures, num_classes, images_dir, pred_dir, run
         base = read_image(image_path) if image_path else np.repeat((truth > 0)[..., None].astype(np.uint8) * 60, 3, -1)
         tiles = [overlay(_thumbnail(base), _thumbnail(truth), num_classes), overlay(_thumbnail(base), _thumbnail(pred), num_classes)]
         captions = ["ground truth", "prediction"]
-        coarse_files = [(int(p.stem[len(stem) + 2 :]), p) for p in pathlib.Path(pred_dir).glob(f"{stem}_s*.png")
-                        if p.stem[len(stem) + 2 :].isdigit()]
-        for scale, coarse in sorted(coarse_files):
-            cmask = mask_to_classes(read_mask(coarse), num_classes)
+        for scale, _, read in sorted(coarse_masks(pathlib.Path(pred_dir), stem, pred_path), key=lambda c: c[0]):
+            cmask = mask_to_classes(read(), num_classes)
             up = cmask.repeat(scale, 0).repeat(scale, 1)[: pred.shape[0], : pred.shape[1]]  # shown at full size
             tiles.append(overlay(_thumbnail(base), _thumbnail(up), num_classes))
             captions.append(f"prediction 1/{scale}")

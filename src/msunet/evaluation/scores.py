@@ -16,7 +16,9 @@ from scipy import ndimage
 
 from msunet.atomic import write_text_atomic
 from msunet.counts import overlap_from_counts
-from msunet.data.imageio import is_image_file
+from msunet.data.imageio import image_stem, is_image_file, read_mask
+from msunet.data.zarrio import is_zarr_store, label_levels
+from msunet.heads import head_from_suffix
 
 METRICS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "msd")
 CONVENTIONS = {
@@ -116,6 +118,20 @@ def find_by_stem(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
         if is_image_file(path):
             return path
     return None
+
+
+def coarse_masks(pred_dir: pathlib.Path, stem: str, pred_path: pathlib.Path) -> list[tuple[int, str, object]]:
+    """An image's coarse predictions as (scale, name, read() -> mask): the `NAME_s2.*`, `NAME_s4.*`, ... files
+    beside `pred_path`, or, for an OME-Zarr prediction, the coarser levels of its label image."""
+    if is_zarr_store(pred_path):
+        return [(scale, f"{pred_path.name} (1/{scale})", lambda level=level: np.asarray(level[:, :])[..., 0])
+                for scale, level in label_levels(pred_path) if scale > 1]
+    found = []
+    for coarse in sorted(pathlib.Path(pred_dir).glob(f"{stem}_s*")):
+        head = head_from_suffix(image_stem(coarse)[len(stem):])
+        if head is not None and head.kind == "scale" and head.scale > 1 and is_image_file(coarse):
+            found.append((head.scale, coarse.name, lambda coarse=coarse: read_mask(coarse)))
+    return found
 
 
 def mask_to_classes(raw: np.ndarray, num_classes: int) -> np.ndarray:

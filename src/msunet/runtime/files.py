@@ -37,6 +37,7 @@ from msunet.data.preprocessing import (
     to_unit_float,
 )
 from msunet.data.volumes import is_volume_only, volume_stem, volume_suffix
+from msunet.data.zarrio import is_zarr_store
 from msunet.heads import head_scale
 from msunet.runtime.engine import Engine
 from msunet.runtime.omezarr import write_ome_zarr, zarr_module
@@ -82,16 +83,18 @@ class PredictSummary:
 
 def list_inputs(inputs: str | os.PathLike) -> list[pathlib.Path]:
     """The files to predict: a file, every file of a folder, or the files a glob pattern matches ("scans/*.tif").
-    Broken links are kept: they are reported as failed files, so that the summary accounts for every input."""
+    A Zarr store (a folder named `*.zarr`) is one input. Broken links are kept: they are reported as failed
+    files, so that the summary accounts for every input."""
     path = pathlib.Path(inputs)
     if not path.exists() and glob.has_magic(str(inputs)):
         files = sorted(pathlib.Path(p) for p in glob.glob(str(inputs), recursive=True)
-                       if os.path.isfile(p) or _broken_link(p))
+                       if os.path.isfile(p) or _broken_link(p) or is_zarr_store(p))
         if not files:
             raise FileNotFoundError(f"{inputs}: the pattern matches no file; check the folder and the extension.")
         return files
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if (p.is_file() or _broken_link(p)) and not p.name.startswith("."))
+    if path.is_dir() and not is_zarr_store(path):
+        files = sorted(p for p in path.iterdir() if (p.is_file() or _broken_link(p) or is_zarr_store(p))
+                       and not p.name.startswith("."))
         if not files:
             raise FileNotFoundError(f"{path}: the folder is empty; pass an image file or a folder of images.")
         return files

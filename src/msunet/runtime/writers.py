@@ -92,7 +92,10 @@ def subsample(array, step: int) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def _tiles(reader, transform, dtype, tile: int = 256):
+TILE = 256  # tiled TIFF outputs: 256 x 256 tiles; overviews halve until the smallest fits one tile
+
+
+def _tiles(reader, transform, dtype, tile: int = TILE):
     """Tiles (row-major) of `transform(row band)` for tifffile's tiled writer; one band in memory."""
     height, width = reader.shape[:2]
     for top in range(0, height, tile):
@@ -104,15 +107,57 @@ def _tiles(reader, transform, dtype, tile: int = 256):
             yield block
 
 
+def overview_factors(height: int, width: int, tile: int = TILE) -> list[int]:
+    """The overview levels of a tiled output (2, 4, 8, ...): halving until the level fits one tile, as GDAL's
+    COG driver does. None for an output of one tile."""
+    factors, factor = [], 2
+    while max(-(-height // (factor // 2)), -(-width // (factor // 2))) > tile:  # the level above is over a tile
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+class Decimated:
+    """The nearest-neighbour overview of a (lazily read) (H, W[, C]) array at 1/`factor`: ceil(H/f) x
+    ceil(W/f) pixels, pixel i from source pixel min(i*f + f//2, H-1) (the centre-most, as GDAL's
+    `-r nearest`), read one source row at a time, so a 20000 x 20000 map is never in memory whole.
+    Masks decimated stay class ids (never a blend of two classes)."""
+
+    def __init__(self, array, factor: int):
+        if isinstance(array, np.memmap):  # one pread per row: touched pages of a map count as resident
+            array = RowBandReader(array.filename, array.offset, array.shape, array.dtype, band_rows=1)
+        self.source = array
+        height, width = array.shape[:2]
+        self.rows = np.minimum(np.arange(-(-height // factor)) * factor + factor // 2, height - 1)
+        self.cols = np.minimum(np.arange(-(-width // factor)) * factor + factor // 2, width - 1)
+        self.shape = (len(self.rows), len(self.cols), *array.shape[2:])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        return np.stack([np.asarray(self.source[r : r + 1])[0][self.cols] for r in self.rows[start:stop]])
+
+
 def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: int | None,
                       extratags: list | None = None) -> None:
-    """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF, atomically
-    (`extratags`: e.g. a GeoTIFF's georeference, `msunet.data.geo`)."""
+    """Streams `transform` of a (memory-mapped) result to a tiled, zlib-compressed TIFF with its overviews,
+    atomically (`extratags`: e.g. a GeoTIFF's georeference, `msunet.data.geo`, on the full resolution).
+
+    The layout of a Cloud-Optimized GeoTIFF (OGC 21-026): 256 x 256 tiles, then reduced-resolution
+    images (NewSubfileType 1) at 1/2, 1/4, ... down to one tile, in the IFD chain, finest first; each
+    level is read back from the result in bands (nearest, `Decimated`), so memory stays one band.
+    """
     height, width = reader.shape[:2]
     shape = (height, width) if channels is None else (height, width, channels)
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, _tiles(band_view(reader), transform, dtype), shape=shape, dtype=dtype,
-                         tile=(256, 256), compression="zlib", extratags=extratags or ())
+    factors = overview_factors(height, width)
+    size = height * width * (channels or 1) * np.dtype(dtype).itemsize * 4 // 3  # with overviews, uncompressed
+    options = dict(dtype=dtype, tile=(TILE, TILE), compression="zlib", photometric="minisblack",
+                   planarconfig="contig" if (channels or 1) > 1 else None)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=size > 2**32 - 2**25) as tif:
+        tif.write(_tiles(band_view(reader), transform, dtype), shape=shape, extratags=extratags or (), **options)
+        for factor in factors:
+            level = Decimated(reader, factor)
+            tif.write(_tiles(level, transform, dtype), shape=(*level.shape[:2], *shape[2:]), subfiletype=1,
+                      **options)
 
 
 def stream_mask_tiff(path: pathlib.Path, probs, threshold: float, extratags: list | None = None) -> None:

@@ -13,7 +13,7 @@ MSUNET_INSTALL_CHROMIUM ?= 1
 
 BENCH_VENV ?= .venv-bench
 
-.PHONY: venv demo test test-chaos test-slow test-backends test-scale browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
+.PHONY: venv demo test test-chaos test-slow test-backends test-scale test-napari browser bench-env bench-speed bench-accuracy bench-accuracy-peer bench-newcomer clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ test-backends: venv
 test-scale: venv
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),jax,ray]"
 	$(PY) -m pytest -q tests/test_distributed.py tests/test_ray.py
+
+# napari's OME-Zarr reader plugin (about 60 packages, used headless: no viewer, no Qt) reads the stores
+# `msunet predict --format ome-zarr` writes (tests/test_omezarr.py; skipped with the reason otherwise).
+test-napari: venv
+	$(PY) -m pip install --quiet "napari-ome-zarr>=0.10"
+	$(PY) -m pytest -q tests/test_omezarr.py -k napari
 
 # Peers for the speed benchmark (never msunet's own dependencies): the CPU build of torch 2.13.0 and
 # MONAI, in a separate environment with msunet installed too, so one process can run all contenders.

@@ -162,3 +162,21 @@ def test_evaluate_scores_ome_zarr_predictions_and_ground_truth_as_it_scores_pngs
         assert not result.problems, result.problems
         assert result.rows == reference.rows  # the same masks, read from the other format: the same scores
         assert "prediction 1/4" in (tmp_path / f"eval-{pred}-{gt}" / "report.html").read_text()
+
+
+def test_napari_reads_every_scale_as_one_multiscale_labels_layer(loaded_run, tmp_path):
+    """napari's own OME-Zarr reader plugin, headless (no viewer): the image layer and one labels layer whose
+    levels are the masks at every scale."""
+    reader_module = pytest.importorskip("napari_ome_zarr._reader", reason="napari's reader plugin is not in `make test` "
+                                        "(napari pulls ~60 packages); `make test-napari` installs it and runs this")
+    write_png(tmp_path / "in" / "cells.png", (np.random.default_rng(7).random((70, 90, 3)) * 255).astype(np.uint8))
+    predict(loaded_run, tmp_path / "in", tmp_path / "png")
+    predict(loaded_run, tmp_path / "in", tmp_path / "zarr", output_format="ome-zarr")
+    store = str(tmp_path / "zarr" / "cells.ome.zarr")
+    layers = reader_module.napari_get_reader(store)(store)
+    kinds = [kind for _, _, kind in layers]
+    assert kinds.count("image") == 1 and kinds.count("labels") == 1
+    levels = next(data for data, _, kind in layers if kind == "labels")
+    assert [tuple(level.shape) for level in levels] == [(70, 90), (35, 45), (18, 23)]
+    for level, name in zip(levels, ("cells.png", "cells_s2.png", "cells_s4.png")):
+        np.testing.assert_array_equal(np.asarray(level), read_mask(tmp_path / "png" / name))

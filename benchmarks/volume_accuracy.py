@@ -1,6 +1,6 @@
 """Volumes as a new user gets them: defaults and a time budget on MSD Hippocampus, scored on its test split.
 
-`python benchmarks/volume_accuracy.py [--budget 20] [--set KEY=VALUE ...] [--tta]` trains on
+`python benchmarks/volume_accuracy.py [--budget 20] [--set KEY=VALUE ...] [--no-tta]` trains on
 `../shared/data/msd-hippocampus` (its split.csv: 166 train / 42 test; test never enters training) with
 only `train.time_budget_min` (and any `--set`), everything else planned from the data and the device,
 then `msunet.evaluate` on the test split, with the default engine (the run's int8 bundle where it passes its
@@ -33,7 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=20.0, help="train.time_budget_min (default 20)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a lever under test")
     parser.add_argument("--variant", default="", help="name of this variant (results ...-VARIANT.json)")
-    parser.add_argument("--tta", action="store_true", help="score with the mirroring test-time augmentation")
+    parser.add_argument("--tta", action="store_true", default=None,
+                        help="score with the mirroring test-time augmentation (the default for volumes since 2026-12-07)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false", help="score without it")
     parser.add_argument("--score-only", action="store_true", help="score the run kept from an earlier call again "
                         "(its recorded training figures are kept)")
     args = parser.parse_args(argv)
@@ -44,7 +46,8 @@ def main(argv=None) -> int:
 
     run_dir = WORK / (f"run-{args.variant}" if args.variant else "run")
     trained = RESULTS / f"msd-hippocampus{'-' + args.variant if args.variant else ''}.json"
-    out = trained.with_name(trained.stem + "-tta.json") if args.tta else trained
+    mode = {None: "-rescored", True: "-tta", False: "-no-tta"}[args.tta]
+    out = trained.with_name(trained.stem + mode + ".json") if args.score_only else trained
     earlier = json.loads(trained.read_text()) if args.score_only and trained.is_file() else {}
     if args.score_only:
         train_s, result = earlier.get("train_wall_s", 0.0), None
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     for engine in ("auto", "keras"):  # what `msunet evaluate` uses by default (the run's int8 bundle), and Keras
         started = time.perf_counter()
         evaluation = msunet.evaluate(run_dir, DATA, WORK / (f"eval{'-' + args.variant if args.variant else ''}-{engine}"
-                                                            f"{'-tta' if args.tta else ''}"),
+                                                            f"{'' if args.tta is None else '-tta' if args.tta else '-no-tta'}"),
                                      split="test", tta=args.tta, engine=engine)
         per = evaluation.summary["per_class_and_scale"]
         scores[engine] = {"dice": {cls: per[f"scale1/class{cls}"]["dice_mean"] for cls in (1, 2)}, "per": per,
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         "dataset": "msd-hippocampus", "date": datetime.date.today().isoformat(), "machine": machine.describe(),
         "keras_backend": earlier.get("keras_backend") or __import__("keras").backend.backend(),  # trained with
         "scored_with_backend": __import__("keras").backend.backend(),
-        "budget_min": args.budget, "overrides": args.set, "tta": args.tta,
+        "budget_min": args.budget, "overrides": args.set, "tta": "default (on for volumes)" if args.tta is None else args.tta,
         "train_wall_s": train_s, "steps_done": state.get("steps_done"),
         "epochs_done": result.epochs_done if result else earlier.get("epochs_done"),
         "s_per_step_from_call": train_s / max(1, state.get("steps_done") or 1),

@@ -163,6 +163,9 @@ def test_tta_uses_only_the_flips_the_model_was_trained_with(loaded_run):
 
     assert tta_mode(True, "horizontal") == "horizontal" and tta_mode(True, True) is True
     assert tta_mode(True, False) is True and tta_mode(False, "horizontal") is False
+    # the default (None): the mirrorings for volumes, as nnU-Net predicts; none for images; asked for, as asked
+    assert tta_mode(None, True) is False and tta_mode(None, True, volumes=True) is True
+    assert tta_mode(False, True, volumes=True) is False
 
 
 def test_every_input_of_a_folder_with_rot_is_accounted_for(loaded_run, tmp_path):

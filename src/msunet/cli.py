@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="tile side (default: 2x the training patch, at most 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
-    p.add_argument("--tta", action="store_true", help="average the four flips (test-time augmentation)")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="average the flips (test-time augmentation; default: on for volumes, off for images)")
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation, volumes too")
     p.add_argument("--threshold", type=float, help="binary threshold (default 0.5, or the bundle's)")
     p.add_argument("--scales", help="heads to write, e.g. mask,mask_s2 (default: all)")
     p.add_argument("--probabilities", action="store_true", help="also write float32 probability TIFFs")
@@ -338,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-background", action="store_true",
                    help="with --pred, multi-class: also score class 0 (a real class, e.g. CamVid's sky)")
     p.add_argument("--roi", help="region-of-interest masks (default with --model: DATA/fov if present)")
-    p.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="with --model: flip test-time augmentation (default: on for volumes, off for images)")
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="with --model: no test-time augmentation")
     p.add_argument("--engine", choices=("keras", "auto", "int8", "onnxruntime", "openvino", "litert"), default="keras",
                    help="with --model: keras (default, the model as trained); auto (what msunet predict --model RUN "
                         "runs); int8 (the run's int8 bundle, its int8 graph unchecked; made once); or a bundle runtime")

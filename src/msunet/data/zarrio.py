@@ -169,4 +169,4 @@ def label_levels(path: str | os.PathLike) -> list[tuple[int, ZarrImage]]:
         raise ZarrReadError(f"{path}: the label image labels/{name} has no `multiscales` metadata.")
     levels = [_level(group, multiscales[0], i, path) for i in range(len(multiscales[0]["datasets"]))]
     finest = levels[0][0]
-    return [(int(round(scale / finest)), level) for scale, level in levels]
+    return [(round(scale / finest), level) for scale, level in levels]

@@ -206,7 +206,7 @@ def choose_split(data: pathlib.Path, data_cfg: DataConfig, split: str | None) ->
 def evaluate(model=None, data_dir=None, out_dir=None, *, pred_dir=None, gt_dir=None, **options) -> EvaluationResult:
     """`msunet.evaluate`: scores a run on a dataset, or a folder of predicted masks.
 
-    - `evaluate(model, data_dir, out_dir, split=None, tta=False, ...)`: predicts the dataset's test
+    - `evaluate(model, data_dir, out_dir, split=None, tta=None, ...)`: predicts the dataset's test
       split (else the held-out val, else all, with a warning) with the run, then scores it
       (`evaluate_run`; the CLI's `msunet evaluate --model RUN --data DIR --out OUT`).
     - `evaluate(pred_dir=..., gt_dir=..., out_dir=..., num_classes=1, ...)`: scores existing masks
@@ -226,7 +226,7 @@ def evaluate(model=None, data_dir=None, out_dir=None, *, pred_dir=None, gt_dir=N
 
 
 def evaluate_run(run, data_dir: str | os.PathLike, out_dir: str | os.PathLike, split: str | None = None,
-                 tta: bool = False, tile_size: int | None = None, roi_dir: str | os.PathLike | None = None,
+                 tta: bool | str | None = None, tile_size: int | None = None, roi_dir: str | os.PathLike | None = None,
                  distances: bool = True, progress=None, engine: str = "keras") -> EvaluationResult:
     """Predicts a dataset's test split (else val, else all) with a run, then scores it.
 

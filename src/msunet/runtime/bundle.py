@@ -275,7 +275,7 @@ class Predictor:
                       scale_factors=self.scale_factors, target_spacing=self.target_spacing, spacing=self.spacing,
                       slices=self.slices)
 
-    def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool = False,
+    def predict(self, image: np.ndarray, heads: Sequence[str] | None = None, tta: bool | str | None = None,
                 tile_size: int | None = None, overlap: float | None = None, batch_size: int = 4,
                 spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
         """Probabilities of every head (default: the trained ones) for one (H, W) or (H, W, C) image,
@@ -284,7 +284,8 @@ class Predictor:
         The image is scaled by its dtype (uint8 / 255, uint16 / 65535) and normalised as in training
         (a volume z-scored as a whole where it trained so), tiled with Gaussian blending; `mask_s{s}`
         comes back at ceil(H/s) x ceil(W/s) (volumes: ceil(D/f_z) x ceil(H/f_y) x ceil(W/f_x)).
-        `spacing`: a volume's (z, y, x) voxel size in mm, where the model resamples to its own grid.
+        `spacing`: a volume's (z, y, x) voxel size in mm, where the model resamples to its own grid; `tta`:
+        `PredictOptions.tta` (None: the mirrorings for volumes, none for images).
         """
         image = np.asarray(image)
         dims = 3 if self.slices else self.dims
@@ -300,7 +301,8 @@ class Predictor:
             raise ValueError(f"the bundle has no output {unknown[0]!r}; valid: {', '.join(self.heads)}.")
         coarsest = max(head_scale(h) for h in names)
         tile = -(-int(tile_size or self.tile) // coarsest) * coarsest
-        fn = batch_function(lambda b: self.predict_batch(b, names), batch_size, tta_mode(tta, self.flip))
+        fn = batch_function(lambda b: self.predict_batch(b, names), batch_size,
+                            tta_mode(tta, self.flip, self.dims == 3 or self.slices))
         if self.dims == 3 or self.slices:
             return predict_volume(self.engine(), fn, image, names, tile, self.overlap if overlap is None else overlap,
                                   batch_size, spacing=spacing)

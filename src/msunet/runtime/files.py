@@ -149,7 +149,7 @@ class FileOutcome:
 def file_job(engine: Engine, options: PredictOptions, out_dir: str | os.PathLike) -> FileJob:
     """`options` settled against `engine` (heads, tile, threshold, flips): once per call, before any image."""
     return FileJob.fit(options, out_dir, engine.heads, engine.default_heads, engine.default_tile, engine.threshold,
-                       engine.flip)
+                       engine.flip, engine.takes_volumes)
 
 
 def predict_file(engine: Engine, fn, path: pathlib.Path, stem: str, job: FileJob,

@@ -20,7 +20,7 @@ from msunet.heads import head_scale
 
 BLENDS = ("gaussian", "constant")
 OUTPUT_FORMATS = ("auto", "ome-zarr")
-TTA_MODES = (False, True, "horizontal", "vertical")
+TTA_MODES = (None, False, True, "horizontal", "vertical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,8 @@ class PredictOptions:
         overlap: tile overlap fraction, in [0, 1).
         batch_size: tiles per model call.
         tta: average the flips the model was trained with (True: as trained; "horizontal" or
-            "vertical": that flip only).
+            "vertical": that flip only); None: on for volumes (the 8 mirrorings, as nnU-Net predicts:
+            +0.004 test Dice on MSD Hippocampus for 4-6x the time), off for 2-D images.
         threshold: binary threshold on the probability; None: the model's (0.5, or a bundle's).
         scales: heads to write ("mask", "mask_s2", ..., "mask_fused"); None: every trained head.
         probabilities: also write float32 probability TIFFs.
@@ -55,7 +56,7 @@ class PredictOptions:
     tile_size: int | None = None
     overlap: float = 0.25
     batch_size: int = 4
-    tta: bool | str = False
+    tta: bool | str | None = None
     threshold: float | None = None
     scales: tuple[str, ...] | None = None
     probabilities: bool = False
@@ -78,8 +79,9 @@ class PredictOptions:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating))
                                       or not 0 <= threshold <= 1):
             raise ValueError(f"threshold (--threshold) must be in [0, 1], e.g. 0.5; received {threshold!r}.")
-        if self.tta not in TTA_MODES or not isinstance(self.tta, (bool, str)):
-            raise ValueError(f"tta must be true, false, 'horizontal' or 'vertical'; received {self.tta!r}.")
+        if self.tta not in TTA_MODES or not isinstance(self.tta, (bool, str, type(None))):
+            raise ValueError(f"tta must be true, false, 'horizontal', 'vertical' or None (on for volumes); received "
+                             f"{self.tta!r}.")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output format (--format) must be one of {', '.join(OUTPUT_FORMATS)}; received "
                              f"{self.output_format!r}.")
@@ -108,10 +110,13 @@ class PredictOptions:
         return (options or cls()).replace(**values) if values else (options or cls())
 
 
-def tta_mode(tta: bool | str, flip: bool | str) -> bool | str:
+def tta_mode(tta: bool | str | None, flip: bool | str, volumes: bool = False) -> bool | str:
     """The flips test-time augmentation averages for a model trained with `data.flip=flip`: those it
-    was trained on ("horizontal" for street scenes, never upside down), all four otherwise; a flip
-    asked for by name is used as asked."""
+    was trained on ("horizontal" for street scenes, never upside down), all four otherwise (all eight
+    mirrorings of a volume); a flip asked for by name is used as asked; None: on for `volumes`, off
+    otherwise."""
+    if tta is None:
+        tta = volumes
     if tta in ("horizontal", "vertical"):
         return tta
     return (flip if flip in ("horizontal", "vertical") else True) if tta else False
@@ -130,7 +135,7 @@ class FileJob:
 
     @classmethod
     def fit(cls, options: PredictOptions, out_dir, heads: Sequence[str], default_heads: Sequence[str],
-            default_tile: int, threshold: float, flip: bool | str) -> FileJob:
+            default_tile: int, threshold: float, flip: bool | str, volumes: bool = False) -> FileJob:
         """The heads to write (checked against the model's), the tile rounded to the coarsest of them,
         the threshold and the flips; a clear error before any image is read."""
         chosen = list(options.scales) if options.scales else list(default_heads)
@@ -140,5 +145,5 @@ class FileJob:
         coarsest = max(head_scale(h) for h in chosen)
         tile = default_tile if options.tile_size is None else options.tile_size
         return cls(pathlib.Path(out_dir), tuple(chosen), -(-int(tile) // coarsest) * coarsest,
-                   tta_mode(options.tta, flip), threshold if options.threshold is None else options.threshold,
+                   tta_mode(options.tta, flip, volumes), threshold if options.threshold is None else options.threshold,
                    options)

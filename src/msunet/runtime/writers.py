@@ -150,8 +150,8 @@ def _write_tiled_tiff(path: pathlib.Path, reader, transform, dtype, channels: in
     shape = (height, width) if channels is None else (height, width, channels)
     factors = overview_factors(height, width)
     size = height * width * (channels or 1) * np.dtype(dtype).itemsize * 4 // 3  # with overviews, uncompressed
-    options = dict(dtype=dtype, tile=(TILE, TILE), compression="zlib", photometric="minisblack",
-                   planarconfig="contig" if (channels or 1) > 1 else None)
+    options = {"dtype": dtype, "tile": (TILE, TILE), "compression": "zlib", "photometric": "minisblack",
+               "planarconfig": "contig" if (channels or 1) > 1 else None}
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=size > 2**32 - 2**25) as tif:
         tif.write(_tiles(band_view(reader), transform, dtype), shape=shape, extratags=extratags or (), **options)
         for factor in factors:

@@ -40,6 +40,7 @@ from speed import cpu_model_and_flags  # noqa: E402
 
 PATCH, BATCH, CLASSES, FILTERS, DEPTH = 40, 2, 3, 16, 3
 VOLUME = (35, 50, 36)
+BF16 = False  # --bf16: msunet in mixed_bfloat16 (what the probe chooses on an AVX512-BF16 CPU), PyTorch in bf16 autocast
 
 
 def msunet_contender():
@@ -52,7 +53,8 @@ def msunet_contender():
 
     run = RunConfig().override([f"model.dims=3", "model.in_channels=1", f"model.num_classes={CLASSES}",
                                 f"model.depth={DEPTH}", f"model.filters={FILTERS}", "model.norm=group",
-                                "model.precision=float32", f"data.patch_size={PATCH}", f"train.batch_size={BATCH}"])
+                                f"model.precision={'mixed_bfloat16' if BF16 else 'float32'}",
+                                f"data.patch_size={PATCH}", f"train.batch_size={BATCH}"])
     model = build_model(run.model)
     trainer = MultiScaleTrainer(model, run)
     trainer.compile(optimizer=make_optimizer(run, 1000))
@@ -159,16 +161,20 @@ def torch_contender(net):
     y = torch.from_numpy(rng.integers(0, CLASSES, (BATCH, 1, PATCH, PATCH, PATCH)).astype(np.int64))
     volume = torch.from_numpy(rng.standard_normal((1, 1, *VOLUME)).astype(np.float32))
 
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16)
+
     def train():
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        with autocast():
+            loss = loss_fn(net(x).float(), y)
         loss.backward()
         opt.step()
 
     def infer():
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             sliding_window_inference(volume, (PATCH,) * 3, BATCH, net, overlap=0.5, mode="gaussian")
 
     return train, infer
@@ -179,8 +185,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per contender and round")
     parser.add_argument("--smoke", action="store_true", help="one round, one step: checks the script runs")
+    parser.add_argument("--bf16", action="store_true", help="msunet mixed_bfloat16, PyTorch bf16 autocast")
     parser.add_argument("--out", default=str(HERE / "results" / "volumes" / "speed.json"))
     args = parser.parse_args(argv)
+    global BF16
+    BF16 = args.bf16
     rounds, steps = (1, 1) if args.smoke else (args.rounds, args.steps)
     contenders = {}
     train, infer, params, heads, keras, (model, run, _) = msunet_contender()
@@ -228,7 +237,7 @@ def main(argv=None) -> int:
                     ratios[f"infer: {bundle} / {peer} (voxels/s)"] = (result[bundle]["infer_voxels_per_s"]
                                                                       / result[peer]["infer_voxels_per_s"])
     record = {"date": datetime.date.today().isoformat(), "cpu": cpu_model_and_flags(), "cores": os.cpu_count(),
-              "keras": keras.__version__, "backend": keras.backend.backend(), "rounds": rounds, "steps": steps,
+              "keras": keras.__version__, "backend": keras.backend.backend(), "bf16": BF16, "rounds": rounds, "steps": steps,
               "shape": {"patch": PATCH, "batch": BATCH, "classes": CLASSES, "filters": FILTERS, "depth": DEPTH,
                         "volume": VOLUME, "msunet_heads": heads, "msunet_params": params},
               "results": result, "ratios": ratios, "skipped": skipped, "samples": times}

@@ -130,9 +130,12 @@ def test_a_bad_zarr_store_is_a_failed_file_with_the_reason(loaded_run, tmp_path)
 
     ome_zarr.writer.write_image(np.moveaxis(stack, -1, 1)[:, :, None], zarr.open_group(str(tmp_path / "in" / "movie.ome.zarr"),
                                                                                        mode="w"), axes="tczyx")
+    huge = zarr.create_array(str(tmp_path / "in" / "huge.zarr"), shape=(3, 300_000, 300_000), dtype=np.uint8,
+                             chunks=(3, 1024, 1024))  # declared, never written: 9e10 pixels
     summary = predict(loaded_run, tmp_path / "in", tmp_path / "out")
     reasons = dict(summary.failed)
-    assert set(reasons) == {str(tmp_path / "in" / "empty.zarr"), str(tmp_path / "in" / "movie.ome.zarr")}
+    assert set(reasons) == {str(tmp_path / "in" / name) for name in ("empty.zarr", "movie.ome.zarr", "huge.zarr")}
+    assert "exceeds the limit" in reasons[str(tmp_path / "in" / "huge.zarr")]
     assert "zarr.json or .zgroup" in reasons[str(tmp_path / "in" / "empty.zarr")]
     assert "'t' axis holds 2 planes" in reasons[str(tmp_path / "in" / "movie.ome.zarr")]
 

@@ -336,9 +336,11 @@ def open_image_lazy(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
     path = pathlib.Path(path)
     if zarrio.is_zarr_store(path):
         try:
-            return zarrio.open_zarr_image(path)
+            image = zarrio.open_zarr_image(path)
         except zarrio.ZarrReadError as err:
             raise ImageReadError(str(err)) from err
+        _check_pixels(path, *image.shape[:2], max_pixels)  # a declared shape costs nothing to lie about
+        return image
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file.")
     suffix = path.suffix.lower()

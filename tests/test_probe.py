@@ -52,6 +52,16 @@ def test_a_cpu_step_is_kept_near_one_to_two_seconds(tmp_path, no_env_precision):
     assert (plan.config.train.batch_size, plan.config.model.filters) == (8, 16)
     kept = FakeDevice({"float32": 0.18})  # 1.44 s: kept
     assert plan_run(found, RunConfig(), set(), memory=2**34, measure=kept).config.model.filters == 32
+    # under a time budget the width also halves while the budget affords fewer than BUDGET_STEPS steps
+    fast = FakeDevice({"float32": 0.075})  # 0.6 s at 32 filters: 2,000 steps in 20 minutes; 0.15 s at 16
+    budget = lambda minutes: RunConfig().override([f"train.time_budget_min={minutes}"])  # noqa: E731
+    short = plan_run(found, budget(20), set(), memory=2**34, measure=fast)
+    assert short.config.model.filters == 16 and "fewer than 3,000" in short.sources["model.filters"]["why"]
+    assert "8,000 steps" in short.sources["model.filters"]["why"]  # what 16 filters afford, said
+    assert plan_run(found, budget(60), set(), memory=2**34, measure=fast).config.model.filters == 32  # 6,000 steps
+    assert plan_run(found, RunConfig(), set(), memory=2**34, measure=fast).config.model.filters == 32  # no budget
+    assert plan_run(found, budget(20).override(["model.filters=32"]), {"model.filters"}, memory=2**34,
+                    measure=fast).config.model.filters == 32  # the user's width
     slower = FakeDevice({"float32": 1.2})  # 9.6 s at 32 filters, 2.4 s at 16 (batch 8): then the batch is cut
     plan = plan_run(found, RunConfig(), set(), memory=2**34, measure=slower)
     assert (plan.config.train.batch_size, plan.config.model.filters) == (5, 16)  # int(8 * 1.5 / 2.4)

@@ -20,6 +20,10 @@ DEVICE_KEYS = {"model.precision", "model.filters", "train.compiler"}
 WIDTH_STEP_S = 1.5  # the first width cut: a margin below CPU_STEP_S's 2 s, because a threshold at 2 s sat inside the
 #                    noise of busi-subset's 32-filter step (1.99-2.15 s in four fresh probes): the plan flipped
 #                    between 16 and 32 filters; at 16 it reached 0.615 / 0.740 Dice at 5 / 20 min, at 32 0.566 / 0.690
+BUDGET_STEPS = 3000  # under a time budget the width also halves (to 16) while the budget affords fewer steps than
+#                      this: busi-subset's 32-filter step (0.6 s in bfloat16 on an AVX-512 CPU, under WIDTH_STEP_S)
+#                      made 2,012 steps and 0.731 test Dice in 20 min, 16 filters 5,968 steps and 0.762 (0.740 / 0.690
+#                      for 16 / 32 on an AVX2 CPU); DSB and DRIVE plan 16 filters by the step rule either way
 XLA_GAIN = 0.95  # XLA where its step takes under this share of the graph's: it compiles ~10 s longer at the start.
 #                  busi-subset / DSB plans, steps alternated in one process, 2-core AVX2 EPYC: 0.76x / 0.87x
 Measure = Callable[[RunConfig, Sequence[str]], dict]
@@ -56,13 +60,21 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
         return seconds, _plan_compiler(config, values, why, measure, compilers, step)
     low, high = CPU_STEP_S
     filters = values.get("model.filters", config.model.filters)  # the data part may have planned it (volumes)
-    if step > WIDTH_STEP_S and "model.filters" not in user and filters > 16:
+    budget_s = planned.train.time_budget_min * 60
+    few_steps = bool(budget_s) and budget_s / step < BUDGET_STEPS
+    if (step > WIDTH_STEP_S or few_steps) and "model.filters" not in user and filters > 16:
         # Width before batch: the tuned CPU configs (16 filters, batch 8) see ~4x the patches of 32 filters in a
         # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
         narrower = apply_values(config, {**values, "model.precision": precision, "model.filters": filters // 2})
         slow = measure(narrower, [precision])[precision]
-        derive("model.filters", filters // 2, f"a step at {filters} filters took {step:.1f} s on this CPU at batch "
-               f"{batch}, {slow:.1f} s at {filters // 2} (the width goes before the batch)")
+        reason = (f"a step at {filters} filters took {step:.1f} s on this CPU at batch {batch}, {slow:.1f} s at "
+                  f"{filters // 2} (the width goes before the batch)")
+        if step <= WIDTH_STEP_S:
+            reason = (f"a step at {filters} filters took {step:.2f} s on this CPU at batch {batch}: "
+                      f"{budget_s / step:,.0f} steps in the {budget_s / 60:g}-minute budget, fewer than "
+                      f"{BUDGET_STEPS:,}; {slow:.2f} s at {filters // 2} ({budget_s / slow:,.0f} steps: more "
+                      "examples seen beats width under a short budget)")
+        derive("model.filters", filters // 2, reason)
         step, filters = slow, filters // 2
     if step > high and "train.batch_size" not in user and batch > 2:
         smaller = max(2, int(batch * (low + high) / 2 / step))

@@ -356,7 +356,7 @@ def predict_kills(ws: Workspace) -> dict:
     """Kill chains: one output folder killed and re-run until a run completes, compared byte for byte with the
     uninterrupted run's; a new folder while kills remain (a complete folder leaves nothing to kill)."""
     ref, ref_s = ws.ref_pred()
-    kills = 3 if ws.quick else 20
+    kills = 2 if ws.quick else 20
     landed, failures, chains, compared, reads, scans, lost = 0, [], 0, 0, 0, 0, 0
     a = tree_bytes(ref)
     while landed < kills and chains < kills:
@@ -513,7 +513,7 @@ def make_rot_folder(root: pathlib.Path, count: int, seed: int = 11) -> tuple[pat
 
 
 def rot_folder(ws: Workspace) -> dict:
-    count = 100 if ws.quick else 1000
+    count = 60 if ws.quick else 1000
     data, bad = make_rot_folder(ws.fresh("rot"), count)
     bad_images = {n for n, k in bad.items() if "mask" not in k}
     failures, tried = [], 0

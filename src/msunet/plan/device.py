@@ -67,9 +67,10 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
         # budget, and a batch kept at 8 keeps batch-norm statistics and gradients steady.
         narrower = apply_values(config, {**values, "model.precision": precision, "model.filters": filters // 2})
         slow = measure(narrower, [precision])[precision]
-        reason = (f"a step at {filters} filters took {step:.1f} s on this CPU at batch {batch}, {slow:.1f} s at "
-                  f"{filters // 2} (the width goes before the batch)")
-        if step <= WIDTH_STEP_S:
+        if step > WIDTH_STEP_S:
+            reason = (f"a step at {filters} filters took {step:.1f} s on this CPU at batch {batch}, {slow:.1f} s at "
+                      f"{filters // 2} (the width goes before the batch)")
+        else:
             reason = (f"a step at {filters} filters took {step:.2f} s on this CPU at batch {batch}: "
                       f"{budget_s / step:,.0f} steps in the {budget_s / 60:g}-minute budget, fewer than "
                       f"{BUDGET_STEPS:,}; {slow:.2f} s at {filters // 2} ({budget_s / slow:,.0f} steps: more "

@@ -109,7 +109,7 @@ def _tiles(reader, transform, dtype, tile: int = TILE):
 
 def overview_factors(height: int, width: int, tile: int = TILE) -> list[int]:
     """The overview levels of a tiled output (2, 4, 8, ...): halving until the level fits one tile, as GDAL's
-    COG driver does. None for an output of one tile."""
+    COG driver does; none for an output of one tile."""
     factors, factor = [], 2
     while max(-(-height // (factor // 2)), -(-width // (factor // 2))) > tile:  # the level above is over a tile
         factors.append(factor)

@@ -155,3 +155,11 @@ def test_time_to_accuracy_keeps_the_model_at_each_point_and_draws_the_curves(tmp
         curve = [{"at_s": 60.0 * (i + 1), "scores": {"f1_pooled": d}} for i, d in enumerate(dice)]
         (tmp_path / "results" / f"busi-subset-{variant}.json").write_text(json.dumps({"curve": curve}))
     assert module.main(["busi-subset", "--plot"]) == 0 and (tmp_path / "results" / "busi-subset.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # four child processes that each load TensorFlow: ~1 min, so outside `make test`
+def test_tf_kernels_harness_runs_each_mode_in_its_own_process(tmp_path):
+    data = _smoke("tf_kernels.py", tmp_path)
+    kernels = {(run["shape"], run["mode"]): run["tensorflow_kernels"] for run in data["runs"]}
+    assert kernels[("2d", "eigen")] == "eigen" and kernels[("2d", "onednn")] == "onednn"
+    assert data["summary"]["3d onednn"]["msunet_train"] > 0

@@ -70,6 +70,28 @@ def describe() -> dict:
             "machine": platform.machine()}
 
 
+X86_64 = ("x86_64", "amd64", "x64")
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with one of these (its DefaultOneDnnPolicy, Linux).
+ONEDNN_BY_DEFAULT = ("vnni", "bf16", "amx")
+
+
+def onednn_requested() -> bool | None:
+    """What `TF_ENABLE_ONEDNN_OPTS` asks TensorFlow for: True / False; None where unset or unreadable."""
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower()
+    return True if value in ("1", "true") else False if value in ("0", "false") else None
+
+
+def tensorflow_onednn() -> bool:
+    """Whether TensorFlow runs (or will run) its oneDNN CPU kernels here, read from the environment and the
+    CPU (no TensorFlow): `TF_ENABLE_ONEDNN_OPTS` where set (`import msunet` sets it to 1 on x86-64 unless
+    TensorFlow was imported first), else TensorFlow's default, on x86-64 only with VNNI, BF16 or AMX."""
+    requested = onednn_requested()
+    if requested is not None:
+        return requested and platform.machine().lower() in X86_64
+    found = features()
+    return platform.machine().lower() in X86_64 and any(found.get(group) for group in ONEDNN_BY_DEFAULT)
+
+
 def fingerprint() -> str:
     """What kernel choice depends on: CPU model and the flags in FLAGS (not the core count)."""
     return f"{cpu_model()} | {platform.machine()} | {' '.join(flags_that_matter()) or 'flags unknown'}"

@@ -9,10 +9,14 @@ graph and XLA at that shape (which is faster depends on the CPU).
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from msunet import machine
 from msunet.config import SECTIONS, RunConfig
 
 CPU_STEP_S = (1.0, 2.0)  # a training step on a CPU: long enough to use it, short enough to learn often
@@ -29,6 +33,32 @@ XLA_GAIN = 0.95  # XLA where its step takes under this share of the graph's: it 
 Measure = Callable[[RunConfig, Sequence[str]], dict]
 
 
+def keras_backend() -> str:
+    """The Keras backend a run here would use, without importing keras: the imported one, else
+    KERAS_BACKEND, else ~/.keras/keras.json, else TensorFlow."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    try:
+        path = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "keras.json")
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def kernel_note() -> str | None:
+    """A note where TensorFlow would train with its Eigen CPU kernels instead of oneDNN's (None elsewhere)."""
+    if keras_backend() != "tensorflow" or platform.machine().lower() not in machine.X86_64 or machine.tensorflow_onednn():
+        return None
+    why = ("TF_ENABLE_ONEDNN_OPTS=0 is set" if machine.onednn_requested() is False else
+           "TensorFlow was imported before msunet on a CPU without VNNI / BF16 / AMX, where it chooses them itself")
+    return (f"TensorFlow's oneDNN CPU kernels are off ({why}): its Eigen kernels trained ~4x slower in 3-D and "
+            "~1.15x in 2-D on AVX2 (docs/performance.md); run with TF_ENABLE_ONEDNN_OPTS=1 (msunet sets it when "
+            "it is imported before TensorFlow)")
+
+
 def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],
                  measure: Measure | None, precisions: Sequence[str], compilers: Sequence[str], accelerator: bool
                  ) -> tuple[dict[str, float], float | None]:
@@ -37,6 +67,9 @@ def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, deri
     Returns the measured seconds per step at the planned batch, per precision ({} unmeasured), and
     the expected seconds per step of the plan (None unmeasured).
     """
+    note = None if accelerator else kernel_note()
+    if note:
+        notes.append(note)
     env = os.environ.get("MSUNET_PRECISION")
     if "model.precision" not in user and env and env != "auto":
         values["model.precision"], why["model.precision"] = env, "MSUNET_PRECISION in the environment"

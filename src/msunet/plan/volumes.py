@@ -22,15 +22,10 @@ and cuts width and batch on a CPU. Never imports keras.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
 import math
-import os
-import sys
 
 import numpy as np
 
-from msunet import machine
 from msunet.config import RunConfig
 from msunet.plan.survey import Survey
 
@@ -101,14 +96,6 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
                f"median spacing {'x'.join(f'{s:g}' for s in spacing)} mm (z, y, x): "
                + (f"slices {ratio:.1f}x thicker than their pixels, the first {levels} pooling(s) in-plane only"
                   if levels else "about isotropic, every pooling in 3-D"))
-    if not accelerator and keras_backend() == "tensorflow" and not machine.features().get("bf16"):
-        # With AVX512-BF16, TensorFlow's bfloat16 3-D step (0.34 s) made 3,556 steps and 0.848 test Dice (0.852 with
-        # the default TTA) in the same 20 minutes: no reason to switch there.
-        notes.append("3-D steps ran 2.6x faster on Keras' PyTorch backend than on TensorFlow on a 2-core CPU without "
-                     "bfloat16 (MSD Hippocampus in 20 min: test Dice 0.827 against 0.774): "
-                     + ("KERAS_BACKEND=torch msunet train ..." if importlib.util.find_spec("torch") else
-                        "pip install torch, then KERAS_BACKEND=torch msunet train ...")
-                     + " (such runs predict with Keras: ONNX export from that backend failed)")
     if not accelerator:
         # A 3-D step costs ~3x a 2-D one per voxel (27 weights a kernel, not 9) on a patch^3: at 32 filters and
         # batch 8 a 40^3 step takes ~20 s on a 2-core CPU, and the probe would spend minutes of the budget finding
@@ -122,21 +109,6 @@ def plan_volumes(found: Survey, config: RunConfig, user: set[str], values: dict,
     derive("train.batch_size", batch, "activation memory" + ("" if accelerator else ", at most 2 on a CPU (nnU-Net's "
            "3-D batch)"))
     return False
-
-
-def keras_backend() -> str:
-    """The Keras backend a run here would use, without importing keras: the imported one, else
-    KERAS_BACKEND, else ~/.keras/keras.json, else TensorFlow."""
-    if "keras" in sys.modules:
-        return sys.modules["keras"].backend.backend()
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    try:
-        path = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "keras.json")
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
 
 
 def _training_spacing(found: Survey, config: RunConfig, values: dict) -> np.ndarray | None:

@@ -16,6 +16,9 @@ families (its conv backward is one op, data and filter together).
 Op times are summed per step; with two cores TensorFlow runs some ops side by side, so the sum can
 exceed the wall time: shares are of the summed op time, and both are printed.
 
+With two cores TensorFlow runs independent ops side by side, each then slower, so op sums overstate single
+kernels; `TF_NUM_INTEROP_THREADS=1` runs one op at a time (what the 2026-12-07 table in docs/performance.md used).
+
 Run: `.venv-bench/bin/python benchmarks/train_profile.py [--bn keras,fused] [--precision mixed_bfloat16,float32]`
 (writes `benchmarks/results/train-profile-<date>.json` and prints a markdown table; the table of
 2026-11-24 is in the README's Performance section). `--smoke`: a tiny run, the harness check of `make test`.
@@ -294,7 +297,8 @@ def main() -> None:
     out = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).parent / "results" / (
         f"train-profile-{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cpu": cpu_model_and_flags(),
-                               "setup": vars(args), "results": results, "table": text}, indent=2) + "\n")
+                               "setup": {**vars(args), "TF_NUM_INTEROP_THREADS": os.environ.get("TF_NUM_INTEROP_THREADS")},
+                               "results": results, "table": text}, indent=2) + "\n")
     print("wrote", out)
 
 

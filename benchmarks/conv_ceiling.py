@@ -122,7 +122,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import torch
-
     from speed import TorchContender, cpu_model_and_flags, torch_unet
 
     from msunet.config import RunConfig

@@ -8,8 +8,8 @@ layers are registered right after it, so `keras.saving.load_model` finds them wi
 
 It also asks TensorFlow for its oneDNN kernels on every x86-64 CPU (`prefer_onednn`): TensorFlow
 turns them on by itself only where the CPU has AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX, and uses
-its Eigen kernels elsewhere, which on an AVX2-only CPU made a 3-D training step 4x and a 2-D one
-~1.15x slower (docs/performance.md). `TF_ENABLE_ONEDNN_OPTS` set by the user is left as it is.
+its Eigen kernels elsewhere, which made a 3-D training step ~4x and a 2-D one ~1.15x slower with
+oneDNN held to AVX2 (docs/performance.md). `TF_ENABLE_ONEDNN_OPTS` set by the user is left as it is.
 """
 
 from __future__ import annotations

@@ -50,13 +50,14 @@ def keras_backend() -> str:
 
 def kernel_note() -> str | None:
     """A note where TensorFlow would train with its Eigen CPU kernels instead of oneDNN's (None elsewhere)."""
-    if keras_backend() != "tensorflow" or platform.machine().lower() not in machine.X86_64 or machine.tensorflow_onednn():
+    x86 = platform.machine().lower() in machine.X86_64
+    if keras_backend() != "tensorflow" or not x86 or machine.tensorflow_onednn():
         return None
     why = ("TF_ENABLE_ONEDNN_OPTS=0 is set" if machine.onednn_requested() is False else
-           "TensorFlow was imported before msunet on a CPU without VNNI / BF16 / AMX, where it chooses them itself")
+           "TensorFlow was imported before msunet, and keeps them off on a CPU without VNNI / BF16 / AMX")
     return (f"TensorFlow's oneDNN CPU kernels are off ({why}): its Eigen kernels trained ~4x slower in 3-D and "
-            "~1.15x in 2-D on AVX2 (docs/performance.md); run with TF_ENABLE_ONEDNN_OPTS=1 (msunet sets it when "
-            "it is imported before TensorFlow)")
+            "~1.15x in 2-D (oneDNN held to AVX2, docs/performance.md); run with TF_ENABLE_ONEDNN_OPTS=1 (msunet "
+            "sets it when it is imported before TensorFlow)")
 
 
 def plan_device(config: RunConfig, user: set[str], values: dict, why: dict, derive, notes: list[str],

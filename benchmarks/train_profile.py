@@ -297,7 +297,8 @@ def main() -> None:
     out = pathlib.Path(args.out) if args.out else pathlib.Path(__file__).parent / "results" / (
         f"train-profile-{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cpu": cpu_model_and_flags(),
-                               "setup": {**vars(args), "TF_NUM_INTEROP_THREADS": os.environ.get("TF_NUM_INTEROP_THREADS")},
+                               "setup": {**vars(args),
+                                         "TF_NUM_INTEROP_THREADS": os.environ.get("TF_NUM_INTEROP_THREADS")},
                                "results": results, "table": text}, indent=2) + "\n")
     print("wrote", out)
 

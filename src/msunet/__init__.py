@@ -78,5 +78,7 @@ def __dir__():
 
 
 from msunet._backend import install_keras_hook  # noqa: E402
+from msunet.machine import prefer_onednn  # noqa: E402
 
+prefer_onednn()  # TensorFlow's oneDNN kernels on every x86-64 CPU, if TensorFlow is not loaded yet
 install_keras_hook()

@@ -5,11 +5,6 @@ cheap). It installs `KerasImportHook` instead: whenever keras is first imported 
 msunet or by the user, the import runs with TensorFlow's start-up chatter held back and msunet's
 layers are registered right after it, so `keras.saving.load_model` finds them with no
 `custom_objects` (as `import keras_hub` gives).
-
-It also asks TensorFlow for its oneDNN kernels on every x86-64 CPU (`prefer_onednn`): TensorFlow
-turns them on by itself only where the CPU has AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX, and uses
-its Eigen kernels elsewhere, which made a 3-D training step ~4x and a 2-D one ~1.15x slower with
-oneDNN held to AVX2 (docs/performance.md). `TF_ENABLE_ONEDNN_OPTS` set by the user is left as it is.
 """
 
 from __future__ import annotations
@@ -19,17 +14,8 @@ import importlib
 import importlib.abc
 import importlib.util
 import os
-import platform
 import sys
 import tempfile
-
-X86_64 = ("x86_64", "amd64", "x64")  # as msunet.machine.X86_64 (a sibling: not imported)
-
-
-def prefer_onednn() -> None:
-    """`TF_ENABLE_ONEDNN_OPTS=1` unless set, on x86-64, before TensorFlow loads (it reads it once)."""
-    if platform.machine().lower() in X86_64 and "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 @contextlib.contextmanager
@@ -98,9 +84,7 @@ class KerasImportHook(importlib.abc.MetaPathFinder):
 
 
 def install_keras_hook() -> None:
-    """Registers msunet's layers now if keras is already imported, else when it is (and prefers
-    TensorFlow's oneDNN kernels if TensorFlow is not loaded yet)."""
-    prefer_onednn()
+    """Registers msunet's layers now if keras is already imported, else when it is."""
     if "keras" in sys.modules:
         _register_layers()
     elif not any(isinstance(finder, KerasImportHook) for finder in sys.meta_path):

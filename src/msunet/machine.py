@@ -7,6 +7,9 @@ AVX512-BF16 or AMX. `features()` names the flags that matter, recorded in bundle
 results; `fingerprint()` keys the caches of measurements that hold for one machine only (the
 bundle self-check, the engine timing, the training-step probe).
 
+TensorFlow picks its CPU kernels (oneDNN or Eigen) from the CPU too, once, at import: `prefer_onednn`
+(called by `import msunet`) asks for oneDNN on every x86-64 CPU, `tensorflow_onednn` says which it gets.
+
 `python -m msunet.machine` prints the CPU model and those flags (the first lines of CI's log).
 """
 
@@ -16,6 +19,7 @@ import functools
 import os
 import pathlib
 import platform
+import sys
 
 # The instruction sets numeric kernels choose by, in /proc/cpuinfo's names (grouped as printed).
 FLAGS = {
@@ -81,15 +85,26 @@ def onednn_requested() -> bool | None:
     return True if value in ("1", "true") else False if value in ("0", "false") else None
 
 
+def prefer_onednn() -> None:
+    """`TF_ENABLE_ONEDNN_OPTS=1` unless set, on x86-64, before TensorFlow loads (it reads it once); `import
+    msunet` calls it. TensorFlow turns oneDNN on by itself only with ONEDNN_BY_DEFAULT's features and runs
+    Eigen's kernels elsewhere: a 3-D training step ~4x and a 2-D one ~1.15x slower with oneDNN held to AVX2
+    (docs/performance.md)."""
+    if platform.machine().lower() in X86_64 and "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def tensorflow_onednn() -> bool:
     """Whether TensorFlow runs (or will run) its oneDNN CPU kernels here, read from the environment and the
-    CPU (no TensorFlow): `TF_ENABLE_ONEDNN_OPTS` where set (`import msunet` sets it to 1 on x86-64 unless
-    TensorFlow was imported first), else TensorFlow's default, on x86-64 only with VNNI, BF16 or AMX."""
+    CPU (no TensorFlow): `TF_ENABLE_ONEDNN_OPTS` where set (`prefer_onednn`), else TensorFlow's default,
+    on x86-64 only with VNNI, BF16 or AMX."""
+    if platform.machine().lower() not in X86_64:
+        return False
     requested = onednn_requested()
     if requested is not None:
-        return requested and platform.machine().lower() in X86_64
+        return requested
     found = features()
-    return platform.machine().lower() in X86_64 and any(found.get(group) for group in ONEDNN_BY_DEFAULT)
+    return any(found.get(group) for group in ONEDNN_BY_DEFAULT)
 
 
 def fingerprint() -> str:

@@ -11,7 +11,8 @@ time on a 2-core AVX2 EPYC, 1.17x on the 2-core CPU of 2026-11-23). A model XLA 
 the graph.
 
 Results are cached per machine (CPU model and count, accelerators), backend (and TensorFlow's CPU
-kernels: oneDNN or Eigen), Keras version and model shape in `$MSUNET_CACHE_DIR` (default `~/.cache/msunet`)/probe.json, so `msunet check` pays for
+kernels: oneDNN or Eigen), Keras version and model shape in `$MSUNET_CACHE_DIR` (default
+`~/.cache/msunet`)/probe.json, so `msunet check` pays for
 the probe once and `msunet train` on the same data reuses it. `MSUNET_PROBE=0` turns measuring
 off (the planner then keeps its estimates; the tests run that way).
 """
@@ -62,8 +63,8 @@ def machine_id() -> str:
 
 
 def tensorflow_kernels() -> str:
-    """" onednn" / " eigen": which CPU kernels TensorFlow runs in this process (its oneDNN ones 1.15x
-    (2-D) to 4x (3-D) faster on an AVX2 CPU); "" on other backends or where TensorFlow does not say."""
+    """" onednn" / " eigen": which CPU kernels TensorFlow runs in this process (`machine.prefer_onednn`);
+    "" on other backends or where TensorFlow does not say."""
     if keras.backend.backend() != "tensorflow":
         return ""
     try:
